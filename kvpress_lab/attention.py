@@ -1,0 +1,63 @@
+"""Attention helpers shared by scorers and allocators (float32, padding- and causality-aware)."""
+
+from __future__ import annotations
+
+import einops
+import torch
+
+from kvpress_lab.layer_view import LayerView
+from kvpress_lab.validation import check_choice
+
+__all__ = ["attention_probs", "window_attention", "reduce_groups"]
+
+
+def attention_probs(
+    queries: torch.Tensor, keys: torch.Tensor, valid: torch.Tensor, query_start: int, scaling: float
+) -> torch.Tensor:
+    """Causal softmax attention of a block of queries over all keys, in float32.
+
+    Parameters
+    ----------
+    queries : torch.Tensor
+        ``(B, Hq, Q, D)``, the queries of tokens ``query_start : query_start + Q``.
+    keys : torch.Tensor
+        ``(B, Hkv, T, D)``; each KV head serves ``G = Hq / Hkv`` consecutive query heads.
+    valid : torch.Tensor
+        ``(B, T)`` bool, ``False`` on padding (never attended).
+    query_start : int
+        Position of the first query; query ``i`` sees keys ``<= query_start + i``.
+    scaling : float
+        Softmax scale.
+
+    Returns
+    -------
+    torch.Tensor
+        ``(B, Hq, Q, T)`` float32 probabilities (rows of padded queries are all zero).
+    """
+    num_kv = keys.shape[1]
+    q = einops.rearrange(queries.float(), "b (h g) q d -> b h g q d", h=num_kv)
+    logits = torch.einsum("bhgqd,bhtd->bhgqt", q, keys.float()) * scaling  # (B, Hkv, G, Q, T)
+    q_pos = torch.arange(query_start, query_start + queries.shape[2], device=keys.device)
+    k_pos = torch.arange(keys.shape[2], device=keys.device)
+    allowed = (k_pos[None, :] <= q_pos[:, None])[None, None, None] & valid[:, None, None, None, :]
+    logits = logits.masked_fill(~allowed, float("-inf"))
+    probs = torch.softmax(logits, dim=-1).nan_to_num(0.0)  # fully masked rows (padded queries) -> 0
+    return einops.rearrange(probs, "b h g q t -> b (h g) q t")
+
+
+def window_attention(view: LayerView) -> torch.Tensor:
+    """Attention of the observation window's queries over the layer's keys: ``(B, Hq, W, T)`` float32."""
+    start = view.seq_len - view.window
+    return attention_probs(view.window_queries, view.keys, view.valid, start, view.scaling)
+
+
+def reduce_groups(x: torch.Tensor, num_kv_heads: int, reduction: str = "mean") -> torch.Tensor:
+    """Reduce the query heads of each GQA group onto their KV head.
+
+    ``(B, Hq, ...) -> (B, Hkv, ...)`` with ``reduction`` in ``{"mean", "max", "sum"}``.
+
+    >>> reduce_groups(torch.arange(8.).reshape(1, 4, 2), num_kv_heads=2).tolist()
+    [[[1.0, 2.0], [5.0, 6.0]]]
+    """
+    check_choice("reduce_groups", "reduction", reduction, ("mean", "max", "sum"))
+    return einops.reduce(x, "b (h g) ... -> b h ...", reduction, h=num_kv_heads)

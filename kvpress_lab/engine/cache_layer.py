@@ -1,0 +1,124 @@
+"""A dense cache layer that holds only the kept entries and remembers the true sequence length.
+
+transformers asks a cache layer two questions during decoding: how many tokens it has seen
+(``get_seq_length``, which fixes the positions of new tokens) and how long its keys are
+(``get_mask_sizes``). After eviction the answers differ: ``logical_length`` counts every token
+the layer has seen, ``physical_length`` the entries it holds. This is the same split that
+transformers' ``DynamicSlidingWindowLayer`` makes for sliding windows.
+"""
+
+from __future__ import annotations
+
+import torch
+from transformers.cache_utils import DynamicLayer
+
+__all__ = ["CompressedLayer"]
+
+
+class CompressedLayer(DynamicLayer):
+    """Kept entries of one layer, dense ``(B, Hkv, P, D)``, with per-slot validity.
+
+    Parameters
+    ----------
+    keys, values : torch.Tensor
+        ``(B, Hkv, P, D)`` kept entries, in original token order.
+    slot_valid : torch.Tensor
+        ``(B, P)`` bool: ``False`` on filler slots of rows that kept fewer than ``P`` entries.
+    logical_length : int
+        Tokens seen by the layer so far (the prompt length ``T`` right after prefill).
+    kept_indices : torch.Tensor or None
+        ``(B, Hkv, P)`` int64 original positions of the kept prompt entries, when recorded.
+
+    Notes
+    -----
+    New tokens appended by :meth:`update` are valid unless the engine announced otherwise
+    through :attr:`pending_valid` (``(B, q)`` bool, set before the attention forward).
+    """
+
+    is_croppable = False
+
+    def __init__(
+        self,
+        keys: torch.Tensor,
+        values: torch.Tensor,
+        slot_valid: torch.Tensor,
+        logical_length: int,
+        kept_indices: torch.Tensor | None = None,
+    ):
+        super().__init__()
+        if keys.shape != values.shape or keys.dim() != 4:
+            raise ValueError(f"keys and values must both be (B, Hkv, P, D); got {tuple(keys.shape)} and {tuple(values.shape)}.")
+        if slot_valid.shape != (keys.shape[0], keys.shape[2]):
+            raise ValueError(f"slot_valid must be (B, P)={(keys.shape[0], keys.shape[2])}, got {tuple(slot_valid.shape)}.")
+        if logical_length < keys.shape[2]:
+            raise ValueError(f"logical_length={logical_length} cannot be below the physical length {keys.shape[2]}.")
+        self.lazy_initialization(keys, values)
+        self.keys = keys
+        self.values = values
+        self.slot_valid = slot_valid.to(dtype=torch.bool, device=keys.device)
+        self.logical_length = int(logical_length)
+        self.kept_indices = kept_indices
+        self.pending_valid: torch.Tensor | None = None
+
+    @property
+    def physical_length(self) -> int:
+        """``P``: entries held per KV head (filler slots included)."""
+        return self.keys.shape[-2]
+
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs) -> tuple[torch.Tensor, torch.Tensor]:
+        """Append ``(B, Hkv, q, D)`` new entries and return the full ``(B, Hkv, P + q, D)`` states."""
+        new = key_states.shape[-2]
+        valid = self.pending_valid
+        if valid is None or valid.shape != (self.slot_valid.shape[0], new):
+            valid = torch.ones(self.slot_valid.shape[0], new, dtype=torch.bool, device=self.slot_valid.device)
+        self.pending_valid = None
+        self.keys = torch.cat([self.keys, key_states], dim=-2)
+        self.values = torch.cat([self.values, value_states], dim=-2)
+        self.slot_valid = torch.cat([self.slot_valid, valid.to(self.slot_valid.device)], dim=-1)
+        self.logical_length += new
+        return self.keys, self.values
+
+    def get_seq_length(self) -> int:
+        """Tokens seen (logical length): positions of new tokens continue from here."""
+        return self.logical_length
+
+    def get_mask_sizes(self, query_length: int) -> tuple[int, int]:
+        """``(P + q, logical - P)``: the held entries are addressed as the last ``P`` logical slots."""
+        return self.physical_length + query_length, self.logical_length - self.physical_length
+
+    def virtual_padding_mask(self, new_valid: torch.Tensor) -> torch.Tensor:
+        """A 2-D mask in the logical frame that transformers' mask builders read correctly.
+
+        Returns ``(B, logical + q)`` bool whose last ``P + q`` columns are the slot validity
+        followed by ``new_valid`` ``(B, q)``; earlier columns are never read (``kv_offset``).
+        """
+        prefix = self.logical_length - self.physical_length
+        batch = self.slot_valid.shape[0]
+        hidden = torch.zeros(batch, prefix, dtype=torch.bool, device=self.slot_valid.device)
+        return torch.cat([hidden, self.slot_valid, new_valid.to(self.slot_valid.device, torch.bool)], dim=-1)
+
+    def crop(self, tokens_to_remove: int) -> None:  # noqa: D102
+        raise NotImplementedError(
+            "A compressed cache layer cannot be cropped (assisted/speculative decoding rolls back tokens "
+            "that eviction may already have removed). Decode without an assistant model."
+        )
+
+    def reset(self) -> None:  # noqa: D102
+        super().reset()
+        self.logical_length = 0
+
+    def reorder_cache(self, beam_idx: torch.LongTensor) -> None:  # noqa: D102
+        super().reorder_cache(beam_idx)
+        self.slot_valid = self.slot_valid.index_select(0, beam_idx.to(self.slot_valid.device))
+
+    def batch_repeat_interleave(self, repeats: int) -> None:  # noqa: D102
+        super().batch_repeat_interleave(repeats)
+        self.slot_valid = self.slot_valid.repeat_interleave(repeats, dim=0)
+
+    def batch_select_indices(self, indices: torch.Tensor) -> None:  # noqa: D102
+        super().batch_select_indices(indices)
+        self.slot_valid = self.slot_valid[indices]
+
+    def nbytes(self) -> int:
+        """Bytes held by keys, values and slot metadata."""
+        return sum(t.numel() * t.element_size() for t in (self.keys, self.values, self.slot_valid))

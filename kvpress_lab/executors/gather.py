@@ -1,0 +1,102 @@
+"""Dense top-k selection and gather: every KV head of a row keeps the same number of entries."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch
+
+from kvpress_lab.engine.cache_layer import CompressedLayer
+from kvpress_lab.protocols import Selection
+
+__all__ = ["GatherExecutor", "select_top_k"]
+
+
+def select_top_k(scores: torch.Tensor, keep: torch.Tensor, forced: torch.Tensor, candidates: torch.Tensor) -> Selection:
+    """Forced entries, then the highest scores, per row and head; ties go to the earlier token.
+
+    Parameters
+    ----------
+    scores : torch.Tensor
+        ``(B, Hkv, T)`` float32.
+    keep : torch.Tensor
+        ``(B, Hkv)`` int64 on the CPU: entries to keep per row and head.
+    forced : torch.Tensor
+        ``(B, Hkv, T)`` bool: entries kept whatever their score.
+    candidates : torch.Tensor
+        ``(B, T)`` bool: ``False`` on padding, never selected.
+
+    Returns
+    -------
+    Selection
+        ``indices`` ``(B, Hkv, K)`` with ``K = keep.max()``: filler slots first, then the kept
+        positions in ascending (original) order.
+
+    Examples
+    --------
+    >>> scores = torch.tensor([[[0.1, 0.9, 0.3, 0.9, 0.0, 0.2]]])
+    >>> forced = torch.tensor([[[False, False, False, False, False, True]]])
+    >>> sel = select_top_k(scores, torch.tensor([[3]]), forced, torch.ones(1, 6, dtype=torch.bool))
+    >>> sel.indices.tolist()
+    [[[1, 3, 5]]]
+    """
+    if scores.dim() != 3:
+        raise ValueError(f"scores must be (B, Hkv, T), got shape {tuple(scores.shape)}.")
+    batch, heads, length = scores.shape
+    if keep.shape != (batch, heads):
+        raise ValueError(f"keep must be (B, Hkv)={(batch, heads)}, got {tuple(keep.shape)}.")
+    if keep.device.type != "cpu":
+        raise ValueError("keep must be a CPU tensor (budgets are decided on the host, before any gather).")
+    if int(keep.min()) < 1 or int(keep.max()) > length:
+        raise ValueError(f"keep must lie in [1, T={length}], got values in [{int(keep.min())}, {int(keep.max())}].")
+    device = scores.device
+    keep_dev = keep.to(device)
+    forced = forced & candidates[:, None, :]
+    forced_count = forced.sum(dim=-1)
+    if bool((forced_count > keep_dev).any()):
+        raise ValueError(
+            f"More entries are forced (window + sinks: up to {int(forced_count.max())}) than the budget keeps "
+            f"(as few as {int(keep.min())}). Raise the budget or shrink the window / number of sinks."
+        )
+    priority = scores.float().masked_fill(~candidates[:, None, :], float("-inf"))
+    priority = priority.masked_fill(forced, float("inf"))
+    order = torch.sort(priority, dim=-1, descending=True, stable=True).indices  # (B, Hkv, T)
+    width = int(keep.max())
+    top = order[..., :width]  # (B, Hkv, K)
+    in_budget = torch.arange(width, device=device) < keep_dev[..., None]  # (B, Hkv, K)
+    top = torch.where(in_budget, top, torch.full_like(top, -1))
+    top = torch.sort(top, dim=-1).values  # fillers (-1) first, then ascending positions
+    valid = top >= 0
+    return Selection(indices=top.clamp(min=0), valid=valid)
+
+
+@dataclass(frozen=True)
+class GatherExecutor:
+    """Dense executor: keeps the top-``k`` entries of every KV head and gathers them on their device.
+
+    Every head of a row keeps the same number of entries (the layer's budget); rows of a padded
+    batch that keep fewer entries get masked filler slots. Ties between equal scores go to the
+    earlier token; kept entries stay in their original order.
+    """
+
+    name: ClassVar[str] = "gather"
+
+    def select(self, scores: torch.Tensor, keep: torch.Tensor, forced: torch.Tensor, candidates: torch.Tensor) -> Selection:
+        """See :func:`select_top_k`; all heads of a row must keep the same count."""
+        if bool((keep != keep[:, :1]).any()):
+            raise ValueError(
+                "The 'gather' executor keeps the same number of entries in every KV head of a row; "
+                f"got per-head counts {keep.tolist()}. Use the ragged executor for per-head budgets."
+            )
+        return select_top_k(scores, keep, forced, candidates)
+
+    def build_layer(self, keys: torch.Tensor, values: torch.Tensor, selection: Selection, logical_length: int) -> CompressedLayer:
+        """Gather ``(B, Hkv, T, D)`` into a :class:`CompressedLayer` of ``(B, Hkv, K, D)``."""
+        index = selection.indices[..., None].expand(-1, -1, -1, keys.shape[-1])  # (B, Hkv, K, D)
+        return CompressedLayer(
+            keys=torch.gather(keys, 2, index),
+            values=torch.gather(values, 2, index),
+            slot_valid=selection.valid[:, 0, :],
+            logical_length=logical_length,
+        )

@@ -1,0 +1,143 @@
+"""The three roles of a compression method, as typed protocols.
+
+A *recipe* composes one :class:`Allocator`, one :class:`Scorer` and one :class:`Executor`.
+Plugins register implementations by name through the hooks in :mod:`kvpress_lab.hookspecs`;
+implementations are small dataclasses whose fields are their hyperparameters.
+
+Tensor contracts (shape legend in :mod:`kvpress_lab.layer_view`):
+
+* every tensor a role returns lives on the device of the layer it serves (``view.device``);
+  no role moves data to the host on the hot path;
+* scores are ``float32`` and finite, shape ``(B, Hkv, T)``; higher means "keep";
+* budgets count cache entries per KV head *including* the observation window.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, ClassVar, Literal, Protocol, runtime_checkable
+
+import torch
+
+if TYPE_CHECKING:
+    from transformers.cache_utils import CacheLayerMixin
+
+    from kvpress_lab.layer_view import LayerView
+
+__all__ = ["AllocatorScope", "BudgetRequest", "Selection", "Allocator", "Scorer", "Executor"]
+
+AllocatorScope = Literal["static", "layer", "global"]
+
+
+@dataclass(frozen=True)
+class BudgetRequest:
+    """What an allocator is asked: split ``budget`` entries per layer (on average) over ``L`` layers.
+
+    Parameters
+    ----------
+    num_layers : int
+        ``L``, the number of compressible layers (sliding-window layers are not counted).
+    num_kv_heads : int
+        ``Hkv``.
+    prompt_length : int
+        ``T`` of this sequence, padding excluded.
+    budget : int
+        Mean entries per layer and KV head to keep, window included (already resolved from a
+        compression ratio when the recipe used one).
+    window : int
+        ``W``, the observation window; every layer keeps at least ``min(W, T)`` entries.
+    layer_statistics : torch.Tensor or None
+        ``(L,)`` float32 per-layer statistics (e.g. attention entropy) for allocators whose
+        scope is ``"global"``; ``None`` for static allocators.
+    """
+
+    num_layers: int
+    num_kv_heads: int
+    prompt_length: int
+    budget: int
+    window: int
+    layer_statistics: torch.Tensor | None = None
+
+
+@dataclass(frozen=True)
+class Selection:
+    """Which entries of a layer survive eviction.
+
+    Parameters
+    ----------
+    indices : torch.Tensor
+        ``(B, Hkv, K)`` int64 token positions into the prefill cache (padded frame), ascending
+        among valid slots. Filler slots (rows that keep fewer than ``K`` entries) come first.
+    valid : torch.Tensor
+        ``(B, Hkv, K)`` bool, ``False`` on filler slots.
+    """
+
+    indices: torch.Tensor
+    valid: torch.Tensor
+
+    @property
+    def kept_counts(self) -> torch.Tensor:
+        """``(B, Hkv)`` int64: number of kept entries per row and head."""
+        return self.valid.sum(dim=-1)
+
+
+@runtime_checkable
+class Allocator(Protocol):
+    """Decides how many entries each layer keeps.
+
+    ``scope`` says when the engine can call it: ``"static"`` before prefill (budgets depend only
+    on sizes), ``"layer"`` per layer once its scores exist, ``"global"`` after the last layer with
+    every layer's statistics (eviction then waits until the end of the prefill forward pass).
+    """
+
+    name: ClassVar[str]
+    scope: ClassVar[AllocatorScope]
+
+    def allocate(self, request: BudgetRequest) -> list[int]:
+        """Return ``L`` per-layer budgets (entries per KV head, window included), each >= ``min(W, T)``."""
+        ...
+
+
+@runtime_checkable
+class Scorer(Protocol):
+    """Scores every cached entry of one layer: higher means more important."""
+
+    name: ClassVar[str]
+
+    def score(self, view: LayerView) -> torch.Tensor:
+        """Return ``(B, Hkv, T)`` float32 finite scores on ``view.device``.
+
+        Scores of padded positions are ignored. A scorer may also define
+        ``forced_keep(view) -> (B, Hkv, T) bool | None`` for entries that must survive whatever
+        their score (attention sinks); the observation window is always kept by the engine.
+        """
+        ...
+
+
+@runtime_checkable
+class Executor(Protocol):
+    """Turns scores and budgets into the physical compressed cache layer."""
+
+    name: ClassVar[str]
+
+    def select(self, scores: torch.Tensor, keep: torch.Tensor, forced: torch.Tensor, candidates: torch.Tensor) -> Selection:
+        """Choose the kept entries.
+
+        Parameters
+        ----------
+        scores : torch.Tensor
+            ``(B, Hkv, T)`` float32.
+        keep : torch.Tensor
+            ``(B, Hkv)`` int64, entries to keep per row and head, ``<=`` the row's real tokens.
+        forced : torch.Tensor
+            ``(B, Hkv, T)`` bool, entries that must be kept (window, sinks); never more than ``keep``.
+        candidates : torch.Tensor
+            ``(B, T)`` bool, ``False`` on padding, which is never kept.
+        """
+        ...
+
+    def build_layer(
+        self, keys: torch.Tensor, values: torch.Tensor, selection: Selection, logical_length: int
+    ) -> CacheLayerMixin:
+        """Gather the kept ``(B, Hkv, T, D)`` entries into a cache layer that remembers ``logical_length``."""
+        ...

@@ -1,0 +1,234 @@
+"""The Recipe: one allocator, one scorer, one executor and their hyperparameters."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import TYPE_CHECKING, Any, NamedTuple
+
+from kvpress_lab.registry import Role, get_registry
+from kvpress_lab.validation import check_float, check_int
+
+if TYPE_CHECKING:
+    import torch
+    from transformers import PreTrainedModel
+    from transformers.cache_utils import Cache
+
+    from kvpress_lab.engine.session import CompressionSession
+    from kvpress_lab.protocols import Allocator, Executor, Scorer
+
+__all__ = ["Recipe", "Strategies", "DEFAULT_BUDGET"]
+
+#: Entries per layer kept when a recipe gives neither ``budget`` nor ``compression_ratio``
+#: (the PyramidKV paper's headline setting).
+DEFAULT_BUDGET = 128
+
+
+class Strategies(NamedTuple):
+    """The strategy instances a recipe was built from."""
+
+    allocator: Allocator
+    scorer: Scorer
+    executor: Executor
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """A compression method: ``allocator`` x ``scorer`` x ``executor`` plus hyperparameters.
+
+    Parameters
+    ----------
+    allocator : str
+        Registered allocator name (``"uniform"``, ``"pyramid"``, ...).
+    scorer : str
+        Registered scorer name (``"snapkv_window"``, ``"h2o"``, ``"sink"``, ...).
+    executor : str
+        Registered executor name, default ``"gather"`` (dense per-layer gather).
+    budget : int or None
+        Mean cache entries kept per layer and KV head, observation window included. Default 128
+        when ``compression_ratio`` is not given either.
+    compression_ratio : float or None
+        Fraction of the prompt's entries to *remove*, in ``[0, 1)`` (kvpress's convention):
+        the budget becomes ``round((1 - ratio) * T)`` for each prompt. Excludes ``budget``.
+    window : int
+        ``W``, the observation window: the last ``W`` prompt tokens, always kept, whose queries
+        score the rest. Default 8 (the PyramidKV paper's LongBench setting).
+    allocator_kwargs, scorer_kwargs, executor_kwargs : Mapping[str, Any]
+        Hyperparameters of each strategy (its dataclass fields). Must be JSON-serialisable.
+    preset_name : str or None
+        Name of the preset this recipe came from, recorded for reports; informational only.
+
+    Examples
+    --------
+    >>> recipe = Recipe(allocator="pyramid", scorer="snapkv_window", budget=64)
+    >>> recipe.strategies.scorer.name
+    'snapkv_window'
+    >>> Recipe.from_json(recipe.to_json()) == recipe
+    True
+    >>> Recipe(allocator="pyramd")
+    Traceback (most recent call last):
+    ...
+    kvpress_lab.errors.UnknownStrategyError: Unknown allocator 'pyramd'. Did you mean 'pyramid'? ...
+    """
+
+    allocator: str = "uniform"
+    scorer: str = "snapkv_window"
+    executor: str = "gather"
+    budget: int | None = None
+    compression_ratio: float | None = None
+    window: int = 8
+    allocator_kwargs: Mapping[str, Any] = field(default_factory=dict)
+    scorer_kwargs: Mapping[str, Any] = field(default_factory=dict)
+    executor_kwargs: Mapping[str, Any] = field(default_factory=dict)
+    preset_name: str | None = None
+
+    def __post_init__(self) -> None:
+        check_int("Recipe", "window", self.window, minimum=1)
+        if self.budget is not None and self.compression_ratio is not None:
+            raise ValueError(
+                f"Recipe takes either budget or compression_ratio, not both; got budget={self.budget!r} "
+                f"and compression_ratio={self.compression_ratio!r}."
+            )
+        if self.compression_ratio is not None:
+            ratio = check_float("Recipe", "compression_ratio", self.compression_ratio, minimum=0.0, maximum=1.0, max_inclusive=False)
+            object.__setattr__(self, "compression_ratio", ratio)
+        else:
+            if self.budget is None:
+                object.__setattr__(self, "budget", DEFAULT_BUDGET)
+            check_int("Recipe", "budget", self.budget, minimum=1)
+            if self.budget < self.window:
+                raise ValueError(
+                    f"Recipe.budget must be >= window={self.window} (the observation window is always kept "
+                    f"and counts inside the budget), got budget={self.budget}. Raise the budget or shrink the window."
+                )
+        if self.preset_name is not None and not isinstance(self.preset_name, str):
+            raise TypeError(f"Recipe.preset_name must be a string or None, got {type(self.preset_name).__name__}.")
+        built = Strategies(
+            allocator=self._build("allocator", self.allocator, "allocator_kwargs"),
+            scorer=self._build("scorer", self.scorer, "scorer_kwargs"),
+            executor=self._build("executor", self.executor, "executor_kwargs"),
+        )
+        object.__setattr__(self, "_strategies", built)
+
+    def _build(self, role: Role, name: Any, kwargs_field: str) -> Any:
+        if not isinstance(name, str):
+            raise TypeError(f"Recipe.{role} must be a registered name (str), got {name!r} of type {type(name).__name__}.")
+        cls = get_registry().get(role, name).obj
+        kwargs = _frozen_json_mapping(getattr(self, kwargs_field), f"Recipe.{kwargs_field}")
+        object.__setattr__(self, kwargs_field, kwargs)
+        accepted = [f.name for f in dataclasses.fields(cls) if f.init]
+        unknown = sorted(set(kwargs) - set(accepted))
+        if unknown:
+            raise TypeError(
+                f"Recipe.{kwargs_field}: {role} {name!r} ({cls.__name__}) has no parameter "
+                f"{', '.join(repr(u) for u in unknown)}; accepted: {', '.join(accepted) or '(none)'}."
+            )
+        return cls(**kwargs)
+
+    # -- derived values --------------------------------------------------------------------
+
+    @property
+    def strategies(self) -> Strategies:
+        """The allocator, scorer and executor instances (built and validated at construction)."""
+        return self._strategies  # type: ignore[attr-defined]
+
+    def resolve_budget(self, prompt_length: int) -> int:
+        """Mean entries per layer to keep for a prompt of ``prompt_length`` real tokens.
+
+        >>> Recipe(compression_ratio=0.75).resolve_budget(1000)
+        250
+        """
+        if self.compression_ratio is None:
+            return int(self.budget)  # type: ignore[arg-type]
+        return int(math.floor((1.0 - self.compression_ratio) * prompt_length + 0.5))
+
+    # -- presets and serialisation ---------------------------------------------------------
+
+    @classmethod
+    def preset(cls, name: str, **overrides: Any) -> Recipe:
+        """Build the registered preset ``name``, with any :class:`Recipe` field overridden.
+
+        ``*_kwargs`` overrides are merged into the preset's; giving ``compression_ratio``
+        replaces a preset's ``budget``.
+
+        >>> Recipe.preset("pyramidkv", budget=64).allocator
+        'pyramid'
+        """
+        preset = get_registry().get("preset", name).obj
+        arguments: dict[str, Any] = {k: (dict(v) if isinstance(v, Mapping) else v) for k, v in preset.recipe.items()}
+        for key, value in overrides.items():
+            if key.endswith("_kwargs") and isinstance(value, Mapping):
+                arguments[key] = {**arguments.get(key, {}), **value}
+            else:
+                arguments[key] = value
+        if "compression_ratio" in overrides and "budget" not in overrides:
+            arguments.pop("budget", None)
+        arguments["preset_name"] = name
+        return cls(**arguments)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain, JSON-ready dict of every field."""
+        out: dict[str, Any] = {}
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            out[f.name] = dict(value) if isinstance(value, Mapping) else value
+        return out
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Recipe:
+        """Inverse of :meth:`to_dict`; unknown keys raise :class:`TypeError` naming them."""
+        if not isinstance(data, Mapping):
+            raise TypeError(f"Recipe.from_dict expects a mapping, got {type(data).__name__}.")
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise TypeError(f"Recipe.from_dict: unknown field(s) {unknown}; expected a subset of {sorted(known)}.")
+        return cls(**data)
+
+    def to_json(self, **dumps_kwargs: Any) -> str:
+        """JSON text of :meth:`to_dict`."""
+        return json.dumps(self.to_dict(), sort_keys=True, **dumps_kwargs)
+
+    @classmethod
+    def from_json(cls, text: str) -> Recipe:
+        """Inverse of :meth:`to_json`."""
+        return cls.from_dict(json.loads(text))
+
+    # -- running ---------------------------------------------------------------------------
+
+    def apply(self, model: PreTrainedModel, *, record_indices: bool = False) -> CompressionSession:
+        """Context manager compressing the KV cache of every prefill ``model`` runs inside it.
+
+        See :class:`kvpress_lab.engine.session.CompressionSession`.
+        """
+        from kvpress_lab.engine.session import CompressionSession
+
+        return CompressionSession(self, model, record_indices=record_indices)
+
+    def prefill(
+        self, model: PreTrainedModel, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None
+    ) -> Cache:
+        """Run the prompt once and return its compressed cache (query-agnostic evaluation).
+
+        See :func:`kvpress_lab.engine.prefill.prefill`.
+        """
+        from kvpress_lab.engine.prefill import prefill
+
+        return prefill(self, model, input_ids, attention_mask)
+
+
+def _frozen_json_mapping(value: Any, where: str) -> Mapping[str, Any]:
+    if not isinstance(value, Mapping):
+        raise TypeError(f"{where} must be a mapping of parameter names to values, got {type(value).__name__}.")
+    for key in value:
+        if not isinstance(key, str):
+            raise TypeError(f"{where} keys must be parameter names (str), got {key!r}.")
+    try:
+        normalised = json.loads(json.dumps(dict(value)))
+    except (TypeError, ValueError) as exc:
+        raise TypeError(f"{where} must be JSON-serialisable so results record exactly what ran: {exc}.") from None
+    return MappingProxyType(normalised)
