@@ -1,0 +1,105 @@
+"""Per-family knowledge: where the attention modules are and how to recompute their queries.
+
+Queries are recomputed from the attention module's own input (its q projection, the q-norm
+where the family has one, and its rotary embedding), so the engine works with whatever
+attention kernel the model uses (eager, sdpa, flash-attention).
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from transformers.cache_utils import get_layer_types_and_kwargs
+
+from kvpress_lab.errors import UnsupportedModelError
+
+__all__ = ["SUPPORTED_MODEL_TYPES", "ModelAdapter"]
+
+#: ``config.model_type`` values the engine supports (decoder text config).
+SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3", "gemma3_text", "phi3")
+
+
+@dataclass
+class ModelAdapter:
+    """What the engine needs to know about one loaded model.
+
+    Parameters
+    ----------
+    decoder : nn.Module
+        The base model (``model.get_decoder()``) whose forward receives the 2-D attention mask.
+    config : transformers.PretrainedConfig
+        The decoder's text config.
+    attention : dict[int, nn.Module]
+        Attention module of every layer, by layer index.
+    compressible : list[int]
+        Indices of full-attention layers, in order (sliding-window layers are left alone: their
+        cache is already bounded). Their ordinal in this list is the allocator's layer index.
+    """
+
+    decoder: nn.Module
+    config: object
+    attention: dict[int, nn.Module]
+    compressible: list[int]
+
+    @classmethod
+    def for_model(cls, model: nn.Module) -> ModelAdapter:
+        """Inspect ``model``; raise :class:`UnsupportedModelError` for an unsupported family."""
+        config = getattr(model, "config", None)
+        text_config = config.get_text_config(decoder=True) if hasattr(config, "get_text_config") else config
+        model_type = getattr(text_config, "model_type", None)
+        if model_type not in SUPPORTED_MODEL_TYPES:
+            raise UnsupportedModelError(
+                f"kvpress_lab cannot compress a {type(model).__name__} (model_type={model_type!r}). "
+                f"Supported model types: {', '.join(SUPPORTED_MODEL_TYPES)}."
+            )
+        decoder = model.get_decoder() if hasattr(model, "get_decoder") else model
+        layers = getattr(decoder, "layers", None)
+        if layers is None:
+            raise UnsupportedModelError(f"{type(decoder).__name__} has no `layers`; expected a transformers decoder.")
+        attention = {idx: layer.self_attn for idx, layer in enumerate(layers)}
+        layer_types, _ = get_layer_types_and_kwargs(text_config)
+        compressible = [idx for idx, kind in enumerate(layer_types) if kind == "full_attention"]
+        return cls(decoder=decoder, config=text_config, attention=attention, compressible=compressible)
+
+    @property
+    def num_query_heads(self) -> int:
+        """``Hq``."""
+        return int(self.config.num_attention_heads)
+
+    @property
+    def num_kv_heads(self) -> int:
+        """``Hkv``."""
+        return int(getattr(self.config, "num_key_value_heads", None) or self.config.num_attention_heads)
+
+    @staticmethod
+    def queries(module: nn.Module, hidden: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+        """Rotated queries of ``hidden`` exactly as ``module`` computes them.
+
+        Parameters
+        ----------
+        module : nn.Module
+            The attention module (LlamaAttention, Qwen3Attention, Phi3Attention, ...).
+        hidden : torch.Tensor
+            ``(B, S, hidden_size)``, the module's input for ``S`` tokens.
+        cos, sin : torch.Tensor
+            ``(B or 1, S, D)`` rotary tables for the same tokens.
+
+        Returns
+        -------
+        torch.Tensor
+            ``(B, Hq, S, D)``.
+        """
+        head_dim = module.head_dim
+        if hasattr(module, "qkv_proj"):  # Phi3: fused projection, queries first
+            projected = module.qkv_proj(hidden)[..., : module.config.num_attention_heads * head_dim]
+        else:
+            projected = module.q_proj(hidden)
+        q = projected.view(*hidden.shape[:-1], -1, head_dim).transpose(1, 2)  # (B, Hq, S, D)
+        if getattr(module, "q_norm", None) is not None:  # Qwen3, Gemma3: RMSNorm over D
+            q = module.q_norm(q)
+        rotate = sys.modules[type(module).__module__].apply_rotary_pos_emb
+        q, _ = rotate(q, q[:, :1], cos, sin)
+        return q

@@ -1,0 +1,180 @@
+"""Attach a recipe to a model: compress each full-attention layer's cache right after prefill."""
+
+from __future__ import annotations
+
+import functools
+from typing import TYPE_CHECKING
+
+import torch
+from torch import nn
+from transformers.cache_utils import DynamicLayer
+
+from kvpress_lab.engine.decoding import COMPRESSED_FLAG, DecodingHooks, cache_from_kwargs, persistent_hooks
+from kvpress_lab.engine.families import ModelAdapter
+from kvpress_lab.engine.planning import BudgetPlan, plan_budgets
+from kvpress_lab.layer_view import LayerView
+from kvpress_lab.protocols import Selection
+
+if TYPE_CHECKING:
+    from kvpress_lab.recipe import Recipe
+
+__all__ = ["CompressionSession"]
+
+_ACTIVE_ATTR = "_kvpress_lab_session"
+
+
+class CompressionSession:
+    """Context manager returned by :meth:`Recipe.apply <kvpress_lab.Recipe.apply>`.
+
+    Inside the ``with`` block every prefill the model runs (a forward pass that fills an empty
+    cache, such as the first step of ``model.generate``) is compressed layer by layer: after a
+    full-attention layer's forward, its cache entries are scored, budgeted and gathered, and the
+    layer is replaced by a compressed one that keeps the true sequence length, so decoding
+    continues at the right positions. All hooks are removed on exit, also after an exception.
+
+    Parameters
+    ----------
+    recipe : Recipe
+        What to run.
+    model : transformers.PreTrainedModel
+        A loaded causal LM of a supported family.
+    record_indices : bool
+        Keep each layer's :class:`~kvpress_lab.protocols.Selection` of the last prefill in
+        :attr:`selections` (for analysis and tests).
+
+    Examples
+    --------
+    >>> with recipe.apply(model) as session:            # doctest: +SKIP
+    ...     out = model.generate(input_ids, max_new_tokens=20)
+    """
+
+    def __init__(self, recipe: Recipe, model: nn.Module, *, record_indices: bool = False):
+        if recipe.strategies.allocator.scope != "static":
+            raise NotImplementedError(
+                f"Allocator {recipe.allocator!r} has scope {recipe.strategies.allocator.scope!r}; this engine version "
+                "runs allocators of scope 'static' only."
+            )
+        self.recipe = recipe
+        self.model = model
+        self.adapter = ModelAdapter.for_model(model)  # fails here for unsupported families
+        self.record_indices = record_indices
+        self.selections: dict[int, Selection] = {}
+        self.plan: BudgetPlan | None = None
+        self._ordinal = {idx: n for n, idx in enumerate(self.adapter.compressible)}
+        self._decoding = DecodingHooks(self.adapter)
+        self._handles: list[torch.utils.hooks.RemovableHandle] = []
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    def __enter__(self) -> CompressionSession:
+        self.attach()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.detach()
+
+    def attach(self) -> None:
+        """Register the hooks; prefer the ``with`` form, which always detaches."""
+        if getattr(self.model, _ACTIVE_ATTR, None) is not None:
+            raise RuntimeError("A kvpress_lab recipe is already applied to this model; exit that `with` block first.")
+        setattr(self.model, _ACTIVE_ATTR, self)
+        try:
+            if persistent_hooks(self.model) is None:
+                self._decoding.attach()
+            self._handles.append(self.adapter.decoder.register_forward_pre_hook(self._new_forward, with_kwargs=True))
+            for idx in self.adapter.compressible:
+                hook = functools.partial(self._compress_layer, idx)
+                self._handles.append(self.adapter.attention[idx].register_forward_hook(hook, with_kwargs=True))
+        except BaseException:
+            self.detach()
+            raise
+
+    def detach(self) -> None:
+        """Remove every hook this session registered."""
+        while self._handles:
+            self._handles.pop().remove()
+        self._decoding.detach()
+        if getattr(self.model, _ACTIVE_ATTR, None) is self:
+            delattr(self.model, _ACTIVE_ATTR)
+
+    @property
+    def num_hooks(self) -> int:
+        """Hooks currently registered by this session."""
+        return len(self._handles) + len(self._decoding.handles)
+
+    # -- hooks -----------------------------------------------------------------------------
+
+    def _new_forward(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
+        self.plan = None  # budgets depend on this forward's prompt; planned at its first layer
+
+    def _compress_layer(self, idx: int, module: nn.Module, args: tuple, kwargs: dict, output: object) -> None:
+        cache = cache_from_kwargs(kwargs)
+        if cache is None or idx >= len(cache.layers) or type(cache.layers[idx]) is not DynamicLayer:
+            return  # no cache, a sliding-window layer, or already compressed
+        layer = cache.layers[idx]
+        hidden = kwargs.get("hidden_states", args[0] if args else None)
+        length = hidden.shape[1]
+        if layer.get_seq_length() != length or length < 2:
+            return  # not a prefill of an empty cache (decoding step or continued prefill)
+        valid = self._valid_mask(hidden, length)
+        if self.plan is None:
+            self.plan = plan_budgets(self.recipe, valid, len(self.adapter.compressible), self.adapter.num_kv_heads)
+        ordinal = self._ordinal[idx]
+        if not self.plan.evicts(ordinal):
+            return
+        view = self._layer_view(idx, module, layer, hidden, kwargs["position_embeddings"], valid)
+        selection = self._select(view, ordinal)
+        cache.layers[idx] = self.recipe.strategies.executor.build_layer(layer.keys, layer.values, selection, length)
+        setattr(cache, COMPRESSED_FLAG, True)
+        if self.record_indices:
+            self.selections[idx] = selection
+
+    # -- steps -----------------------------------------------------------------------------
+
+    def _valid_mask(self, hidden: torch.Tensor, length: int) -> torch.Tensor:
+        padding = self._decoding_hooks().step.padding_mask
+        if padding is None:
+            return torch.ones(hidden.shape[0], length, dtype=torch.bool, device=hidden.device)
+        if padding.shape != (hidden.shape[0], length):
+            raise ValueError(
+                f"attention_mask must be (batch, prompt_length)={(hidden.shape[0], length)} at prefill, got {tuple(padding.shape)}."
+            )
+        if bool((padding[:, -1] == 0).any()):
+            raise ValueError("Only left padding is supported: every row's last prompt token must be real (attention_mask 1).")
+        return padding.to(hidden.device)
+
+    def _decoding_hooks(self) -> DecodingHooks:
+        return persistent_hooks(self.model) or self._decoding
+
+    def _layer_view(self, idx, module, layer, hidden, position_embeddings, valid) -> LayerView:
+        cos, sin = position_embeddings
+        queries = functools.partial(_slice_queries, module, hidden, cos, sin)
+        return LayerView(
+            layer_idx=idx,
+            keys=layer.keys,
+            values=layer.values,
+            valid=valid,
+            window=min(self.recipe.window, hidden.shape[1]),
+            scaling=float(module.scaling),
+            num_query_heads=self.adapter.num_query_heads,
+            query_fn=queries,
+        )
+
+    def _select(self, view: LayerView, ordinal: int) -> Selection:
+        strategies = self.recipe.strategies
+        scores = strategies.scorer.score(view)
+        expected = (view.batch_size, view.num_kv_heads, view.seq_len)
+        if tuple(scores.shape) != expected:
+            raise ValueError(f"Scorer {strategies.scorer.name!r} returned scores of shape {tuple(scores.shape)}, expected (B, Hkv, T)={expected}.")
+        positions = torch.arange(view.seq_len, device=view.device)
+        forced = (positions >= view.seq_len - view.window).expand(view.batch_size, view.num_kv_heads, -1)
+        extra = getattr(strategies.scorer, "forced_keep", None)
+        extra = extra(view) if extra is not None else None
+        if extra is not None:
+            forced = forced | extra
+        keep = self.plan.keep[:, ordinal, None].expand(-1, view.num_kv_heads).contiguous()  # (B, Hkv) on CPU
+        return strategies.executor.select(scores, keep, forced, view.valid)
+
+
+def _slice_queries(module, hidden, cos, sin, start: int, stop: int) -> torch.Tensor:
+    return ModelAdapter.queries(module, hidden[:, start:stop], cos[:, start:stop], sin[:, start:stop])
