@@ -11,7 +11,8 @@ from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from kvpress_lab.registry import Role, get_registry
-from kvpress_lab.validation import check_float, check_int
+from kvpress_lab.head_allocation import HEAD_ALLOCATIONS
+from kvpress_lab.validation import check_choice, check_float, check_int
 
 if TYPE_CHECKING:
     import torch
@@ -46,8 +47,9 @@ class Recipe:
         Registered allocator name (``"uniform"``, ``"pyramid"``, ...).
     scorer : str
         Registered scorer name (``"snapkv_window"``, ``"h2o"``, ``"sink"``, ...).
-    executor : str
-        Registered executor name, default ``"gather"`` (dense per-layer gather).
+    executor : str or None
+        Registered executor name. Default: ``"gather"`` (dense per layer), or ``"ragged"``
+        (per-head storage) when ``head_allocation="adaptive"``.
     budget : int or None
         Mean cache entries kept per layer and KV head, observation window included. Default 128
         when ``compression_ratio`` is not given either.
@@ -57,6 +59,13 @@ class Recipe:
     window : int
         ``W``, the observation window: the last ``W`` prompt tokens, always kept, whose queries
         score the rest. Default 8 (the PyramidKV paper's LongBench setting).
+    head_allocation : {"uniform", "adaptive"}
+        How a layer's budget is split across its KV heads: equally, or AdaKV-style by a top-k
+        over all heads' scores (https://arxiv.org/abs/2407.11550), which needs a per-head
+        (ragged) executor.
+    head_floor : float
+        AdaKV's safeguard ``alpha`` in ``[0, 1]``: every head keeps at least this fraction of
+        the per-head average. Default 0.2.
     allocator_kwargs, scorer_kwargs, executor_kwargs : Mapping[str, Any]
         Hyperparameters of each strategy (its dataclass fields). Must be JSON-serialisable.
     preset_name : str or None
@@ -77,10 +86,12 @@ class Recipe:
 
     allocator: str = "uniform"
     scorer: str = "snapkv_window"
-    executor: str = "gather"
+    executor: str | None = None
     budget: int | None = None
     compression_ratio: float | None = None
     window: int = 8
+    head_allocation: str = "uniform"
+    head_floor: float = 0.2
     allocator_kwargs: Mapping[str, Any] = field(default_factory=dict)
     scorer_kwargs: Mapping[str, Any] = field(default_factory=dict)
     executor_kwargs: Mapping[str, Any] = field(default_factory=dict)
@@ -105,6 +116,15 @@ class Recipe:
                     f"Recipe.budget must be >= window={self.window} (the observation window is always kept "
                     f"and counts inside the budget), got budget={self.budget}. Raise the budget or shrink the window."
                 )
+        check_choice("Recipe", "head_allocation", self.head_allocation, HEAD_ALLOCATIONS)
+        object.__setattr__(self, "head_floor", check_float("Recipe", "head_floor", self.head_floor, minimum=0.0, maximum=1.0))
+        if self.executor is None:
+            object.__setattr__(self, "executor", "ragged" if self.head_allocation == "adaptive" else "gather")
+        if self.head_allocation == "adaptive" and self.executor == "gather":
+            raise ValueError(
+                "Recipe.head_allocation='adaptive' gives KV heads different budgets, which the dense 'gather' "
+                "executor cannot store; use executor='ragged' (the default for adaptive head allocation)."
+            )
         if self.preset_name is not None and not isinstance(self.preset_name, str):
             raise TypeError(f"Recipe.preset_name must be a string or None, got {type(self.preset_name).__name__}.")
         built = Strategies(

@@ -25,7 +25,6 @@ _COMMON = dict(
     vocab_size=VOCAB,
     hidden_size=64,
     intermediate_size=96,
-    num_hidden_layers=4,
     num_attention_heads=4,
     num_key_value_heads=2,  # GQA, G = 2
     max_position_embeddings=512,
@@ -36,32 +35,33 @@ _COMMON = dict(
 )
 
 
-def _config(family: str):
+def _config(family: str, layers: int = 4):
+    common = dict(_COMMON, num_hidden_layers=layers)
     if family == "llama":
-        return LlamaConfig(**_COMMON), LlamaForCausalLM
+        return LlamaConfig(**common), LlamaForCausalLM
     if family == "mistral":
-        return MistralConfig(**_COMMON, sliding_window=None), MistralForCausalLM
+        return MistralConfig(**common, sliding_window=None), MistralForCausalLM
     if family == "qwen2":
-        return Qwen2Config(**_COMMON, use_sliding_window=False), Qwen2ForCausalLM
+        return Qwen2Config(**common, use_sliding_window=False), Qwen2ForCausalLM
     if family == "qwen3":
-        return Qwen3Config(**_COMMON, head_dim=16, use_sliding_window=False), Qwen3ForCausalLM
+        return Qwen3Config(**common, head_dim=16, use_sliding_window=False), Qwen3ForCausalLM
     if family == "gemma3":
         config = Gemma3TextConfig(
-            **_COMMON,
+            **common,
             head_dim=16,
             sliding_window=8,
-            layer_types=["sliding_attention", "full_attention", "sliding_attention", "full_attention"],
+            layer_types=["sliding_attention", "full_attention"] * (layers // 2) + ["full_attention"] * (layers % 2),
             query_pre_attn_scalar=16,
         )
         return config, Gemma3ForCausalLM
     if family == "phi3":
-        return Phi3Config(**_COMMON, sliding_window=None), Phi3ForCausalLM
+        return Phi3Config(**common, sliding_window=None), Phi3ForCausalLM
     raise ValueError(f"unknown family {family!r}; expected one of {FAMILIES}")
 
 
-def tiny_model(family: str, attn_implementation: str = "sdpa", seed: int = 0) -> torch.nn.Module:
-    """A 4-layer random model of ``family`` (Hq=4, Hkv=2, D=16), float32, eval mode."""
-    config, cls = _config(family)
+def tiny_model(family: str, attn_implementation: str = "sdpa", seed: int = 0, layers: int = 4) -> torch.nn.Module:
+    """A random model of ``family`` (``layers`` layers, Hq=4, Hkv=2, D=16), float32, eval mode."""
+    config, cls = _config(family, layers)
     config._attn_implementation = attn_implementation
     torch.manual_seed(seed)
     model = cls(config)

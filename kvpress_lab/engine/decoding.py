@@ -20,6 +20,7 @@ from transformers.masking_utils import create_causal_mask
 
 from kvpress_lab.engine.cache_layer import CompressedLayer
 from kvpress_lab.engine.families import ModelAdapter
+from kvpress_lab.engine.ragged_layer import RaggedLayer
 
 __all__ = ["DecodingHooks", "StepInputs", "cache_from_kwargs", "enable_compressed_decoding", "disable_compressed_decoding"]
 
@@ -88,6 +89,9 @@ class DecodingHooks:
         layer = cache.layers[idx]
         query_length = hidden.shape[1]
         padding = self.step.padding_mask
+        if isinstance(layer, RaggedLayer):
+            kwargs["attention_mask"] = self._ragged_mask(layer, hidden)
+            return args, kwargs
         if isinstance(layer, CompressedLayer):
             if padding is not None and padding.shape[-1] >= query_length:
                 new_valid = padding[:, -query_length:]
@@ -99,6 +103,26 @@ class DecodingHooks:
             config=self.adapter.config, inputs_embeds=hidden, attention_mask=padding, cache=cache, layer_idx=idx
         )
         return args, kwargs
+
+
+    def _ragged_mask(self, layer: RaggedLayer, hidden: torch.Tensor) -> torch.Tensor:
+        """``(B, Hq, q, Lmax)`` per-head mask over the ragged layer's dense view (eager/sdpa format)."""
+        implementation = self.adapter.config._attn_implementation
+        if implementation not in ("sdpa", "eager"):
+            raise NotImplementedError(
+                f"Ragged (per-head) caches decode with attn_implementation 'sdpa' or 'eager'; got {implementation!r}."
+            )
+        query_length = hidden.shape[1]
+        groups = self.adapter.num_query_heads // self.adapter.num_kv_heads
+        valid = layer.head_valid(query_length, groups)  # (B, Hq, Lmax)
+        width = valid.shape[-1]
+        slots = torch.arange(width, device=valid.device)
+        last_visible = width - query_length + torch.arange(query_length, device=valid.device)  # (q,)
+        mask = valid[:, :, None, :] & (slots[None, :] <= last_visible[:, None])[None, None]  # (B, Hq, q, Lmax)
+        if implementation == "sdpa":
+            return mask
+        zero = torch.zeros((), dtype=hidden.dtype, device=mask.device)
+        return torch.where(mask, zero, torch.finfo(hidden.dtype).min)
 
 
 def _mask_argument_position(decoder: nn.Module) -> int | None:

@@ -35,8 +35,10 @@ class BudgetPlan:
         return any(int(self.keep[b, ordinal]) < n for b, n in enumerate(self.real_lengths))
 
 
-def plan_budgets(recipe: Recipe, valid: torch.Tensor, num_layers: int, num_kv_heads: int) -> BudgetPlan:
-    """Ask the recipe's (static) allocator for every row's per-layer budgets.
+def plan_budgets(
+    recipe: Recipe, valid: torch.Tensor, num_layers: int, num_kv_heads: int, statistics: torch.Tensor | None = None
+) -> BudgetPlan:
+    """Ask the recipe's allocator for every row's per-layer budgets.
 
     Parameters
     ----------
@@ -48,11 +50,16 @@ def plan_budgets(recipe: Recipe, valid: torch.Tensor, num_layers: int, num_kv_he
         ``L``, compressible layers.
     num_kv_heads : int
         ``Hkv``.
+    statistics : torch.Tensor or None
+        ``(B, L)`` float32 per-layer statistics for allocators of scope ``"global"``.
     """
     allocator = recipe.strategies.allocator
     real_lengths = [int(n) for n in valid.sum(dim=-1).tolist()]
-    per_length: dict[int, list[int]] = {}
-    for n in sorted(set(real_lengths)):
+    per_row: dict[tuple[int, int], list[int]] = {}
+    for row, n in enumerate(real_lengths):
+        key = (n, row if statistics is not None else -1)  # static budgets depend on the length only
+        if key in per_row:
+            continue
         budget = recipe.resolve_budget(n)
         window = min(recipe.window, n)
         if budget < recipe.window and n > budget:
@@ -61,9 +68,10 @@ def plan_budgets(recipe: Recipe, valid: torch.Tensor, num_layers: int, num_kv_he
                 f"tokens, below the observation window ({recipe.window}), which is always kept. Use a smaller ratio, "
                 "a smaller window, or an absolute budget."
             )
-        request = BudgetRequest(num_layers, num_kv_heads, n, budget, window)
-        per_length[n] = _checked(allocator.allocate(request), request, allocator.name)
-    budgets = [per_length[n] for n in real_lengths]
+        stats = None if statistics is None else statistics[row].detach().float().cpu()
+        request = BudgetRequest(num_layers, num_kv_heads, n, budget, window, stats)
+        per_row[key] = _checked(allocator.allocate(request), request, allocator.name)
+    budgets = [per_row[(n, row if statistics is not None else -1)] for row, n in enumerate(real_lengths)]
     keep = torch.tensor([[min(b, n) for b in row] for row, n in zip(budgets, real_lengths)], dtype=torch.int64)
     return BudgetPlan(real_lengths=real_lengths, keep=keep.reshape(len(real_lengths), num_layers), budgets=budgets)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import torch
@@ -12,6 +13,7 @@ from transformers.cache_utils import DynamicLayer
 from kvpress_lab.engine.decoding import COMPRESSED_FLAG, DecodingHooks, cache_from_kwargs, persistent_hooks
 from kvpress_lab.engine.families import ModelAdapter
 from kvpress_lab.engine.planning import BudgetPlan, plan_budgets
+from kvpress_lab.head_allocation import adaptive_head_budgets
 from kvpress_lab.layer_view import LayerView
 from kvpress_lab.protocols import Selection
 
@@ -23,14 +25,28 @@ __all__ = ["CompressionSession"]
 _ACTIVE_ATTR = "_kvpress_lab_session"
 
 
+@dataclass
+class _ScoredLayer:
+    """A layer scored during prefill, waiting for a global allocator's budgets."""
+
+    idx: int
+    cache: object
+    scores: torch.Tensor  # (B, Hkv, T) float32
+    forced: torch.Tensor  # (B, Hkv, T) bool
+    valid: torch.Tensor  # (B, T) bool
+
+
 class CompressionSession:
     """Context manager returned by :meth:`Recipe.apply <kvpress_lab.Recipe.apply>`.
 
     Inside the ``with`` block every prefill the model runs (a forward pass that fills an empty
-    cache, such as the first step of ``model.generate``) is compressed layer by layer: after a
-    full-attention layer's forward, its cache entries are scored, budgeted and gathered, and the
-    layer is replaced by a compressed one that keeps the true sequence length, so decoding
-    continues at the right positions. All hooks are removed on exit, also after an exception.
+    cache, such as the first step of ``model.generate``) is compressed: after each full-attention
+    layer's forward its entries are scored, budgeted and gathered, and the layer is replaced by a
+    compressed one that keeps the true sequence length, so decoding continues at the right
+    positions. With an allocator of scope ``"global"`` every layer is scored first and evicted
+    after the last layer (the full cache of every layer is then held until the end of the
+    prefill pass: the peak memory of uncompressed prefill, plus ``(B, Hkv, T)`` float32 scores
+    per layer). All hooks are removed on exit, also after an exception.
 
     Parameters
     ----------
@@ -49,17 +65,18 @@ class CompressionSession:
     """
 
     def __init__(self, recipe: Recipe, model: nn.Module, *, record_indices: bool = False):
-        if recipe.strategies.allocator.scope != "static":
-            raise NotImplementedError(
-                f"Allocator {recipe.allocator!r} has scope {recipe.strategies.allocator.scope!r}; this engine version "
-                "runs allocators of scope 'static' only."
-            )
+        scope = recipe.strategies.allocator.scope
+        if scope not in ("static", "global"):
+            raise NotImplementedError(f"Allocator {recipe.allocator!r} has scope {scope!r}; the engine runs 'static' and 'global'.")
         self.recipe = recipe
         self.model = model
         self.adapter = ModelAdapter.for_model(model)  # fails here for unsupported families
         self.record_indices = record_indices
         self.selections: dict[int, Selection] = {}
         self.plan: BudgetPlan | None = None
+        self._global = scope == "global"
+        self._pending: list[_ScoredLayer] = []
+        self._statistics: list[torch.Tensor] = []
         self._ordinal = {idx: n for n, idx in enumerate(self.adapter.compressible)}
         self._decoding = DecodingHooks(self.adapter)
         self._handles: list[torch.utils.hooks.RemovableHandle] = []
@@ -81,7 +98,9 @@ class CompressionSession:
         try:
             if persistent_hooks(self.model) is None:
                 self._decoding.attach()
-            self._handles.append(self.adapter.decoder.register_forward_pre_hook(self._new_forward, with_kwargs=True))
+            decoder = self.adapter.decoder
+            self._handles.append(decoder.register_forward_pre_hook(self._new_forward, with_kwargs=True))
+            self._handles.append(decoder.register_forward_hook(self._end_forward, with_kwargs=True))
             for idx in self.adapter.compressible:
                 hook = functools.partial(self._compress_layer, idx)
                 self._handles.append(self.adapter.attention[idx].register_forward_hook(hook, with_kwargs=True))
@@ -94,6 +113,7 @@ class CompressionSession:
         while self._handles:
             self._handles.pop().remove()
         self._decoding.detach()
+        self._pending.clear()
         if getattr(self.model, _ACTIVE_ATTR, None) is self:
             delattr(self.model, _ACTIVE_ATTR)
 
@@ -106,6 +126,8 @@ class CompressionSession:
 
     def _new_forward(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
         self.plan = None  # budgets depend on this forward's prompt; planned at its first layer
+        self._pending.clear()
+        self._statistics.clear()
 
     def _compress_layer(self, idx: int, module: nn.Module, args: tuple, kwargs: dict, output: object) -> None:
         cache = cache_from_kwargs(kwargs)
@@ -117,22 +139,37 @@ class CompressionSession:
         if layer.get_seq_length() != length or length < 2:
             return  # not a prefill of an empty cache (decoding step or continued prefill)
         valid = self._valid_mask(hidden, length)
+        if self._global:
+            view = self._layer_view(idx, module, layer, hidden, kwargs["position_embeddings"], valid)
+            scores, forced = self._score(view)
+            self._statistics.append(self.recipe.strategies.allocator.layer_statistic(view).float())
+            self._pending.append(_ScoredLayer(idx, cache, scores, forced, valid))
+            return
         if self.plan is None:
-            self.plan = plan_budgets(self.recipe, valid, len(self.adapter.compressible), self.adapter.num_kv_heads)
-        ordinal = self._ordinal[idx]
-        if not self.plan.evicts(ordinal):
+            self.plan = self._plan(valid)
+        if not self.plan.evicts(self._ordinal[idx]):
             return
         view = self._layer_view(idx, module, layer, hidden, kwargs["position_embeddings"], valid)
-        selection = self._select(view, ordinal)
-        cache.layers[idx] = self.recipe.strategies.executor.build_layer(layer.keys, layer.values, selection, length)
-        setattr(cache, COMPRESSED_FLAG, True)
-        if self.record_indices:
-            self.selections[idx] = selection
+        scores, forced = self._score(view)
+        self._evict(_ScoredLayer(idx, cache, scores, forced, valid))
+
+    def _end_forward(self, module: nn.Module, args: tuple, kwargs: dict, output: object) -> None:
+        if not self._pending:
+            return
+        pending, self._pending = self._pending, []
+        statistics = torch.stack([s.to(pending[0].scores.device) for s in self._statistics], dim=1)  # (B, L)
+        self.plan = self._plan(pending[0].valid, statistics)
+        for scored in pending:
+            if self.plan.evicts(self._ordinal[scored.idx]):
+                self._evict(scored)
 
     # -- steps -----------------------------------------------------------------------------
 
+    def _plan(self, valid: torch.Tensor, statistics: torch.Tensor | None = None) -> BudgetPlan:
+        return plan_budgets(self.recipe, valid, len(self.adapter.compressible), self.adapter.num_kv_heads, statistics)
+
     def _valid_mask(self, hidden: torch.Tensor, length: int) -> torch.Tensor:
-        padding = self._decoding_hooks().step.padding_mask
+        padding = (persistent_hooks(self.model) or self._decoding).step.padding_mask
         if padding is None:
             return torch.ones(hidden.shape[0], length, dtype=torch.bool, device=hidden.device)
         if padding.shape != (hidden.shape[0], length):
@@ -143,12 +180,8 @@ class CompressionSession:
             raise ValueError("Only left padding is supported: every row's last prompt token must be real (attention_mask 1).")
         return padding.to(hidden.device)
 
-    def _decoding_hooks(self) -> DecodingHooks:
-        return persistent_hooks(self.model) or self._decoding
-
     def _layer_view(self, idx, module, layer, hidden, position_embeddings, valid) -> LayerView:
         cos, sin = position_embeddings
-        queries = functools.partial(_slice_queries, module, hidden, cos, sin)
         return LayerView(
             layer_idx=idx,
             keys=layer.keys,
@@ -157,23 +190,34 @@ class CompressionSession:
             window=min(self.recipe.window, hidden.shape[1]),
             scaling=float(module.scaling),
             num_query_heads=self.adapter.num_query_heads,
-            query_fn=queries,
+            query_fn=functools.partial(_slice_queries, module, hidden, cos, sin),
         )
 
-    def _select(self, view: LayerView, ordinal: int) -> Selection:
-        strategies = self.recipe.strategies
-        scores = strategies.scorer.score(view)
+    def _score(self, view: LayerView) -> tuple[torch.Tensor, torch.Tensor]:
+        scorer = self.recipe.strategies.scorer
+        scores = scorer.score(view)
         expected = (view.batch_size, view.num_kv_heads, view.seq_len)
         if tuple(scores.shape) != expected:
-            raise ValueError(f"Scorer {strategies.scorer.name!r} returned scores of shape {tuple(scores.shape)}, expected (B, Hkv, T)={expected}.")
+            raise ValueError(f"Scorer {scorer.name!r} returned scores of shape {tuple(scores.shape)}, expected (B, Hkv, T)={expected}.")
         positions = torch.arange(view.seq_len, device=view.device)
         forced = (positions >= view.seq_len - view.window).expand(view.batch_size, view.num_kv_heads, -1)
-        extra = getattr(strategies.scorer, "forced_keep", None)
+        extra = getattr(scorer, "forced_keep", None)
         extra = extra(view) if extra is not None else None
-        if extra is not None:
-            forced = forced | extra
-        keep = self.plan.keep[:, ordinal, None].expand(-1, view.num_kv_heads).contiguous()  # (B, Hkv) on CPU
-        return strategies.executor.select(scores, keep, forced, view.valid)
+        return scores, forced if extra is None else forced | extra
+
+    def _evict(self, scored: _ScoredLayer) -> None:
+        strategies = self.recipe.strategies
+        layer_keep = self.plan.keep[:, self._ordinal[scored.idx]]  # (B,) on the CPU
+        if self.recipe.head_allocation == "adaptive":
+            keep = adaptive_head_budgets(scored.scores, layer_keep, scored.forced, scored.valid, self.recipe.head_floor)
+        else:
+            keep = layer_keep[:, None].expand(-1, scored.scores.shape[1]).contiguous()  # (B, Hkv)
+        selection = strategies.executor.select(scored.scores, keep, scored.forced, scored.valid)
+        layer = scored.cache.layers[scored.idx]
+        scored.cache.layers[scored.idx] = strategies.executor.build_layer(layer.keys, layer.values, selection, layer.get_seq_length())
+        setattr(scored.cache, COMPRESSED_FLAG, True)
+        if self.record_indices:
+            self.selections[scored.idx] = selection
 
 
 def _slice_queries(module, hidden, cos, sin, start: int, stop: int) -> torch.Tensor:

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from kvpress_lab.executors.gather import GatherExecutor, select_top_k
+from kvpress_lab.executors.ragged import RaggedExecutor
 from kvpress_lab.hookspecs import hookimpl
 
-__all__ = ["GatherExecutor", "select_top_k", "kvpress_lab_register_executors"]
+__all__ = ["GatherExecutor", "RaggedExecutor", "select_top_k", "kvpress_lab_register_executors"]
 
 
 @hookimpl
 def kvpress_lab_register_executors() -> list[type]:
     """Register the built-in executors."""
-    return [GatherExecutor]
+    return [GatherExecutor, RaggedExecutor]

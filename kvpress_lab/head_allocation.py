@@ -1,0 +1,82 @@
+"""Per-head budget splits inside a layer (AdaKV-style adaptive allocation).
+
+Based on https://arxiv.org/abs/2407.11550 (Ada-KV): a layer's budget of ``k`` entries per head,
+``k * Hkv`` in all, is split across its KV heads by a top-k over *all* heads' scores, so heads
+with concentrated attention give entries to heads with dispersed attention. A safeguard floor
+keeps at least ``alpha`` of the per-head average in every head.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+__all__ = ["HEAD_ALLOCATIONS", "adaptive_head_budgets"]
+
+#: Valid values of :attr:`kvpress_lab.Recipe.head_allocation`.
+HEAD_ALLOCATIONS = ("uniform", "adaptive")
+
+
+def adaptive_head_budgets(
+    scores: torch.Tensor, keep: torch.Tensor, forced: torch.Tensor, candidates: torch.Tensor, alpha: float
+) -> torch.Tensor:
+    """Split each row's ``keep[b] * Hkv`` entries across its KV heads.
+
+    Parameters
+    ----------
+    scores : torch.Tensor
+        ``(B, Hkv, T)`` float32 scores (comparable across heads: attention mass).
+    keep : torch.Tensor
+        ``(B,)`` int64 on the CPU: the layer's per-head budget for each row (window included).
+    forced : torch.Tensor
+        ``(B, Hkv, T)`` bool: entries every head keeps anyway (window, sinks).
+    candidates : torch.Tensor
+        ``(B, T)`` bool, ``False`` on padding.
+    alpha : float
+        Safeguard: each head keeps at least ``floor(alpha * k_free)`` of the entries it may choose,
+        where ``k_free`` is the per-head average left after its forced entries.
+
+    Returns
+    -------
+    torch.Tensor
+        ``(B, Hkv)`` int64 on the CPU; row sums equal ``keep[b] * Hkv``; each entry lies in
+        ``[forced count, real tokens]``.
+
+    Examples
+    --------
+    >>> scores = torch.tensor([[[9., 8., 7., 0., 0.], [1., 1., 1., 0., 0.]]])
+    >>> forced = torch.zeros(1, 2, 5, dtype=torch.bool); forced[..., -1] = True
+    >>> adaptive_head_budgets(scores, torch.tensor([3]), forced, torch.ones(1, 5, dtype=torch.bool), 0.0).tolist()
+    [[4, 2]]
+    """
+    batch, heads, _ = scores.shape
+    forced = forced & candidates[:, None, :]
+    forced_count = forced.sum(dim=-1).cpu()  # (B, Hkv)
+    real = candidates.sum(dim=-1).cpu()  # (B,)
+    out = torch.empty(batch, heads, dtype=torch.int64)
+    for b in range(batch):
+        k = int(keep[b])
+        if k >= int(real[b]):
+            out[b] = int(real[b])
+            continue
+        free = forced_count[b].neg() + k  # (Hkv,) per-head choosable entries at uniform split
+        if bool((free < 0).any()):
+            raise ValueError(f"Forced entries ({forced_count[b].tolist()}) exceed the per-head budget {k}.")
+        floor = torch.floor(free.double() * alpha).long()  # (Hkv,)
+        pool = scores[b].float().masked_fill(forced[b] | ~candidates[b][None, :], float("-inf"))  # (Hkv, T)
+        ranked = torch.sort(pool, dim=-1, descending=True, stable=True).values  # (Hkv, T)
+        positions = torch.arange(ranked.shape[-1], device=ranked.device)
+        guaranteed = positions[None, :] < floor.to(ranked.device)[:, None]  # each head's top-`floor`
+        rest = ranked.masked_fill(guaranteed, float("-inf")).reshape(-1)
+        remaining = int(free.sum() - floor.sum())
+        picked = torch.zeros(heads, dtype=torch.int64)
+        if remaining > 0:
+            order = torch.sort(rest, descending=True, stable=True)  # deterministic ties: lower head, better rank
+            if not bool(torch.isfinite(order.values[remaining - 1])):
+                raise ValueError(f"Row {b}: not enough candidate entries to spend a budget of {k} per head.")
+            picked = torch.bincount(order.indices[:remaining].cpu() // ranked.shape[-1], minlength=heads)
+        out[b] = forced_count[b] + floor + picked
+    if not math.isclose(float(out.sum()), float(sum(min(int(keep[b]), int(real[b])) for b in range(batch)) * heads)):
+        raise RuntimeError(f"internal error: head budgets {out.tolist()} do not sum to the layer budget.")
+    return out
