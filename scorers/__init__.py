@@ -3,12 +3,25 @@
 from __future__ import annotations
 
 from kvpress_lab.hookspecs import hookimpl
+from kvpress_lab.scorers.h2o import H2OScorer
+from kvpress_lab.scorers.knorm import KNormScorer
+from kvpress_lab.scorers.random_scorer import RandomScorer
+from kvpress_lab.scorers.sink import SinkScorer
 from kvpress_lab.scorers.snapkv_window import SnapKVWindowScorer
+from kvpress_lab.scorers.tova import TOVAScorer
 
-__all__ = ["SnapKVWindowScorer", "kvpress_lab_register_scorers"]
+__all__ = [
+    "SnapKVWindowScorer",
+    "H2OScorer",
+    "SinkScorer",
+    "KNormScorer",
+    "RandomScorer",
+    "TOVAScorer",
+    "kvpress_lab_register_scorers",
+]
 
 
 @hookimpl
 def kvpress_lab_register_scorers() -> list[type]:
     """Register the built-in scorers."""
-    return [SnapKVWindowScorer]
+    return [SnapKVWindowScorer, H2OScorer, SinkScorer, KNormScorer, RandomScorer, TOVAScorer]

@@ -4,11 +4,15 @@ from __future__ import annotations
 
 from kvpress_lab.hookspecs import hookimpl
 from kvpress_lab.presets import Preset
+from kvpress_lab.strategies.h2o import H2O
+from kvpress_lab.strategies.kvpress_flavours import PYRAMIDKV_KVPRESS, SNAPKV_KVPRESS
+from kvpress_lab.strategies.pyramidkv import PYRAMIDKV
 from kvpress_lab.strategies.snapkv import SNAPKV
+from kvpress_lab.strategies.streamingllm import STREAMINGLLM
 
 __all__ = ["PRESETS", "kvpress_lab_register_presets"]
 
-PRESETS: tuple[Preset, ...] = (SNAPKV,)
+PRESETS: tuple[Preset, ...] = (PYRAMIDKV, SNAPKV, H2O, STREAMINGLLM, PYRAMIDKV_KVPRESS, SNAPKV_KVPRESS)
 
 
 @hookimpl
