@@ -45,7 +45,9 @@ class BudgetRequest:
         Mean entries per layer and KV head to keep, window included (already resolved from a
         compression ratio when the recipe used one).
     window : int
-        ``W``, the observation window; every layer keeps at least ``min(W, T)`` entries.
+        Entries every layer must keep: the observation window ``W``, plus entries the scorer
+        forces (attention sinks; see :attr:`kvpress_lab.Recipe.minimum_budget`). Every layer's
+        budget must be at least ``min(window, T)``.
     layer_statistics : torch.Tensor or None
         ``(L,)`` float32 per-layer statistics (e.g. attention entropy) for allocators whose
         scope is ``"global"``; ``None`` for static allocators.
@@ -109,7 +111,9 @@ class Scorer(Protocol):
 
         Scores of padded positions are ignored. A scorer may also define
         ``forced_keep(view) -> (B, Hkv, T) bool | None`` for entries that must survive whatever
-        their score (attention sinks); the observation window is always kept by the engine.
+        their score (attention sinks), and then ``minimum_budget(window) -> int``, the smallest
+        budget holding them plus the window, which :class:`~kvpress_lab.Recipe` checks; the
+        observation window is always kept by the engine.
         """
         ...
 

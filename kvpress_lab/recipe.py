@@ -133,6 +133,11 @@ class Recipe:
             executor=self._build("executor", self.executor, "executor_kwargs"),
         )
         object.__setattr__(self, "_strategies", built)
+        if self.budget is not None and self.budget < self.minimum_budget:
+            raise ValueError(
+                f"Recipe.budget must be >= {self.minimum_budget} for scorer {self.scorer!r} (its forced entries plus "
+                f"the window of {self.window}), got budget={self.budget}."
+            )
 
     def _build(self, role: Role, name: Any, kwargs_field: str) -> Any:
         if not isinstance(name, str):
@@ -155,6 +160,12 @@ class Recipe:
     def strategies(self) -> Strategies:
         """The allocator, scorer and executor instances (built and validated at construction)."""
         return self._strategies  # type: ignore[attr-defined]
+
+    @property
+    def minimum_budget(self) -> int:
+        """Smallest budget this recipe can run: the window, plus entries its scorer forces (sinks)."""
+        minimum = getattr(self.strategies.scorer, "minimum_budget", None)
+        return self.window if minimum is None else max(self.window, int(minimum(self.window)))
 
     def resolve_budget(self, prompt_length: int) -> int:
         """Mean entries per layer to keep for a prompt of ``prompt_length`` real tokens.

@@ -48,6 +48,10 @@ class SinkScorer:
     def __post_init__(self) -> None:
         check_int(type(self).__name__, "num_sinks", self.num_sinks, minimum=0)
 
+    def minimum_budget(self, window: int) -> int:
+        """Smallest budget that holds the sinks and the observation window: ``num_sinks + window``."""
+        return self.num_sinks + window
+
     def score(self, view: LayerView) -> torch.Tensor:
         """``(B, Hkv, T)`` float32 recency: entry ``t`` scores ``t``."""
         positions = torch.arange(view.seq_len, dtype=torch.float32, device=view.device)  # (T,)

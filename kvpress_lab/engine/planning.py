@@ -61,12 +61,12 @@ def plan_budgets(
         if key in per_row:
             continue
         budget = recipe.resolve_budget(n)
-        window = min(recipe.window, n)
-        if budget < recipe.window and n > budget:
+        window = min(recipe.minimum_budget, n)  # the window plus forced entries (sinks) must fit every layer
+        if budget < recipe.minimum_budget and n > budget:
             raise ValueError(
                 f"compression_ratio={recipe.compression_ratio} leaves a budget of {budget} entries for a prompt of {n} "
-                f"tokens, below the observation window ({recipe.window}), which is always kept. Use a smaller ratio, "
-                "a smaller window, or an absolute budget."
+                f"tokens, below the {recipe.minimum_budget} entries always kept (observation window of {recipe.window}"
+                " plus the scorer's forced entries). Use a smaller ratio, a smaller window, or an absolute budget."
             )
         stats = None if statistics is None else statistics[row].detach().float().cpu()
         request = BudgetRequest(num_layers, num_kv_heads, n, budget, window, stats)

@@ -99,7 +99,7 @@ def test_unsupported_family_fails_at_attach_naming_supported_ones():
 
 def test_ratio_leaving_less_than_the_window_is_a_clear_error():
     model = tiny_model("llama")
-    with pytest.raises(ValueError, match="below the observation window"):
+    with pytest.raises(ValueError, match="below the 8 entries always kept"):
         with Recipe(compression_ratio=0.9, window=8).apply(model):
             with torch.no_grad():
                 model(random_prompt(1, 40), use_cache=True)
