@@ -64,3 +64,22 @@ class TestPlugin:
     @hookimpl
     def kvpress_lab_register_allocators(self):
         return [StaircaseAllocator]
+
+
+WINDOW_ATTENTION: dict[int, torch.Tensor] = {}
+
+
+@dataclass(frozen=True)
+class RecordingScorer:
+    """Records ``window_attention(view)`` per layer (to compare with the model's own attention)."""
+
+    name: ClassVar[str] = "test_recording"
+
+    def score(self, view: LayerView) -> torch.Tensor:
+        from kvpress_lab.attention import window_attention
+
+        WINDOW_ATTENTION[view.layer_idx] = window_attention(view)
+        return torch.zeros(view.batch_size, view.num_kv_heads, view.seq_len, device=view.device)
+
+
+TestPlugin.kvpress_lab_register_scorers = hookimpl(lambda self: [HandScorer, RowAwareHandScorer, RecordingScorer])
