@@ -40,8 +40,10 @@ def attention_probs(
     q_pos = torch.arange(query_start, query_start + queries.shape[2], device=keys.device)
     k_pos = torch.arange(keys.shape[2], device=keys.device)
     allowed = (k_pos[None, :] <= q_pos[:, None])[None, None, None] & valid[:, None, None, None, :]
-    logits = logits.masked_fill(~allowed, float("-inf"))
-    probs = torch.softmax(logits, dim=-1).nan_to_num(0.0)  # fully masked rows (padded queries) -> 0
+    logits.masked_fill_(~allowed, float("-inf"))  # in place: at most two (B, Hq, Q, T) buffers live
+    probs = torch.softmax(logits, dim=-1)
+    del logits
+    probs.nan_to_num_(0.0)  # fully masked rows (padded queries) -> 0
     return einops.rearrange(probs, "b h g q t -> b (h g) q t")
 
 
