@@ -88,8 +88,8 @@ class Registry:
 
     Parameters
     ----------
-    extra_plugins : iterable of (name, plugin)
-        Plugin objects registered in addition to the entry points (tests, notebooks).
+    extra_plugins : Iterable[tuple[str, object]]
+        ``(name, plugin)`` pairs: plugin objects registered in addition to the entry points (tests, notebooks).
     autoload : bool or None
         Load third-party entry points; ``None`` reads ``KVPRESS_LAB_DISABLE_PLUGIN_AUTOLOAD``.
     """
@@ -100,8 +100,13 @@ class Registry:
         self.manager.add_hookspecs(hookspecs)
         self._load_entry_points()
         for name, plugin in extra_plugins:
-            self.manager.register(plugin, name=name)
-        self.manager.check_pending()
+            self._register(plugin, name)
+        try:
+            self.manager.check_pending()
+        except pluggy.PluginValidationError as exc:  # a misspelled hook name
+            raise PluginError(
+                f"Plugin {self.manager.get_name(exc.plugin)!r}: {exc}; kvpress_lab's hooks are: {', '.join(_HOOKS.values())}."
+            ) from exc
         self._entries: dict[Role, dict[str, Registered]] = {role: {} for role in ROLES}
         for role in ROLES:
             self._collect(role)
@@ -118,15 +123,32 @@ class Registry:
                 continue
             name = f"{dist}:{ep.name}"
             if self.manager.get_plugin(name) is None:
-                self.manager.register(ep.load(), name=name)
+                try:
+                    plugin = ep.load()
+                except Exception as exc:
+                    if is_builtin:
+                        raise
+                    raise PluginError(
+                        f"Plugin {name!r} (entry point {ep.value!r} in group {ENTRY_POINT_GROUP!r}) failed to load: "
+                        f"{type(exc).__name__}: {exc}. Fix or uninstall {dist!r}, or set {AUTOLOAD_ENV}=1 "
+                        "to load only the built-ins."
+                    ) from exc
+                self._register(plugin, name)
         if not builtin_found:  # running from a source tree that was never installed
             for short, module in BUILTIN_MODULES.items():
-                self.manager.register(importlib.import_module(module), name=f"{DISTRIBUTION}:{short}")
+                self._register(importlib.import_module(module), f"{DISTRIBUTION}:{short}")
+
+    def _register(self, plugin: object, name: str) -> None:
+        try:
+            self.manager.register(plugin, name=name)
+        except pluggy.PluginValidationError as exc:  # hookimpl signature not matching its spec
+            raise PluginError(f"Plugin {name!r} does not match kvpress_lab's hook specifications: {exc}") from exc
 
     def _collect(self, role: Role) -> None:
         hook = getattr(self.manager.hook, _HOOKS[role])
-        # pluggy calls implementations last-registered first; walk them in registration order.
-        for impl in reversed(hook.get_hookimpls()):
+        # get_hookimpls() lists implementations in registration order (pluggy *calls* them in
+        # reverse); walk them in that order so a clash names the first-registered plugin first.
+        for impl in hook.get_hookimpls():
             returned = impl.function()
             if returned is None:
                 continue
