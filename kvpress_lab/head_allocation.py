@@ -14,7 +14,7 @@ import torch
 
 __all__ = ["HEAD_ALLOCATIONS", "adaptive_head_budgets"]
 
-#: Valid values of :attr:`kvpress_lab.Recipe.head_allocation`.
+#: Valid values of ``Recipe.head_allocation`` (see :class:`kvpress_lab.Recipe`).
 HEAD_ALLOCATIONS = ("uniform", "adaptive")
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from kvpress_lab.hookspecs import hookimpl
 from kvpress_lab.presets import Preset
+from kvpress_lab.strategies.adakv import ADAKV, ADAPTIVE, LEARNED, PYRAMID_ADAKV
 from kvpress_lab.strategies.h2o import H2O
 from kvpress_lab.strategies.kvpress_flavours import PYRAMIDKV_KVPRESS, SNAPKV_KVPRESS
 from kvpress_lab.strategies.pyramidkv import PYRAMIDKV
@@ -12,7 +13,7 @@ from kvpress_lab.strategies.streamingllm import STREAMINGLLM
 
 __all__ = ["PRESETS", "kvpress_lab_register_presets"]
 
-PRESETS: tuple[Preset, ...] = (PYRAMIDKV, SNAPKV, H2O, STREAMINGLLM, PYRAMIDKV_KVPRESS, SNAPKV_KVPRESS)
+PRESETS: tuple[Preset, ...] = (PYRAMIDKV, SNAPKV, H2O, STREAMINGLLM, PYRAMIDKV_KVPRESS, SNAPKV_KVPRESS, ADAKV, PYRAMID_ADAKV, ADAPTIVE, LEARNED)
 
 
 @hookimpl

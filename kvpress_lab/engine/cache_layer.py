@@ -32,7 +32,7 @@ class CompressedLayer(DynamicLayer):
     Notes
     -----
     New tokens appended by :meth:`update` are valid unless the engine announced otherwise
-    through :attr:`pending_valid` (``(B, q)`` bool, set before the attention forward).
+    through ``pending_valid`` (``(B, q)`` bool, set before the attention forward).
     """
 
     is_croppable = False

@@ -56,7 +56,7 @@ class CompressionSession:
         A loaded causal LM of a supported family.
     record_indices : bool
         Keep each layer's :class:`~kvpress_lab.protocols.Selection` of the last prefill in
-        :attr:`selections` (for analysis and tests).
+        ``selections`` (for analysis and tests).
 
     Examples
     --------

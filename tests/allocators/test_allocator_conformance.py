@@ -7,6 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from kvpress_lab import BudgetRequest, get_registry
+from profiles_for_tests import allocator_kwargs
 
 STATIC = [name for name in get_registry().names("allocator") if get_registry().get("allocator", name).obj.scope == "static"]
 
@@ -25,7 +26,8 @@ def test_builtin_static_allocators_are_registered():
     extra=st.integers(0, 3000),
 )
 def test_static_allocator_contract(name, layers, kv_heads, length, window, extra):
-    allocator = get_registry().get("allocator", name).obj()  # defaults only
+    # defaults only, except a profile with the right number of layers for `learned`
+    allocator = get_registry().get("allocator", name).obj(**allocator_kwargs(name, layers))
     window = min(window, length)  # the engine clamps the window to the prompt
     request = BudgetRequest(layers, kv_heads, length, window + extra, window)
     budgets = allocator.allocate(request)

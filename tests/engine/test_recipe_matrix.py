@@ -9,6 +9,7 @@ import torch
 from kvpress_lab import Recipe, get_registry
 from kvpress_lab.engine.cache_layer import CompressedLayer
 from kvpress_lab.engine.ragged_layer import RaggedLayer
+from profiles_for_tests import allocator_kwargs
 from tiny_models import FAMILIES, left_pad, random_prompt, tiny_model
 
 LENGTHS = (37, 71)  # odd, prime
@@ -31,13 +32,15 @@ def _check_run(model, recipe, ids, mask=None):
             assert layer.physical_length <= length + STEPS - 1
 
 
-def _build(name: str, budget: int) -> Recipe | None:
-    minimum = Recipe.preset(name).minimum_budget
+def _build(name: str, budget: int, num_layers: int) -> Recipe | None:
+    allocator = dict(get_registry().get("preset", name).obj.recipe)["allocator"]
+    extra = {"allocator_kwargs": allocator_kwargs(allocator, num_layers)}
+    minimum = Recipe.preset(name, **extra).minimum_budget
     if budget < minimum:
         with pytest.raises(ValueError, match=f"budget must be >= {minimum}|budget must be >= window"):
-            Recipe.preset(name, budget=budget)
+            Recipe.preset(name, budget=budget, **extra)
         return None
-    return Recipe.preset(name, budget=budget)
+    return Recipe.preset(name, budget=budget, **extra)
 
 
 @pytest.mark.parametrize("family", FAMILIES)
@@ -47,7 +50,7 @@ def test_every_preset_on_every_family(family, preset):
     for length in LENGTHS if family == "llama" else LENGTHS[1:]:
         ids = random_prompt(1, length, seed=length)
         for budget in _budgets(length, window=8):
-            recipe = _build(preset, budget)
+            recipe = _build(preset, budget, num_layers=2 if family == "gemma3" else 4)
             if recipe is not None:
                 _check_run(model, recipe, ids)
 
@@ -59,8 +62,17 @@ def test_every_allocator_scorer_pair_with_padding(allocator, scorer, head_alloca
     model = tiny_model("qwen3")
     ids, mask = left_pad([random_prompt(1, n, seed=n)[0] for n in (53, 29, 41)])
     for budget in (9, 24, 60):
-        recipe = Recipe(allocator=allocator, scorer=scorer, budget=budget, window=4, head_allocation=head_allocation)
+        recipe = Recipe(allocator=allocator, scorer=scorer, budget=budget, window=4, head_allocation=head_allocation,
+                        allocator_kwargs=allocator_kwargs(allocator, 4))
         _check_run(model, recipe, ids, mask)
+
+
+def test_learned_profile_for_another_depth_is_a_clear_error():
+    model = tiny_model("llama")
+    with pytest.raises(ValueError, match="30"):
+        with Recipe.preset("learned", budget=12).apply(model):  # the shipped profile has 30 layers, the model 4
+            with torch.no_grad():
+                model(random_prompt(1, 40), use_cache=True)
 
 
 def test_ratio_budgets_follow_each_prompt():
