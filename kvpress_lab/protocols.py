@@ -26,7 +26,7 @@ if TYPE_CHECKING:
 
 __all__ = ["AllocatorScope", "BudgetRequest", "Selection", "Allocator", "Scorer", "Executor"]
 
-AllocatorScope = Literal["static", "layer", "global"]
+AllocatorScope = Literal["static", "global"]
 
 
 @dataclass(frozen=True)
@@ -87,9 +87,14 @@ class Selection:
 class Allocator(Protocol):
     """Decides how many entries each layer keeps.
 
-    ``scope`` says when the engine can call it: ``"static"`` before prefill (budgets depend only
-    on sizes), ``"layer"`` per layer once its scores exist, ``"global"`` after the last layer with
-    every layer's statistics (eviction then waits until the end of the prefill forward pass).
+    ``scope`` says when the engine can call it: ``"static"`` before eviction (budgets depend only
+    on sizes), ``"global"`` after the last layer with every layer's statistics (eviction then waits
+    until the end of the prefill forward pass). A global allocator also defines
+    ``layer_statistic(view) -> (B,) float32``, which the engine calls at every compressible layer
+    and hands back, per row, as :attr:`BudgetRequest.layer_statistics`.
+
+    Splitting a layer's budget across its KV heads is not an allocator scope but the recipe's
+    ``head_allocation`` axis (AdaKV), so it composes with every allocator.
     """
 
     name: ClassVar[str]

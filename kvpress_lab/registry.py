@@ -57,7 +57,7 @@ _METHODS: dict[Role, tuple[str, ...]] = {
     "executor": ("select", "build_layer"),
 }
 _NAME = re.compile(r"^[a-z][a-z0-9_\-]*$")
-_SCOPES = ("static", "layer", "global")
+_SCOPES = ("static", "global")
 
 
 @dataclass(frozen=True)

@@ -67,7 +67,7 @@ class CompressionSession:
     def __init__(self, recipe: Recipe, model: nn.Module, *, record_indices: bool = False):
         scope = recipe.strategies.allocator.scope
         if scope not in ("static", "global"):
-            raise NotImplementedError(f"Allocator {recipe.allocator!r} has scope {scope!r}; the engine runs 'static' and 'global'.")
+            raise ValueError(f"Allocator {recipe.allocator!r} has scope {scope!r}; expected 'static' or 'global'.")
         self.recipe = recipe
         self.model = model
         self.adapter = ModelAdapter.for_model(model)  # fails here for unsupported families
