@@ -1,0 +1,174 @@
+"""``kvpress-lab bench needle|ruler|longbench|speed``: sweeps over recipes x budgets x samples.
+
+needle, ruler and longbench run through :func:`~kvpress_lab.benchmarks.sweep.run_sweep`
+(JSON Lines output, resumable, ``--shard i/n``) and print the summary of every result in the
+output file; speed writes one JSON result file and prints its table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import pathlib
+from collections.abc import Callable
+from typing import Any
+
+from kvpress_lab.benchmarks.commands import BenchmarkInputError, load, recipe_entries
+from kvpress_lab.benchmarks.generation import generate_answer
+from kvpress_lab.benchmarks.results import read_rows, run_metadata, write_result_file
+from kvpress_lab.benchmarks.sweep import Cell, plan_cells, run_sweep
+
+__all__ = ["RULER_MAX_NEW_TOKENS", "cmd_bench", "split_longbench_prompt"]
+
+#: Generation length per RULER task (enough for every reference, short enough for a CPU).
+RULER_MAX_NEW_TOKENS = {"niah_single": 12, "niah_multikey": 12, "niah_multivalue": 40, "variable_tracking": 30,
+                        "common_words": 50}
+
+
+def _capped(default: int, cap: int | None) -> int:
+    return default if cap is None else min(default, cap)
+
+
+def _sweep(args: argparse.Namespace, benchmark: str, samples: dict[str, Any], run_one: Callable[..., dict[str, Any]],
+           config: dict[str, Any]) -> list[dict[str, Any]]:
+    """Plan, validate, load, run this shard and return every row of the output file."""
+    shard = args.shard
+    entries = {(label, budget): recipe for label, budget, recipe in recipe_entries(args.recipes, args.budgets, args.window)}
+    cells = plan_cells(args.recipes, args.budgets, list(samples))
+    out = pathlib.Path(args.out or f"results/{benchmark}.jsonl")
+    model, tokenizer = load(args)
+    meta = run_metadata(benchmark, args.model, {f"{k[0]}@{k[1]}": r for k, r in entries.items()}, seed=args.seed,
+                        device=str(next(model.parameters()).device), config={**config, "mode": args.mode})
+
+    def runner(cell: Cell) -> dict[str, Any]:
+        recipe = entries[(cell.recipe, cell.budget)]
+        row = run_one(model, tokenizer, recipe, samples[cell.sample])
+        return {**row, "mode": args.mode, "recipe_config": None if recipe is None else recipe.to_dict()}
+
+    report = run_sweep(cells, runner, out, meta, shard=shard, progress=not args.no_progress)
+    print(f"{out}: shard {shard[0]}/{shard[1]} ran {report['ran']} cells, skipped {report['skipped']} already done.")
+    return read_rows(out)
+
+
+def _bench_needle(args: argparse.Namespace) -> int:
+    from kvpress_lab.benchmarks.needle import build_needle_prompt, is_correct, needle_cells, token_counter
+    from kvpress_lab.benchmarks.plot import plot_needle_heatmap
+    from kvpress_lab.benchmarks.tables import needle_summary, needle_table
+
+    grid = {f"L={length}|d={depth:g}": (length, depth) for length, depth in needle_cells(args.lengths, args.depths)}
+    prompts: dict[tuple[int, float], Any] = {}
+
+    def run_one(model: Any, tokenizer: Any, recipe: Any, cell: tuple[int, float]) -> dict[str, Any]:
+        if cell not in prompts:
+            prompts[cell] = build_needle_prompt(cell[0], cell[1], token_counter(tokenizer), seed=args.seed)
+        prompt = prompts[cell]
+        result = generate_answer(model, tokenizer, recipe, prompt.context, prompt.question, mode=args.mode,
+                                 max_new_tokens=args.max_new_tokens)
+        return {"length": cell[0], "depth": cell[1], "prompt_tokens": result.prompt_tokens, "passcode": prompt.passcode,
+                "output": result.text, "correct": is_correct(result.text, prompt.passcode),
+                "prefill_s": result.prefill_s, "decode_step_s": result.decode_step_s, "kv_bytes": result.kv_bytes}
+
+    rows = _sweep(args, "needle", grid, run_one, {"lengths": args.lengths, "depths": args.depths})
+    print(needle_table(needle_summary(rows)))
+    png = pathlib.Path(args.out or "results/needle.jsonl").with_suffix(".png")
+    print(f"Wrote {plot_needle_heatmap(rows, png)}")
+    return 0
+
+
+def _bench_ruler(args: argparse.Namespace) -> int:
+    from kvpress_lab.benchmarks import ruler
+    from kvpress_lab.benchmarks.needle import token_counter
+    from kvpress_lab.benchmarks.tables import score_table
+
+    unknown = sorted(set(args.tasks) - set(ruler.TASKS))
+    if unknown:
+        raise BenchmarkInputError(f"unknown RULER task(s) {unknown}; expected some of {sorted(ruler.TASKS)}.")
+    samples = {f"{task}|L={length}|s={i}": (task, length, args.seed + i)
+               for task in args.tasks for length in args.lengths for i in range(args.samples)}
+    built: dict[tuple, Any] = {}
+
+    def run_one(model: Any, tokenizer: Any, recipe: Any, spec: tuple[str, int, int]) -> dict[str, Any]:
+        if spec not in built:
+            built[spec] = ruler.generate(spec[0], spec[1], seed=spec[2], count_tokens=token_counter(tokenizer))
+        sample = built[spec]
+        result = generate_answer(model, tokenizer, recipe, sample.context, sample.query, mode=args.mode,
+                                 max_new_tokens=_capped(RULER_MAX_NEW_TOKENS[spec[0]], args.max_new_tokens))
+        return {"task": spec[0], "length": spec[1], "prompt_tokens": result.prompt_tokens, "output": result.text,
+                "answers": list(sample.answers), "score": 100 * ruler.string_match_all(result.text, sample.answers),
+                "prefill_s": result.prefill_s, "kv_bytes": result.kv_bytes}
+
+    rows = _sweep(args, "ruler", samples, run_one, {"tasks": args.tasks, "lengths": args.lengths, "samples": args.samples})
+    print(score_table(rows, "task"))
+    return 0
+
+
+def split_longbench_prompt(task: str, record: dict[str, Any], prompt: str) -> tuple[str, str]:
+    """``(context part, question part)`` of a built (maybe truncated, maybe chat-wrapped) prompt."""
+    from kvpress_lab.benchmarks.longbench_prompts import DATASET2PROMPT
+
+    tail = DATASET2PROMPT[task].split("{context}", 1)[1].format(input=record["input"])
+    position = prompt.rfind(tail)
+    if position < 0:  # the middle cut reached the question: treat the whole prompt as context
+        return prompt, ""
+    return prompt[:position], prompt[position:]
+
+
+def _bench_longbench(args: argparse.Namespace) -> int:
+    from kvpress_lab.benchmarks import longbench
+    from kvpress_lab.benchmarks.tables import score_table
+
+    if args.data_dir is None:
+        raise BenchmarkInputError("bench longbench needs --data-dir, the folder of the official <task>.jsonl files.")
+    tasks = args.tasks or [t for t in longbench.TASKS if (pathlib.Path(args.data_dir) / f"{t}.jsonl").is_file()]
+    try:
+        records = {t: longbench.load_task(args.data_dir, t, limit=args.limit) for t in tasks}
+    except (FileNotFoundError, ValueError, TypeError) as exc:
+        raise BenchmarkInputError(str(exc)) from exc
+    if not any(records.values()):
+        raise BenchmarkInputError(f"no LongBench records found in {args.data_dir} for tasks {tasks}.")
+    samples = {f"{t}|{r['_id']}": (t, r) for t in tasks for r in records[t]}
+
+    def run_one(model: Any, tokenizer: Any, recipe: Any, spec: tuple[str, dict[str, Any]]) -> dict[str, Any]:
+        task, record = spec
+        prompt = longbench.truncate_middle(longbench.build_prompt(task, record), tokenizer, args.max_length)
+        if args.chat == "auto" and longbench.uses_chat_template(task) and tokenizer.chat_template:
+            prompt = tokenizer.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False,
+                                                   add_generation_prompt=True)
+        if args.mode == "query-agnostic":
+            context, question = split_longbench_prompt(task, record, prompt)
+        else:
+            context, question = prompt, ""
+        result = generate_answer(model, tokenizer, recipe, context, question, mode=args.mode,
+                                 max_new_tokens=_capped(longbench.DATASET2MAXLEN[task], args.max_new_tokens))
+        score = longbench.score_prediction(task, result.text, record["answers"], record.get("all_classes"))
+        return {"task": task, "_id": record["_id"], "prompt_tokens": result.prompt_tokens, "pred": result.text,
+                "score": 100 * score, "prefill_s": result.prefill_s, "kv_bytes": result.kv_bytes}
+
+    rows = _sweep(args, "longbench", samples, run_one,
+                  {"tasks": tasks, "limit": args.limit, "max_length": args.max_length, "chat": args.chat})
+    print(score_table(rows, "task"))
+    return 0
+
+
+def _bench_speed(args: argparse.Namespace) -> int:
+    from kvpress_lab.benchmarks.speed import measure_speed
+    from kvpress_lab.benchmarks.tables import speed_table
+
+    entries = recipe_entries(args.recipes, args.budgets, args.window)
+    model, tokenizer = load(args)
+    rows = measure_speed(model, tokenizer, entries, args.lengths, decode_steps=args.decode_steps,
+                         repeats=args.repeats, seed=args.seed, progress=not args.no_progress)
+    meta = run_metadata("speed", args.model, {f"{label}@{budget}": r for label, budget, r in entries}, seed=args.seed,
+                        device=str(next(model.parameters()).device),
+                        config={"lengths": args.lengths, "decode_steps": args.decode_steps, "repeats": args.repeats})
+    out = write_result_file(args.out or "results/speed.json", meta, rows)
+    print(speed_table(rows))
+    print(f"Wrote {out}")
+    return 0
+
+
+_TASKS = {"needle": _bench_needle, "ruler": _bench_ruler, "longbench": _bench_longbench, "speed": _bench_speed}
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    """Dispatch ``kvpress-lab bench TASK``."""
+    return _TASKS[args.task](args)

@@ -1,0 +1,150 @@
+"""Speed and memory: prefill with and without compression, decoding steps, KV bytes, peak memory.
+
+For each prompt length ``T`` one filler prompt is built; after one warm-up run at that length, the
+full cache and every recipe run on that same prompt in the same process, ``repeats`` times,
+interleaved (full, recipe 1, recipe 2, full, ...), each with a fixed number of greedy decoding
+steps. Medians are reported per (T, recipe):
+
+- ``prefill_s``: the first forward of ``generate`` (compression included for a recipe);
+- ``overhead_s``: ``prefill_s - prefill_s(full)`` on the same prompt;
+- ``decode_step_s``: mean seconds per decoding step (one token) over ``decode_steps`` steps;
+- ``kv_bytes_before`` / ``kv_bytes_after``: cache bytes of the full cache and of the recipe's
+  cache right after prefill;
+- ``peak_rss_mb``: peak resident memory of the process while the row ran (sampled every 5 ms with
+  ``psutil`` when it is installed, else the process's lifetime high-water mark from
+  ``resource.getrusage``), and ``cuda_peak_mb`` on a GPU (``torch.cuda.max_memory_allocated``).
+"""
+
+from __future__ import annotations
+
+import statistics
+import threading
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import torch
+
+from kvpress_lab.benchmarks.generation import generate_answer
+from kvpress_lab.benchmarks.haystack import fill_to_tokens
+from kvpress_lab.benchmarks.needle import token_counter
+
+__all__ = ["PeakMemory", "speed_prompt", "measure_speed"]
+
+
+class PeakMemory:
+    """Context manager measuring peak RSS (MiB) and, on CUDA, peak allocated memory (MiB)."""
+
+    def __init__(self, device: torch.device | str = "cpu", interval_s: float = 0.005):
+        self.device = torch.device(device)
+        self.interval_s = interval_s
+        self.peak_rss_mb = float("nan")
+        self.cuda_peak_mb: float | None = None
+        self.source = "none"
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def __enter__(self) -> PeakMemory:
+        if self.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(self.device)
+        try:
+            import psutil
+        except ImportError:
+            self.source = "getrusage"
+            return self
+        process, self.source = psutil.Process(), "psutil"
+        self.peak_rss_mb = process.memory_info().rss / 2**20
+
+        def sample() -> None:
+            while not self._stop.wait(self.interval_s):
+                self.peak_rss_mb = max(self.peak_rss_mb, process.memory_info().rss / 2**20)
+
+        self._thread = threading.Thread(target=sample, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        if self._thread is not None:
+            self._stop.set()
+            self._thread.join()
+        else:
+            import resource  # POSIX; ru_maxrss is KiB on Linux
+
+            self.peak_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        if self.device.type == "cuda":
+            self.cuda_peak_mb = torch.cuda.max_memory_allocated(self.device) / 2**20
+
+
+def speed_prompt(tokenizer: Any, length: int, seed: int = 0) -> tuple[str, str]:
+    """``(context, question)`` of about ``length`` tokens of filler and a short question."""
+    question = "\n\nQuestion: Summarise the text above in one sentence.\nAnswer:"
+    count = token_counter(tokenizer)
+    return " ".join(fill_to_tokens(length - count(question), count, seed=seed)), question
+
+
+def measure_speed(
+    model: Any,
+    tokenizer: Any,
+    recipes: Iterable[tuple[str, int | None, Any]],
+    lengths: Sequence[int] = (2048, 4096),
+    *,
+    decode_steps: int = 16,
+    repeats: int = 1,
+    seed: int = 0,
+    progress: bool = True,
+) -> list[dict[str, Any]]:
+    """Time every ``(label, budget, recipe)`` at every length; the full cache always runs first.
+
+    Parameters
+    ----------
+    recipes : iterable of (str, int or None, Recipe or None)
+        As in :func:`~kvpress_lab.benchmarks.needle.run_needle`; a ``("full", None, None)``
+        entry is added when missing, since it is the reference of ``overhead_s``.
+    lengths : sequence of int
+        Prompt lengths ``T`` in tokens.
+    decode_steps : int
+        Decoding steps per run (``min_new_tokens = max_new_tokens``).
+    repeats : int
+        Runs per row, interleaved across recipes; the median of each time is reported.
+    """
+    from tqdm.auto import tqdm
+
+    if repeats < 1 or decode_steps < 1:
+        raise ValueError(f"repeats and decode_steps must be >= 1, got {repeats} and {decode_steps}.")
+    entries = [e for e in recipes if e[2] is not None]
+    entries.insert(0, ("full", None, None))
+    device = next(model.parameters()).device
+    rows: list[dict[str, Any]] = []
+    with tqdm(total=len(lengths) * (len(entries) * repeats + 1), desc="speed", unit="run", disable=not progress) as bar:
+        for length in lengths:
+            context, question = speed_prompt(tokenizer, int(length), seed)
+            bar.set_postfix_str(f"T={length} warm-up")
+            generate_answer(model, tokenizer, None, context, question, max_new_tokens=2)  # allocator, kernels
+            bar.update()
+            runs: dict[int, list[Any]] = {i: [] for i in range(len(entries))}
+            peaks: dict[int, list[PeakMemory]] = {i: [] for i in range(len(entries))}
+            for _ in range(repeats):  # interleaved, so drifting machine load hits every recipe alike
+                for i, (label, budget, recipe) in enumerate(entries):
+                    bar.set_postfix_str(f"T={length} {label}@{budget}")
+                    with PeakMemory(device) as memory:
+                        runs[i].append(generate_answer(model, tokenizer, recipe, context, question,
+                                                       max_new_tokens=decode_steps, min_new_tokens=decode_steps))
+                    peaks[i].append(memory)
+                    bar.update()
+            for i, (label, budget, recipe) in enumerate(entries):
+                rows.append(_row(length, label, budget, recipe, runs[i], peaks[i], runs[0], decode_steps))
+    return rows
+
+
+def _row(length, label, budget, recipe, runs, peaks, full_runs, decode_steps) -> dict[str, Any]:
+    prefill = statistics.median(r.prefill_s for r in runs)
+    cuda = [p.cuda_peak_mb for p in peaks if p.cuda_peak_mb is not None]
+    return {
+        "length": int(length), "recipe": label, "budget": budget, "prompt_tokens": runs[0].prompt_tokens,
+        "prefill_s": prefill, "prefill_runs_s": [r.prefill_s for r in runs],
+        "overhead_s": prefill - statistics.median(r.prefill_s for r in full_runs),
+        "decode_step_s": statistics.median(r.decode_step_s for r in runs),
+        "kv_bytes_before": full_runs[0].kv_bytes, "kv_bytes_after": runs[0].kv_bytes,
+        "peak_rss_mb": max(p.peak_rss_mb for p in peaks), "rss_source": peaks[0].source,
+        "cuda_peak_mb": max(cuda) if cuda else None, "repeats": len(runs), "decode_steps": decode_steps,
+        "recipe_config": None if recipe is None else recipe.to_dict(),
+    }

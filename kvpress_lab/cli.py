@@ -1,0 +1,356 @@
+"""The ``kvpress-lab`` command line.
+
+One subcommand per job, each a ``_cmd_<name>(args) -> int`` handler plus an
+``_add_<name>_arguments(parser)`` function, registered once in :data:`COMMANDS`. To add a
+subcommand (``run``, ``bench``, ``demo``, ...), write those two functions and add one
+:class:`Command` entry; :func:`main` builds the parser from the table.
+
+Examples
+--------
+.. code-block:: console
+
+    $ kvpress-lab list
+    $ kvpress-lab list --role scorer --json
+    $ kvpress-lab demo
+    $ kvpress-lab run --prompt-file doc.txt --preset pyramidkv --budget 128
+    $ kvpress-lab bench needle --lengths 1024,2048 --budgets 64,128 --shard 0/2
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from kvpress_lab import __version__
+from kvpress_lab.errors import KVPressLabError
+from kvpress_lab.presets import Preset
+from kvpress_lab.registry import AUTOLOAD_ENV, ROLES, Registered, get_registry
+
+__all__ = ["Command", "COMMANDS", "build_parser", "main"]
+
+
+@dataclass(frozen=True)
+class Command:
+    """One subcommand: its one-line help, how it adds its arguments, and its handler.
+
+    Parameters
+    ----------
+    help : str
+        One line shown by ``kvpress-lab --help``.
+    add_arguments : Callable[[argparse.ArgumentParser], None]
+        Adds the subcommand's options to its parser.
+    run : Callable[[argparse.Namespace], int]
+        The handler; returns the process exit status.
+    """
+
+    help: str
+    add_arguments: Callable[[argparse.ArgumentParser], None]
+    run: Callable[[argparse.Namespace], int]
+
+
+# ---------------------------------------------------------------------------------------------
+# list
+# ---------------------------------------------------------------------------------------------
+
+
+def _add_list_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--role", choices=ROLES, help="show only this role")
+    parser.add_argument("--json", action="store_true", help="print a JSON list instead of a table")
+
+
+def _describe(entry: Registered) -> dict[str, Any]:
+    """JSON-ready description of one registered strategy or preset."""
+    row: dict[str, Any] = {"role": entry.role, "name": entry.name, "plugin": entry.plugin, "summary": entry.summary}
+    if isinstance(entry.obj, Preset):
+        row["recipe"] = dict(entry.obj.recipe)
+        row["paper"] = entry.obj.paper
+        return row
+    if entry.role == "allocator":
+        row["scope"] = getattr(entry.obj, "scope", None)
+    row["parameters"] = {f.name: _default(f) for f in dataclasses.fields(entry.obj) if f.init}
+    return row
+
+
+def _default(field: dataclasses.Field) -> Any:
+    if field.default is not dataclasses.MISSING:
+        return field.default
+    if field.default_factory is not dataclasses.MISSING:
+        return field.default_factory()
+    return None  # required parameter (no default)
+
+
+def _table(rows: Sequence[Sequence[str]]) -> str:
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
+    lines = ["  ".join([*(cell.ljust(w) for cell, w in zip(row, widths)), row[-1]]).rstrip() for row in rows]
+    return "\n".join(lines)
+
+
+def _cmd_list(args: argparse.Namespace) -> int:
+    """Print every registered strategy and preset with the plugin that provided it."""
+    registry = get_registry()
+    entries = [e for e in registry if args.role is None or e.role == args.role]
+    if args.json:
+        print(json.dumps([_describe(e) for e in entries], indent=2, default=repr))
+        return 0
+    # Summaries are docstring first lines: drop reST literal markup for the terminal.
+    rows = [("ROLE", "NAME", "PLUGIN", "SUMMARY")] + [
+        (e.role, e.name, e.plugin, e.summary.replace("``", "")) for e in entries
+    ]
+    print(_table(rows))
+    autoload = "on" if registry.autoload else f"off ({AUTOLOAD_ENV})"
+    print(f"\n{len(entries)} entries from plugins: {', '.join(registry.plugins())}; third-party autoload {autoload}.")
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------
+# run, bench, demo, plot (handlers in kvpress_lab.benchmarks, imported when a command runs)
+# ---------------------------------------------------------------------------------------------
+
+_BENCH_RECIPES = "full,streamingllm,h2o,snapkv,pyramidkv"
+
+
+def _comma_list(kind: Callable[[str], Any], what: str) -> Callable[[str], list[Any]]:
+    """argparse type for ``a,b,c`` lists whose items parse with ``kind``."""
+
+    def parse(text: str) -> list[Any]:
+        items = [item.strip() for item in text.split(",") if item.strip()]
+        if not items:
+            raise argparse.ArgumentTypeError(f"expected a comma-separated list of {what}, got {text!r}")
+        try:
+            return [kind(item) for item in items]
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a comma-separated list of {what}, got {text!r}") from None
+
+    return parse
+
+
+def _shard(text: str) -> tuple[int, int]:
+    from kvpress_lab.benchmarks.sweep import parse_shard
+
+    try:
+        return parse_shard(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise ValueError(text)
+    return value
+
+
+def _depth(text: str) -> float:
+    value = float(text)
+    if not 0.0 <= value <= 1.0:
+        raise ValueError(text)
+    return value
+
+
+def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    from kvpress_lab.models import EMBEDDED_MODEL_NAME
+
+    parser.add_argument("--model", default=EMBEDDED_MODEL_NAME,
+                        help="embedded model name (default), local checkpoint folder or hub id")
+    parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... (default: cuda when available)")
+    parser.add_argument("--dtype", default="float32", help="float32 (default), bfloat16 or float16")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the generated prompts (default 0)")
+
+
+def _add_run_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("prompt", nargs="?", help="the prompt text (or use --prompt-file)")
+    parser.add_argument("--prompt-file", help="read the prompt from this file")
+    parser.add_argument("--question", help="text appended after the compressed part (needed by --mode query-agnostic)")
+    which = parser.add_mutually_exclusive_group()
+    which.add_argument("--preset", help="named recipe (see `kvpress-lab list --role preset`); default pyramidkv")
+    which.add_argument("--allocator", help="allocator name, with --scorer, instead of a preset")
+    which.add_argument("--full", action="store_true", help="no compression (reference run)")
+    parser.add_argument("--scorer", help="scorer name (with --allocator)")
+    size = parser.add_mutually_exclusive_group()
+    size.add_argument("--budget", type=_positive_int, help="cache entries kept per layer (default 128)")
+    size.add_argument("--ratio", type=float, help="fraction of the prompt's entries to remove, in [0, 1)")
+    parser.add_argument("--window", type=_positive_int, help="observation window W (default: the recipe's)")
+    parser.add_argument("--mode", choices=("query-aware", "query-agnostic"), default="query-aware")
+    parser.add_argument("--chat", action="store_true", help="wrap prompt + question in the tokenizer's chat template")
+    parser.add_argument("--max-new-tokens", type=_positive_int, default=64)
+    _add_model_arguments(parser)
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    """Compress one prompt's cache, print the answer, the cache size before/after and timings."""
+    from kvpress_lab.benchmarks.commands import cmd_run
+
+    if args.scorer is not None and args.allocator is None and args.preset is None:
+        args.allocator = "uniform"
+    if args.preset is None and args.allocator is None and not args.full:
+        args.preset = "pyramidkv"
+    return cmd_run(args)
+
+
+def _add_sweep_arguments(parser: argparse.ArgumentParser, recipes: str, budgets: str, out: str) -> None:
+    parser.add_argument("--recipes", type=_comma_list(str, "preset names"), default=recipes.split(","),
+                        help=f"presets to compare, 'full' = no compression (default {recipes})")
+    parser.add_argument("--budgets", type=_comma_list(_positive_int, "positive integers"),
+                        default=[int(b) for b in budgets.split(",")], help=f"entries per layer (default {budgets})")
+    parser.add_argument("--window", type=_positive_int, help="override every preset's observation window")
+    parser.add_argument("--out", help=f"result file (default {out})")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    _add_model_arguments(parser)
+
+
+def _add_bench_arguments(parser: argparse.ArgumentParser) -> None:
+    from kvpress_lab.benchmarks.ruler import TASKS as RULER_TASKS
+
+    tasks = parser.add_subparsers(dest="task", metavar="TASK", required=True)
+    ints, floats = _comma_list(_positive_int, "positive integers"), _comma_list(_depth, "depths in [0, 1]")
+    modes = ("query-aware", "query-agnostic")
+    for name, help_text in (("needle", "needle in a haystack over lengths x depths (heatmap)"),
+                            ("ruler", "RULER-style synthetic tasks, exact match"),
+                            ("longbench", "LongBench from the official JSONL files (--data-dir)")):
+        task = tasks.add_parser(name, help=help_text, description=help_text)
+        _add_sweep_arguments(task, _BENCH_RECIPES, "64,128", f"results/{name}.jsonl")
+        task.add_argument("--shard", type=_shard, default=(0, 1), help="run only cells with index %% n == i, given as i/n")
+        task.add_argument("--mode", choices=modes, default="query-aware", help="compress the question too (default) or not")
+        if name == "needle":
+            task.add_argument("--lengths", type=ints, default=[1024, 2048, 4096], help="prompt tokens (default 1024,2048,4096)")
+            task.add_argument("--depths", type=floats, default=[0.0, 0.25, 0.5, 0.75, 1.0], help="needle depths in [0, 1]")
+            task.add_argument("--max-new-tokens", type=_positive_int, default=8)
+        elif name == "ruler":
+            task.add_argument("--tasks", type=_comma_list(str, "task names"), default=list(RULER_TASKS),
+                              help=f"some of {','.join(RULER_TASKS)} (default all)")
+            task.add_argument("--lengths", type=ints, default=[2048], help="context tokens (default 2048)")
+            task.add_argument("--samples", type=_positive_int, default=5, help="samples per task and length (default 5)")
+            task.add_argument("--max-new-tokens", type=_positive_int, help="cap on generated tokens (default: per task)")
+        else:
+            task.add_argument("--data-dir", help="folder of the official <task>.jsonl files")
+            task.add_argument("--tasks", type=_comma_list(str, "task names"), help="default: every task file present")
+            task.add_argument("--limit", type=_positive_int, help="first N records of each task")
+            task.add_argument("--max-length", type=_positive_int, default=4096,
+                              help="prompt tokens; longer prompts are cut in the middle (default 4096)")
+            task.add_argument("--chat", choices=("auto", "never"), default="auto",
+                              help="auto: chat template where the official script uses one (default)")
+            task.add_argument("--max-new-tokens", type=_positive_int,
+                              help="cap on generated tokens (default: the official per-task length)")
+    speed = tasks.add_parser("speed", help="prefill/decoding time, KV bytes and peak memory",
+                             description="prefill/decoding time, KV bytes and peak memory")
+    _add_sweep_arguments(speed, "full,pyramidkv,snapkv", "128", "results/speed.json")
+    speed.add_argument("--lengths", type=ints, default=[2048, 4096], help="prompt tokens (default 2048,4096)")
+    speed.add_argument("--decode-steps", type=_positive_int, default=16)
+    speed.add_argument("--repeats", type=_positive_int, default=1, help="runs per row, median reported (default 1)")
+
+
+def _cmd_bench(args: argparse.Namespace) -> int:
+    """Run one benchmark task; see kvpress_lab.benchmarks.bench."""
+    from kvpress_lab.benchmarks.bench import cmd_bench
+
+    return cmd_bench(args)
+
+
+def _add_demo_arguments(parser: argparse.ArgumentParser) -> None:
+    from kvpress_lab.benchmarks import demo
+
+    def listed(values: Sequence[Any]) -> str:
+        return ",".join(f"{v:g}" if isinstance(v, float) else str(v) for v in values)
+
+    from_list = _comma_list(_positive_int, "positive integers")
+    parser.add_argument("--out-dir", default="results/demo", help="where the JSON and PNG go (default results/demo)")
+    parser.add_argument("--lengths", type=from_list, default=list(demo.DEFAULT_LENGTHS),
+                        help=f"prompt tokens (default {listed(demo.DEFAULT_LENGTHS)})")
+    parser.add_argument("--depths", type=_comma_list(_depth, "depths in [0, 1]"), default=list(demo.DEFAULT_DEPTHS),
+                        help=f"needle depths (default {listed(demo.DEFAULT_DEPTHS)})")
+    parser.add_argument("--budgets", type=from_list, default=list(demo.DEFAULT_BUDGETS),
+                        help=f"entries per layer (default {listed(demo.DEFAULT_BUDGETS)})")
+    parser.add_argument("--recipes", type=_comma_list(str, "preset names"), default=list(demo.DEFAULT_RECIPES),
+                        help=f"presets compared with the full cache (default {listed(demo.DEFAULT_RECIPES)})")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    _add_model_arguments(parser)
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    """Needle in a haystack: full cache vs compressed caches, table + heatmap + JSON."""
+    from kvpress_lab.benchmarks.commands import cmd_demo
+
+    return cmd_demo(args)
+
+
+def _add_plot_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("files", nargs="+", help="result files (.json from demo/speed, .jsonl from bench)")
+    parser.add_argument("--out", help="PNG to write (default: the first file with .png)")
+    parser.add_argument("--task", help="keep only rows of this task (ruler/longbench files)")
+    parser.add_argument("--title", help="figure title")
+
+
+def _cmd_plot(args: argparse.Namespace) -> int:
+    """Needle rows -> heatmap; scored rows -> budget-vs-score curves."""
+    from kvpress_lab.benchmarks.commands import cmd_plot
+
+    return cmd_plot(args)
+
+
+def _add_calibrate_arguments(parser: argparse.ArgumentParser) -> None:
+    from kvpress_lab.calibration import add_calibrate_arguments
+
+    add_calibrate_arguments(parser)
+
+
+def _cmd_calibrate(args: argparse.Namespace) -> int:
+    """Fit a learned-allocator profile (see :mod:`kvpress_lab.calibration`)."""
+    from kvpress_lab.calibration import run_calibrate
+
+    return run_calibrate(args)
+
+
+# ---------------------------------------------------------------------------------------------
+# The command table and entry point
+# ---------------------------------------------------------------------------------------------
+
+#: Subcommands by name, in ``--help`` order.
+COMMANDS: dict[str, Command] = {
+    "list": Command("list registered allocators, scorers, executors and presets", _add_list_arguments, _cmd_list),
+    "run": Command("compress one prompt's cache: answer, cache size before/after, timings", _add_run_arguments, _cmd_run),
+    "bench": Command("benchmarks: needle | ruler | longbench | speed", _add_bench_arguments, _cmd_bench),
+    "demo": Command("needle in a haystack on the embedded model: full cache vs compressed", _add_demo_arguments, _cmd_demo),
+    "plot": Command("result files -> PNG (needle heatmap or budget-vs-score curves)", _add_plot_arguments, _cmd_plot),
+    "calibrate": Command("fit a per-layer budget profile for the `learned` allocator", _add_calibrate_arguments, _cmd_calibrate),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``kvpress-lab`` parser, one subparser per entry of :data:`COMMANDS`."""
+    parser = argparse.ArgumentParser(
+        prog="kvpress-lab", description="Composable KV-cache compression for transformers models."
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name, command in COMMANDS.items():
+        sub = subparsers.add_parser(name, help=command.help, description=command.help)
+        command.add_arguments(sub)
+        sub.set_defaults(handler=command.run)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run ``kvpress-lab`` with ``argv`` (default ``sys.argv[1:]``) and return the exit status.
+
+    Errors raised on purpose by kvpress_lab (unknown names, broken plugins) are printed as one
+    message on stderr with status 1; usage errors exit with status 2 (argparse).
+    """
+    args = build_parser().parse_args(argv)
+    try:
+        return args.handler(args)
+    except KVPressLabError as exc:
+        print(f"kvpress-lab {args.command}: error: {exc}", file=sys.stderr)
+        return 1
+    except BrokenPipeError:  # output piped into a reader that stopped early (`| head`)
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit
+        return 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
