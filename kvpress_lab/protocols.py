@@ -91,7 +91,7 @@ class Allocator(Protocol):
     on sizes), ``"global"`` after the last layer with every layer's statistics (eviction then waits
     until the end of the prefill forward pass). A global allocator also defines
     ``layer_statistic(view) -> (B,) float32``, which the engine calls at every compressible layer
-    and hands back, per row, as :attr:`BudgetRequest.layer_statistics`.
+    and hands back, per row, as ``BudgetRequest.layer_statistics``.
 
     Splitting a layer's budget across its KV heads is not an allocator scope but the recipe's
     ``head_allocation`` axis (AdaKV), so it composes with every allocator.
