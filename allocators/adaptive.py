@@ -16,7 +16,7 @@ from kvpress_lab.layer_view import LayerView
 from kvpress_lab.protocols import BudgetRequest
 from kvpress_lab.validation import check_choice, check_float, check_int
 
-__all__ = ["AdaptiveAllocator", "proportional_budgets", "cake_preference"]
+__all__ = ["AdaptiveAllocator", "proportional_budgets", "weighted_layer_budgets", "cake_preference"]
 
 
 @dataclass(frozen=True)
@@ -87,21 +87,31 @@ class AdaptiveAllocator:
     def allocate(self, request: BudgetRequest) -> list[int]:
         """``L`` budgets (window included) in ``[max(min(W, T), floor * B), T]`` summing to ``L * B``."""
         layers = check_int("BudgetRequest", "num_layers", request.num_layers, minimum=1)
-        length = check_int("BudgetRequest", "prompt_length", request.prompt_length, minimum=1)
-        budget = check_int("BudgetRequest", "budget", request.budget, minimum=1)
-        window = check_int("BudgetRequest", "window", request.window, minimum=0)
         stats = request.layer_statistics
         if stats is None or tuple(stats.shape) != (layers,):
             got = None if stats is None else tuple(stats.shape)
             raise ValueError(f"AdaptiveAllocator (scope 'global') needs BudgetRequest.layer_statistics of shape "
                              f"(L,)=({layers},), got {got}.")
-        if length <= budget:
-            return [length] * layers
-        if budget < window:
-            raise ValueError(f"AdaptiveAllocator needs budget >= window when the prompt is compressed; got "
-                             f"budget={budget}, window={window} for a prompt of {length} tokens.")
-        low = max(min(window, length), math.floor(self.floor * budget))
-        return proportional_budgets(stats.tolist(), layers * budget, low, length)
+        return weighted_layer_budgets("AdaptiveAllocator", request, stats.tolist(), self.floor)
+
+
+def weighted_layer_budgets(owner: str, request: BudgetRequest, weights: Sequence[float], floor: float) -> list[int]:
+    """Split ``L * B`` over the layers in proportion to ``weights``: each in ``[max(min(W, T), floor * B), T]``.
+
+    Shared by the allocators that weight layers (``adaptive``, ``learned``); every layer keeps
+    the whole prompt when ``T <= B``.
+    """
+    layers = check_int("BudgetRequest", "num_layers", request.num_layers, minimum=1)
+    length = check_int("BudgetRequest", "prompt_length", request.prompt_length, minimum=1)
+    budget = check_int("BudgetRequest", "budget", request.budget, minimum=1)
+    window = check_int("BudgetRequest", "window", request.window, minimum=0)
+    if length <= budget:
+        return [length] * layers
+    if budget < window:
+        raise ValueError(f"{owner} needs budget >= window when the prompt is compressed; got "
+                         f"budget={budget}, window={window} for a prompt of {length} tokens.")
+    low = max(min(window, length), math.floor(floor * budget))
+    return proportional_budgets(weights, layers * budget, low, length)
 
 
 def cake_preference(prefix_probs: torch.Tensor, query_valid: torch.Tensor, tau1: float, tau2: float) -> torch.Tensor:

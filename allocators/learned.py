@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import ClassVar
 
-from kvpress_lab.allocators.adaptive import proportional_budgets
+from kvpress_lab.allocators.adaptive import weighted_layer_budgets
 from kvpress_lab.calibration import Profile, ProfileError
 from kvpress_lab.protocols import BudgetRequest
 from kvpress_lab.validation import check_float, check_int
@@ -63,9 +62,6 @@ class LearnedAllocator:
     def allocate(self, request: BudgetRequest) -> list[int]:
         """``L`` budgets (window included) in ``[max(min(W, T), floor * B), T]`` summing to ``L * B``."""
         layers = check_int("BudgetRequest", "num_layers", request.num_layers, minimum=1)
-        length = check_int("BudgetRequest", "prompt_length", request.prompt_length, minimum=1)
-        budget = check_int("BudgetRequest", "budget", request.budget, minimum=1)
-        window = check_int("BudgetRequest", "window", request.window, minimum=0)
         profile = self.loaded_profile
         if profile.num_layers != layers:
             raise ProfileError(
@@ -73,10 +69,4 @@ class LearnedAllocator:
                 f"layers, but this model has {layers}. Calibrate one for this model (`kvpress-lab calibrate --model "
                 "<model> --out profile.json`) and pass allocator_kwargs={'profile': 'profile.json'}."
             )
-        if length <= budget:
-            return [length] * layers
-        if budget < window:
-            raise ValueError(f"LearnedAllocator needs budget >= window when the prompt is compressed; got "
-                             f"budget={budget}, window={window} for a prompt of {length} tokens.")
-        low = max(min(window, length), math.floor(self.floor * budget))
-        return proportional_budgets(profile.weights, layers * budget, low, length)
+        return weighted_layer_budgets("LearnedAllocator", request, profile.weights, self.floor)
