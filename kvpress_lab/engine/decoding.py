@@ -6,6 +6,12 @@ batch hold filler slots, so one mask cannot fit every layer. These hooks rebuild
 full-attention layer from *that* layer's cache, with transformers' own mask builder (so eager,
 sdpa and flash-attention each get the format they expect). They do nothing unless the cache
 passed to the model holds at least one compressed layer.
+
+Ragged (per-head) layers decode in one of two ways, picked from the attention implementation:
+with ``sdpa``/``eager`` they get a per-head mask over a dense view; with ``flash_attention_2``
+(or an explicit ``ragged_kernel``) the layer's attention call is routed, for that call only, to
+:func:`~kvpress_lab.engine.varlen_attention.ragged_varlen_attention`, which runs a
+variable-length kernel on the flat storage.
 """
 
 from __future__ import annotations
@@ -21,6 +27,13 @@ from transformers.masking_utils import create_causal_mask
 from kvpress_lab.engine.cache_layer import CompressedLayer
 from kvpress_lab.engine.families import ModelAdapter
 from kvpress_lab.engine.ragged_layer import RaggedLayer
+from kvpress_lab.engine.varlen_attention import (
+    CALL_KWARG,
+    RAGGED_VARLEN_IMPLEMENTATION,
+    RaggedAttentionCall,
+    VarlenKernel,
+    ragged_kernel_for,
+)
 
 __all__ = ["DecodingHooks", "StepInputs", "cache_from_kwargs", "enable_compressed_decoding", "disable_compressed_decoding"]
 
@@ -48,13 +61,21 @@ class DecodingHooks:
     ----------
     adapter : ModelAdapter
         The model's attention modules and config.
+    ragged_kernel : VarlenKernel or None
+        Variable-length kernel for ragged layers, whatever the attention implementation (for
+        instance :func:`~kvpress_lab.engine.varlen_attention.reference_varlen_attention`).
+        ``None`` picks from the implementation (see
+        :func:`~kvpress_lab.engine.varlen_attention.ragged_kernel_for`).
     """
 
-    def __init__(self, adapter: ModelAdapter):
+    def __init__(self, adapter: ModelAdapter, ragged_kernel: VarlenKernel | None = None):
         self.adapter = adapter
+        self.ragged_kernel = ragged_kernel
         self.step = StepInputs(padding_mask=None)
         self.handles: list[torch.utils.hooks.RemovableHandle] = []
         self._mask_position = _mask_argument_position(adapter.decoder)
+        self._kernels: dict[str | None, VarlenKernel | None] = {}
+        self._routed: list[tuple[object, str | None]] = []  # (config, implementation) to restore
 
     def attach(self) -> None:
         """Register the hooks (idempotent)."""
@@ -65,6 +86,7 @@ class DecodingHooks:
             module = self.adapter.attention[idx]
             hook = functools.partial(self._layer_mask, idx)
             self.handles.append(module.register_forward_pre_hook(hook, with_kwargs=True))
+            self.handles.append(module.register_forward_hook(self._restore_implementation, always_call=True))
 
     def detach(self) -> None:
         """Remove every hook this object registered."""
@@ -90,7 +112,14 @@ class DecodingHooks:
         query_length = hidden.shape[1]
         padding = self.step.padding_mask
         if isinstance(layer, RaggedLayer):
-            kwargs["attention_mask"] = self._ragged_mask(layer, hidden)
+            kernel = self._ragged_kernel()
+            layer.returns_dense_view = kernel is None
+            if kernel is None:
+                kwargs["attention_mask"] = self._ragged_mask(layer, hidden)
+            else:
+                self._route_to_varlen(module)
+                kwargs["attention_mask"] = None
+                kwargs[CALL_KWARG] = RaggedAttentionCall(layer=layer, kernel=kernel)
             return args, kwargs
         if isinstance(layer, CompressedLayer):
             if padding is not None and padding.shape[-1] >= query_length:
@@ -105,13 +134,29 @@ class DecodingHooks:
         return args, kwargs
 
 
+    def _ragged_kernel(self) -> VarlenKernel | None:
+        """The varlen kernel for ragged layers, or ``None`` to decode them on a masked dense view."""
+        if self.ragged_kernel is not None:
+            return self.ragged_kernel
+        implementation = self.adapter.config._attn_implementation
+        if implementation not in self._kernels:
+            self._kernels[implementation] = ragged_kernel_for(implementation)
+        return self._kernels[implementation]
+
+    def _route_to_varlen(self, module: nn.Module) -> None:
+        """Make ``module``'s next attention call use the ragged varlen function (undone after its forward)."""
+        config = module.config
+        self._routed.append((config, config._attn_implementation))
+        config._attn_implementation = RAGGED_VARLEN_IMPLEMENTATION
+
+    def _restore_implementation(self, module: nn.Module, args: tuple, output: object) -> None:
+        while self._routed:
+            config, implementation = self._routed.pop()
+            config._attn_implementation = implementation
+
     def _ragged_mask(self, layer: RaggedLayer, hidden: torch.Tensor) -> torch.Tensor:
         """``(B, Hq, q, Lmax)`` per-head mask over the ragged layer's dense view (eager/sdpa format)."""
         implementation = self.adapter.config._attn_implementation
-        if implementation not in ("sdpa", "eager"):
-            raise NotImplementedError(
-                f"Ragged (per-head) caches decode with attn_implementation 'sdpa' or 'eager'; got {implementation!r}."
-            )
         query_length = hidden.shape[1]
         groups = self.adapter.num_query_heads // self.adapter.num_kv_heads
         valid = layer.head_valid(query_length, groups)  # (B, Hq, Lmax)
@@ -133,17 +178,29 @@ def _mask_argument_position(decoder: nn.Module) -> int | None:
     return names.index("attention_mask") if "attention_mask" in names else None
 
 
-def enable_compressed_decoding(model: nn.Module) -> DecodingHooks:
+def enable_compressed_decoding(model: nn.Module, *, ragged_kernel: VarlenKernel | None = None) -> DecodingHooks:
     """Keep per-layer decoding masks on ``model`` so caches from :func:`~kvpress_lab.engine.prefill.prefill` decode correctly.
 
     Idempotent; the hooks are inert for ordinary caches. Remove them with
-    :func:`disable_compressed_decoding`.
+    :func:`disable_compressed_decoding`. Sessions of :meth:`Recipe.apply <kvpress_lab.Recipe.apply>`
+    use these hooks when present.
+
+    Parameters
+    ----------
+    model : transformers.PreTrainedModel
+        A causal LM of a supported family.
+    ragged_kernel : VarlenKernel or None
+        When given, ragged (per-head) layers attend through this variable-length kernel instead
+        of the one the attention implementation implies (see :class:`DecodingHooks`); set on
+        existing hooks too.
     """
     hooks = getattr(model, _PERSISTENT_ATTR, None)
     if hooks is None:
-        hooks = DecodingHooks(ModelAdapter.for_model(model))
+        hooks = DecodingHooks(ModelAdapter.for_model(model), ragged_kernel=ragged_kernel)
         hooks.attach()
         setattr(model, _PERSISTENT_ATTR, hooks)
+    elif ragged_kernel is not None:
+        hooks.ragged_kernel = ragged_kernel
     return hooks
 
 

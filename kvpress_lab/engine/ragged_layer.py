@@ -2,9 +2,13 @@
 
 Storage is flat: all kept entries of all ``(row, head)`` segments, back to back, ``(N, D)``, with
 the segment lengths on the side (the layout flash-attention's variable-length kernel reads).
-For attention, :meth:`RaggedLayer.update` returns a transient dense ``(B, Hkv, Lmax, D)`` view
-with each head's entries right-aligned; the engine's decoding hooks give each head its own mask,
-so the filler slots are never attended. Only one layer's dense view exists at a time.
+For attention, :meth:`RaggedLayer.update` returns either
+
+* a transient dense ``(B, Hkv, Lmax, D)`` view with each head's entries right-aligned, for
+  ``sdpa``/``eager``; the engine's decoding hooks give each head its own mask, so the filler
+  slots are never attended, and only one layer's dense view exists at a time; or
+* the flat storage itself (``returns_dense_view = False``), for a variable-length kernel
+  (:mod:`kvpress_lab.engine.varlen_attention`); no padded copy is made.
 """
 
 from __future__ import annotations
@@ -30,6 +34,9 @@ class RaggedLayer(DynamicLayer):
     """
 
     is_croppable = False
+    returns_dense_view: bool = True
+    """What :meth:`update` returns: the dense padded view (``True``) or the flat storage (``False``).
+    Set by the decoding hooks before each attention call, from the attention implementation."""
 
     def __init__(self, flat_keys: torch.Tensor, flat_values: torch.Tensor, lengths: torch.Tensor, logical_length: int):
         super().__init__()
@@ -91,7 +98,11 @@ class RaggedLayer(DynamicLayer):
         return valid.repeat_interleave(num_groups, dim=1)
 
     def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs) -> tuple[torch.Tensor, torch.Tensor]:
-        """Append ``(B, Hkv, q, D)`` to every segment; return the dense ``(B, Hkv, Lmax, D)`` view."""
+        """Append ``(B, Hkv, q, D)`` to every segment.
+
+        Returns the dense ``(B, Hkv, Lmax, D)`` keys and values view, or the flat ``(N, D)``
+        storage when :attr:`returns_dense_view` is ``False``.
+        """
         batch, heads, new, head_dim = key_states.shape
         if (batch, heads) != tuple(self.lengths.shape):
             raise ValueError(f"new states are for (B, Hkv)={(batch, heads)}, the layer holds {tuple(self.lengths.shape)}.")
@@ -108,6 +119,8 @@ class RaggedLayer(DynamicLayer):
         self.keys, self.values = self.flat_keys, self.flat_values
         self.lengths = self.lengths + new
         self.logical_length += new
+        if not self.returns_dense_view:
+            return self.flat_keys, self.flat_values
         return self._dense(self.flat_keys), self._dense(self.flat_values)
 
     def _dense(self, flat: torch.Tensor) -> torch.Tensor:
