@@ -14,7 +14,7 @@ from typing import Any
 
 from kvpress_lab.benchmarks.commands import BenchmarkInputError, load, recipe_entries
 from kvpress_lab.benchmarks.generation import generate_answer
-from kvpress_lab.benchmarks.results import read_rows, run_metadata, write_result_file
+from kvpress_lab.benchmarks.results import model_settings, read_rows, run_metadata, write_result_file
 from kvpress_lab.benchmarks.sweep import Cell, plan_cells, run_sweep
 
 __all__ = ["RULER_MAX_NEW_TOKENS", "cmd_bench", "split_longbench_prompt"]
@@ -37,7 +37,7 @@ def _sweep(args: argparse.Namespace, benchmark: str, samples: dict[str, Any], ru
     out = pathlib.Path(args.out or f"results/{benchmark}.jsonl")
     model, tokenizer = load(args)
     meta = run_metadata(benchmark, args.model, {f"{k[0]}@{k[1]}": r for k, r in entries.items()}, seed=args.seed,
-                        device=str(next(model.parameters()).device), config={**config, "mode": args.mode})
+                        **model_settings(model), config={**config, "mode": args.mode})
 
     def runner(cell: Cell) -> dict[str, Any]:
         recipe = entries[(cell.recipe, cell.budget)]
@@ -158,7 +158,7 @@ def _bench_speed(args: argparse.Namespace) -> int:
     rows = measure_speed(model, tokenizer, entries, args.lengths, decode_steps=args.decode_steps,
                          repeats=args.repeats, seed=args.seed, progress=not args.no_progress)
     meta = run_metadata("speed", args.model, {f"{label}@{budget}": r for label, budget, r in entries}, seed=args.seed,
-                        device=str(next(model.parameters()).device),
+                        **model_settings(model),
                         config={"lengths": args.lengths, "decode_steps": args.decode_steps, "repeats": args.repeats})
     out = write_result_file(args.out or "results/speed.json", meta, rows)
     print(speed_table(rows))

@@ -24,7 +24,7 @@ class BenchmarkInputError(KVPressLabError, ValueError):
 
 
 def load(args: argparse.Namespace) -> tuple[Any, Any]:
-    """Load ``args.model`` on ``args.device`` (``auto``: CUDA when available) in ``args.dtype``."""
+    """Load ``args.model`` on ``args.device`` (``auto``: CUDA when available) in ``args.dtype``, with ``args.attn``."""
     import torch
 
     from kvpress_lab.models import load_model
@@ -32,8 +32,9 @@ def load(args: argparse.Namespace) -> tuple[Any, Any]:
     device = args.device
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
-    print(f"Loading {args.model} on {device} ...", file=sys.stderr, flush=True)
-    return load_model(args.model, dtype=args.dtype, device=device)
+    attn = getattr(args, "attn", "sdpa")
+    print(f"Loading {args.model} on {device} ({attn}) ...", file=sys.stderr, flush=True)
+    return load_model(args.model, dtype=args.dtype, device=device, attn_implementation=attn)
 
 
 def recipe_entries(names: Sequence[str], budgets: Sequence[int], window: int | None = None) -> list[tuple[str, int | None, Any]]:

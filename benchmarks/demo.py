@@ -16,7 +16,7 @@ from typing import Any
 
 from kvpress_lab.benchmarks.needle import run_needle
 from kvpress_lab.benchmarks.plot import plot_needle_heatmap
-from kvpress_lab.benchmarks.results import run_metadata, write_result_file
+from kvpress_lab.benchmarks.results import model_settings, run_metadata, write_result_file
 from kvpress_lab.benchmarks.sweep import FULL, make_recipe
 from kvpress_lab.benchmarks.tables import needle_summary, needle_table
 
@@ -92,8 +92,8 @@ def run_demo(
     table = needle_table(summary)
     out = pathlib.Path(out_dir)
     meta = run_metadata(
-        "demo", model_name, {f"{label}@{budget}": recipe for label, budget, recipe in entries}, seed=seed, device=device,
-        config={"task": "needle", "mode": "query-aware", "lengths": list(lengths), "depths": list(depths),
+        "demo", model_name, {f"{label}@{budget}": recipe for label, budget, recipe in entries}, seed=seed,
+        **model_settings(model), config={"task": "needle", "mode": "query-aware", "lengths": list(lengths), "depths": list(depths),
                 "budgets": list(budgets), "recipes": list(recipes), "max_new_tokens": max_new_tokens},
     )
     json_path = write_result_file(out / "needle.json", meta, rows, summary)

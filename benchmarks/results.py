@@ -20,7 +20,7 @@ import sys
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-__all__ = ["REQUIRED_META", "run_metadata", "write_result_file", "read_rows", "read_meta"]
+__all__ = ["REQUIRED_META", "model_settings", "run_metadata", "write_result_file", "read_rows", "read_meta"]
 
 #: Keys present in every meta record.
 REQUIRED_META = ("benchmark", "model", "recipes", "versions", "plugins", "seed", "timestamp", "device")
@@ -42,6 +42,8 @@ def run_metadata(
     *,
     seed: int,
     device: str,
+    dtype: str | None = None,
+    attn_implementation: str | None = None,
     config: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The meta record of one run.
@@ -58,6 +60,8 @@ def run_metadata(
         Seed of the generated data.
     device : str
         Where the model ran (``"cpu"``, ``"cuda:0"``...).
+    dtype, attn_implementation : str or None
+        The model's weight dtype and attention implementation (see :func:`model_settings`).
     config : Mapping or None
         Benchmark settings (grid, budgets, mode...), stored as ``config``.
     """
@@ -81,9 +85,21 @@ def run_metadata(
         "seed": int(seed),
         "timestamp": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "device": str(device),
+        "dtype": dtype,
+        "attn_implementation": attn_implementation,
         "platform": platform.platform(),
         "argv": list(sys.argv),
         "config": dict(config or {}),
+    }
+
+
+def model_settings(model: Any) -> dict[str, str]:
+    """``device``, ``dtype`` and ``attn_implementation`` of a loaded model, as :func:`run_metadata` keywords."""
+    parameter = next(model.parameters())
+    return {
+        "device": str(parameter.device),
+        "dtype": str(parameter.dtype).removeprefix("torch."),
+        "attn_implementation": str(model.config._attn_implementation),
     }
 
 

@@ -160,6 +160,8 @@ def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
                         help="embedded model name (default), local checkpoint folder or hub id")
     parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... (default: cuda when available)")
     parser.add_argument("--dtype", default="float32", help="float32 (default), bfloat16 or float16")
+    parser.add_argument("--attn", default="sdpa", choices=("sdpa", "eager", "flash_attention_2"),
+                        help="attention implementation (default sdpa; flash_attention_2 needs a GPU and flash-attn)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the generated prompts (default 0)")
 
 

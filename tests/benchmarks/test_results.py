@@ -9,7 +9,7 @@ import pytest
 
 import kvpress_lab
 from kvpress_lab import Recipe
-from kvpress_lab.benchmarks.results import REQUIRED_META, read_meta, read_rows, run_metadata, write_result_file
+from kvpress_lab.benchmarks.results import REQUIRED_META, model_settings, read_meta, read_rows, run_metadata, write_result_file
 from kvpress_lab.benchmarks.sweep import Cell, plan_cells, run_sweep
 
 
@@ -29,6 +29,17 @@ def test_meta_has_every_required_field():
     assert record["plugins"] == kvpress_lab.get_registry().plugins() and record["plugins"]
     assert record["seed"] == 7 and record["device"] == "cpu" and "T" in record["timestamp"]
     json.dumps(record)  # JSON-ready
+
+
+def test_model_settings_record_dtype_and_attention_implementation():
+    import torch
+    from tiny_models import tiny_model
+
+    model = tiny_model("llama", "eager").to(torch.bfloat16)
+    settings = model_settings(model)
+    assert settings == {"device": "cpu", "dtype": "bfloat16", "attn_implementation": "eager"}
+    record = run_metadata("speed", "tiny", {}, seed=0, **settings)
+    assert (record["device"], record["dtype"], record["attn_implementation"]) == ("cpu", "bfloat16", "eager")
 
 
 def test_result_file_round_trip(tmp_path):
