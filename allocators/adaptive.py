@@ -14,7 +14,7 @@ from kvpress_lab.analysis.funnel import attention_entropy, attention_coverage
 from kvpress_lab.attention import window_attention
 from kvpress_lab.layer_view import LayerView
 from kvpress_lab.protocols import BudgetRequest
-from kvpress_lab.validation import check_choice, check_float, check_int
+from kvpress_lab.validation import check_budget_request, check_choice, check_float, check_int
 
 __all__ = ["AdaptiveAllocator", "proportional_budgets", "weighted_layer_budgets", "cake_preference"]
 
@@ -101,15 +101,9 @@ def weighted_layer_budgets(owner: str, request: BudgetRequest, weights: Sequence
     Shared by the allocators that weight layers (``adaptive``, ``learned``); every layer keeps
     the whole prompt when ``T <= B``.
     """
-    layers = check_int("BudgetRequest", "num_layers", request.num_layers, minimum=1)
-    length = check_int("BudgetRequest", "prompt_length", request.prompt_length, minimum=1)
-    budget = check_int("BudgetRequest", "budget", request.budget, minimum=1)
-    window = check_int("BudgetRequest", "window", request.window, minimum=0)
+    layers, length, budget, window = check_budget_request(owner, request)
     if length <= budget:
         return [length] * layers
-    if budget < window:
-        raise ValueError(f"{owner} needs budget >= window when the prompt is compressed; got "
-                         f"budget={budget}, window={window} for a prompt of {length} tokens.")
     low = max(min(window, length), math.floor(floor * budget))
     return proportional_budgets(weights, layers * budget, low, length)
 

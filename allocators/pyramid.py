@@ -7,7 +7,7 @@ from fractions import Fraction
 from typing import ClassVar
 
 from kvpress_lab.protocols import BudgetRequest
-from kvpress_lab.validation import check_choice, check_float, check_int
+from kvpress_lab.validation import check_budget_request, check_choice, check_float
 
 __all__ = ["PyramidAllocator", "reference_budgets", "conserved_budgets"]
 
@@ -64,17 +64,9 @@ class PyramidAllocator:
 
     def allocate(self, request: BudgetRequest) -> list[int]:
         """``L`` per-layer budgets (window included), non-increasing with depth, each in ``[min(w, T), T]``."""
-        layers = check_int("BudgetRequest", "num_layers", request.num_layers, minimum=1)
-        length = check_int("BudgetRequest", "prompt_length", request.prompt_length, minimum=1)
-        budget = check_int("BudgetRequest", "budget", request.budget, minimum=1)
-        window = check_int("BudgetRequest", "window", request.window, minimum=0)
+        layers, length, budget, window = check_budget_request("PyramidAllocator", request)
         if length <= budget:
             return [length] * layers
-        if budget < window:
-            raise ValueError(
-                f"PyramidAllocator needs budget >= window when the prompt is compressed; got budget={budget}, "
-                f"window={window} for a prompt of {length} tokens. Raise the budget or shrink the window."
-            )
         if layers == 1:
             return [budget]
         schedule = reference_budgets if self.rounding == "reference" else conserved_budgets

@@ -32,9 +32,8 @@ def load(args: argparse.Namespace) -> tuple[Any, Any]:
     device = args.device
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
-    attn = getattr(args, "attn", "sdpa")
-    print(f"Loading {args.model} on {device} ({attn}) ...", file=sys.stderr, flush=True)
-    return load_model(args.model, dtype=args.dtype, device=device, attn_implementation=attn)
+    print(f"Loading {args.model} on {device} ({args.attn}) ...", file=sys.stderr, flush=True)
+    return load_model(args.model, dtype=args.dtype, device=device, attn_implementation=args.attn)
 
 
 def recipe_entries(names: Sequence[str], budgets: Sequence[int], window: int | None = None) -> list[tuple[str, int | None, Any]]:

@@ -133,7 +133,6 @@ class DecodingHooks:
         )
         return args, kwargs
 
-
     def _ragged_kernel(self) -> VarlenKernel | None:
         """The varlen kernel for ragged layers, or ``None`` to decode them on a masked dense view."""
         if self.ragged_kernel is not None:

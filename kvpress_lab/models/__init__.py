@@ -2,26 +2,7 @@
 
 from __future__ import annotations
 
-from .embedded import (
-    CACHE_DIR_ENV,
-    EMBEDDED_DISTRIBUTION,
-    EMBEDDED_MODEL_ALIASES,
-    EMBEDDED_MODEL_NAME,
-    EmbeddedModelNotFoundError,
-    embedded_checkpoint_dir,
-    embedded_gguf_path,
-    is_embedded_model_name,
-    load_model,
-)
+from . import embedded
+from .embedded import *  # noqa: F403  (the public names are embedded's own __all__)
 
-__all__ = [
-    "CACHE_DIR_ENV",
-    "EMBEDDED_DISTRIBUTION",
-    "EMBEDDED_MODEL_ALIASES",
-    "EMBEDDED_MODEL_NAME",
-    "EmbeddedModelNotFoundError",
-    "embedded_checkpoint_dir",
-    "embedded_gguf_path",
-    "is_embedded_model_name",
-    "load_model",
-]
+__all__ = list(embedded.__all__)

@@ -12,18 +12,10 @@ from kvpress_lab.engine.decoding import COMPRESSED_FLAG, disable_compressed_deco
 from kvpress_lab.engine.prefill import padded_positions
 from kvpress_lab.engine.ragged_layer import RaggedLayer
 from kvpress_lab.head_allocation import adaptive_head_budgets
+from greedy import STEPS
+from greedy import greedy_generate as _generate
 from tiny_models import left_pad, random_prompt, tiny_model
 
-STEPS = 4
-
-
-def _generate(model, ids, mask=None, recipe=None, steps=STEPS):
-    kwargs = dict(attention_mask=mask, max_new_tokens=steps, do_sample=False, output_scores=True,
-                  return_dict_in_generate=True, pad_token_id=0)
-    if recipe is None:
-        return model.generate(ids, **kwargs), None
-    with recipe.apply(model, record_indices=True) as session:
-        return model.generate(ids, **kwargs), session
 
 
 @pytest.mark.parametrize("attn", ["sdpa", "eager"])

@@ -26,6 +26,7 @@ from kvpress_lab.engine.varlen_attention import (
     ragged_varlen_attention,
     reference_varlen_attention,
 )
+from greedy import greedy_generate
 from tiny_models import left_pad, random_prompt, tiny_model
 
 STEPS = 5
@@ -153,24 +154,15 @@ def test_attention_function_refuses_calls_without_a_ragged_layer():
 # -- whole models ----------------------------------------------------------------------------------
 
 
-def _generate(model, ids, mask, recipe, steps=STEPS):
-    kwargs = dict(attention_mask=mask, max_new_tokens=steps, do_sample=False, output_scores=True,
-                  return_dict_in_generate=True, pad_token_id=0)
-    if recipe is None:
-        return model.generate(ids, **kwargs)
-    with recipe.apply(model):
-        return model.generate(ids, **kwargs)
-
-
 @pytest.mark.parametrize("family", ["llama", "qwen3", "gemma3", "phi3"])
 def test_varlen_decoding_equals_masked_ragged_decoding(family):
     model = tiny_model(family)
     ids, mask = left_pad([random_prompt(1, n, seed=n)[0] for n in (41, 23, 30)])
     recipe = Recipe(allocator="pyramid", budget=12, window=4, head_allocation="adaptive")
-    masked = _generate(model, ids, mask, recipe)
+    masked = greedy_generate(model, ids, mask, recipe, steps=STEPS)[0]
     enable_compressed_decoding(model, ragged_kernel=reference_varlen_attention)
     try:
-        varlen = _generate(model, ids, mask, recipe)
+        varlen = greedy_generate(model, ids, mask, recipe, steps=STEPS)[0]
     finally:
         disable_compressed_decoding(model)
     assert torch.equal(varlen.sequences, masked.sequences)
@@ -182,10 +174,10 @@ def test_varlen_decoding_equals_masked_ragged_decoding(family):
 def test_varlen_decoding_identity_when_every_head_budget_covers_the_prompt():
     model = tiny_model("mistral")
     ids = random_prompt(1, 24)
-    base = _generate(model, ids, None, None)
+    base = greedy_generate(model, ids, None, None, steps=STEPS)[0]
     enable_compressed_decoding(model, ragged_kernel=reference_varlen_attention)
     try:
-        out = _generate(model, ids, None, Recipe(budget=24, head_allocation="adaptive"))
+        out = greedy_generate(model, ids, None, Recipe(budget=24, head_allocation="adaptive"), steps=STEPS)[0]
     finally:
         disable_compressed_decoding(model)
     assert torch.equal(out.sequences, base.sequences)
@@ -204,7 +196,7 @@ def test_varlen_decoding_never_builds_the_dense_view(monkeypatch):
     monkeypatch.setattr(RaggedLayer, "_dense", fail)
     enable_compressed_decoding(model, ragged_kernel=reference_varlen_attention)
     try:
-        out = _generate(model, ids, None, recipe, steps=3)
+        out = greedy_generate(model, ids, None, recipe, steps=3)[0]
     finally:
         disable_compressed_decoding(model)
     assert out.sequences.shape == (2, 33)
@@ -220,7 +212,7 @@ def test_implementation_is_restored_when_the_kernel_raises():
     enable_compressed_decoding(model, ragged_kernel=broken)
     try:
         with pytest.raises(RuntimeError, match="kernel failure"):
-            _generate(model, ids, None, Recipe(budget=8, window=4, head_allocation="adaptive"))
+            greedy_generate(model, ids, None, Recipe(budget=8, window=4, head_allocation="adaptive"), steps=STEPS)[0]
     finally:
         disable_compressed_decoding(model)
     assert model.config._attn_implementation == "sdpa"
