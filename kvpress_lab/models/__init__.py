@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from . import embedded
-from .embedded import *  # noqa: F403  (the public names are embedded's own __all__)
+from . import checkpoint, load, locate
+from .checkpoint import *  # noqa: F403  (each module's own __all__)
+from .load import *  # noqa: F403
+from .locate import *  # noqa: F403
 
-__all__ = list(embedded.__all__)
+__all__ = sorted([*locate.__all__, *checkpoint.__all__, *load.__all__])

@@ -1,0 +1,28 @@
+"""Fixtures of the embedded-model tests: the real converted checkpoint (converted once per machine).
+
+The real conversion (about half a minute) happens at most once per machine: the
+session-scoped fixture uses the default cache folder, which later sessions reuse. The
+conversion machinery (lock, atomic rename, env var) is tested with a fake converter.
+"""
+
+from __future__ import annotations
+
+import os
+import pathlib
+import sys
+
+import pytest
+
+from kvpress_lab.models import embedded_checkpoint_dir
+
+sys.path.insert(0, os.path.dirname(__file__))
+
+from embedded_for_tests import INSTALL_HINT, has_distribution  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def converted_checkpoint() -> pathlib.Path:
+    """The real converted checkpoint in the default cache (converted on the first run only)."""
+    if not has_distribution():
+        pytest.skip(f"{INSTALL_HINT} to run the embedded-model tests")
+    return embedded_checkpoint_dir()
