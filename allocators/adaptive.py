@@ -10,11 +10,10 @@ from typing import ClassVar
 
 import torch
 
-from kvpress_lab.analysis.funnel import attention_entropy, attention_coverage
-from kvpress_lab.attention import window_attention
+from kvpress_lab.attention import attention_coverage, attention_entropy, window_attention, window_query_valid
+from kvpress_lab.budgets import BudgetRequest, check_budget_request
 from kvpress_lab.layer_view import LayerView
-from kvpress_lab.protocols import BudgetRequest
-from kvpress_lab.validation import check_budget_request, check_choice, check_float, check_int
+from kvpress_lab.validation import check_choice, check_float
 
 __all__ = ["AdaptiveAllocator", "proportional_budgets", "weighted_layer_budgets", "cake_preference"]
 
@@ -77,7 +76,7 @@ class AdaptiveAllocator:
     def layer_statistic(self, view: LayerView) -> torch.Tensor:
         """This layer's demand for every row: ``(B,)`` float32, ``>= 0``, on ``view.device``."""
         probs = window_attention(view)  # (B, Hq, W, T)
-        query_valid = view.valid[:, view.seq_len - view.window :]  # (B, W)
+        query_valid = window_query_valid(view)  # (B, W)
         if self.statistic == "entropy":
             return attention_entropy(probs, query_valid)
         if self.statistic == "coverage":
@@ -86,7 +85,7 @@ class AdaptiveAllocator:
 
     def allocate(self, request: BudgetRequest) -> list[int]:
         """``L`` budgets (window included) in ``[max(min(W, T), floor * B), T]`` summing to ``L * B``."""
-        layers = check_int("BudgetRequest", "num_layers", request.num_layers, minimum=1)
+        layers = request.num_layers
         stats = request.layer_statistics
         if stats is None or tuple(stats.shape) != (layers,):
             got = None if stats is None else tuple(stats.shape)

@@ -6,9 +6,9 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 from kvpress_lab.allocators.adaptive import weighted_layer_budgets
-from kvpress_lab.calibration import Profile, ProfileError
-from kvpress_lab.protocols import BudgetRequest
-from kvpress_lab.validation import check_float, check_int
+from kvpress_lab.budgets import BudgetRequest
+from kvpress_lab.profile import Profile, ProfileError
+from kvpress_lab.validation import check_float
 
 __all__ = ["LearnedAllocator"]
 
@@ -56,12 +56,12 @@ class LearnedAllocator:
 
     @property
     def loaded_profile(self) -> Profile:
-        """The :class:`~kvpress_lab.calibration.Profile` read from ``profile``."""
+        """The :class:`~kvpress_lab.profile.Profile` read from ``profile``."""
         return self._loaded  # type: ignore[attr-defined]
 
     def allocate(self, request: BudgetRequest) -> list[int]:
         """``L`` budgets (window included) in ``[max(min(W, T), floor * B), T]`` summing to ``L * B``."""
-        layers = check_int("BudgetRequest", "num_layers", request.num_layers, minimum=1)
+        layers = request.num_layers
         profile = self.loaded_profile
         if profile.num_layers != layers:
             raise ProfileError(

@@ -6,8 +6,8 @@ from dataclasses import dataclass
 from fractions import Fraction
 from typing import ClassVar
 
-from kvpress_lab.protocols import BudgetRequest
-from kvpress_lab.validation import check_budget_request, check_choice, check_float
+from kvpress_lab.budgets import BudgetRequest, check_budget_request
+from kvpress_lab.validation import check_choice, check_float
 
 __all__ = ["PyramidAllocator", "reference_budgets", "conserved_budgets"]
 
@@ -46,7 +46,7 @@ class PyramidAllocator:
 
     Examples
     --------
-    >>> request = BudgetRequest(num_layers=4, num_kv_heads=2, prompt_length=1000, budget=64, window=8)
+    >>> request = BudgetRequest(num_layers=4, num_kv_heads=2, prompt_length=1000, budget=64, min_kept=8)
     >>> PyramidAllocator().allocate(request)
     [117, 82, 46, 11]
     >>> PyramidAllocator(rounding="reference").allocate(request)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
-from kvpress_lab.protocols import BudgetRequest
+from kvpress_lab.budgets import BudgetRequest
 
 __all__ = ["UniformAllocator"]
 
@@ -14,7 +14,7 @@ __all__ = ["UniformAllocator"]
 class UniformAllocator:
     """Every layer keeps ``budget`` entries per KV head (all of them when ``T <= budget``).
 
-    >>> UniformAllocator().allocate(BudgetRequest(num_layers=3, num_kv_heads=2, prompt_length=100, budget=16, window=8))
+    >>> UniformAllocator().allocate(BudgetRequest(num_layers=3, num_kv_heads=2, prompt_length=100, budget=16, min_kept=8))
     [16, 16, 16]
     """
 

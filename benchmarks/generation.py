@@ -32,7 +32,7 @@ MODES: tuple[str, ...] = ("query-aware", "query-agnostic")
 def cache_nbytes(cache: Any) -> int:
     """Bytes held by a cache's keys and values, summed over layers.
 
-    Uses ``layer.nbytes()`` where a layer provides it (:class:`~kvpress_lab.engine.cache_layer.CompressedLayer`,
+    Uses ``layer.nbytes()`` where a layer provides it (:class:`~kvpress_lab.cache_layers.dense.CompressedLayer`,
     which also counts its slot-validity mask), else ``keys`` + ``values``.
     """
     total = 0

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 
 import kvpress_lab
 from kvpress_lab.allocators.pyramid import PyramidAllocator
-from kvpress_lab.protocols import BudgetRequest
+from kvpress_lab.budgets import BudgetRequest
 
 __all__ = ["pyramid_budget_table", "format_table", "main"]
 

@@ -296,14 +296,14 @@ def _cmd_plot(args: argparse.Namespace) -> int:
 
 
 def _add_calibrate_arguments(parser: argparse.ArgumentParser) -> None:
-    from kvpress_lab.calibration import add_calibrate_arguments
+    from kvpress_lab.cli_calibrate import add_calibrate_arguments
 
     add_calibrate_arguments(parser)
 
 
 def _cmd_calibrate(args: argparse.Namespace) -> int:
     """Fit a learned-allocator profile (see :mod:`kvpress_lab.calibration`)."""
-    from kvpress_lab.calibration import run_calibrate
+    from kvpress_lab.cli_calibrate import run_calibrate
 
     return run_calibrate(args)
 

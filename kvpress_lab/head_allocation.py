@@ -12,6 +12,8 @@ import math
 
 import torch
 
+from kvpress_lab.budgets import check_forced_fit
+
 __all__ = ["HEAD_ALLOCATIONS", "adaptive_head_budgets"]
 
 #: Valid values of ``Recipe.head_allocation`` (see :class:`kvpress_lab.Recipe`).
@@ -53,6 +55,7 @@ def adaptive_head_budgets(
     batch, heads, _ = scores.shape
     forced = forced & candidates[:, None, :]
     forced_count = forced.sum(dim=-1).cpu()  # (B, Hkv)
+    check_forced_fit(forced_count, keep[:, None])
     real = candidates.sum(dim=-1).cpu()  # (B,)
     out = torch.empty(batch, heads, dtype=torch.int64)
     for b in range(batch):
@@ -61,8 +64,6 @@ def adaptive_head_budgets(
             out[b] = int(real[b])
             continue
         free = forced_count[b].neg() + k  # (Hkv,) per-head choosable entries at uniform split
-        if bool((free < 0).any()):
-            raise ValueError(f"Forced entries ({forced_count[b].tolist()}) exceed the per-head budget {k}.")
         floor = torch.floor(free.double() * alpha).long()  # (Hkv,)
         pool = scores[b].float().masked_fill(forced[b] | ~candidates[b][None, :], float("-inf"))  # (Hkv, T)
         ranked = torch.sort(pool, dim=-1, descending=True, stable=True).values  # (Hkv, T)

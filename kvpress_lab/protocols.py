@@ -9,7 +9,8 @@ Tensor contracts (shape legend in :mod:`kvpress_lab.layer_view`):
 * every tensor a role returns lives on the device of the layer it serves (``view.device``);
   no role moves data to the host on the hot path;
 * scores are ``float32`` and finite, shape ``(B, Hkv, T)``; higher means "keep";
-* budgets count cache entries per KV head *including* the observation window.
+* budgets count cache entries per KV head *including* the observation window
+  (:mod:`kvpress_lab.budgets` owns what budgets mean).
 """
 
 from __future__ import annotations
@@ -19,46 +20,15 @@ from typing import TYPE_CHECKING, ClassVar, Literal, Protocol, runtime_checkable
 
 import torch
 
-if TYPE_CHECKING:
-    from transformers.cache_utils import CacheLayerMixin
+from kvpress_lab.budgets import BudgetRequest
 
+if TYPE_CHECKING:
+    from kvpress_lab.cache_layers import CompressedCacheLayer
     from kvpress_lab.layer_view import LayerView
 
 __all__ = ["AllocatorScope", "BudgetRequest", "Selection", "Allocator", "Scorer", "Executor"]
 
 AllocatorScope = Literal["static", "global"]
-
-
-@dataclass(frozen=True)
-class BudgetRequest:
-    """What an allocator is asked: split ``budget`` entries per layer (on average) over ``L`` layers.
-
-    Parameters
-    ----------
-    num_layers : int
-        ``L``, the number of compressible layers (sliding-window layers are not counted).
-    num_kv_heads : int
-        ``Hkv``.
-    prompt_length : int
-        ``T`` of this sequence, padding excluded.
-    budget : int
-        Mean entries per layer and KV head to keep, window included (already resolved from a
-        compression ratio when the recipe used one).
-    window : int
-        Entries every layer must keep: the observation window ``W``, plus entries the scorer
-        forces (attention sinks; see :attr:`kvpress_lab.Recipe.minimum_budget`). Every layer's
-        budget must be at least ``min(window, T)``.
-    layer_statistics : torch.Tensor or None
-        ``(L,)`` float32 per-layer statistics (e.g. attention entropy) for allocators whose
-        scope is ``"global"``; ``None`` for static allocators.
-    """
-
-    num_layers: int
-    num_kv_heads: int
-    prompt_length: int
-    budget: int
-    window: int
-    layer_statistics: torch.Tensor | None = None
 
 
 @dataclass(frozen=True)
@@ -125,7 +95,14 @@ class Scorer(Protocol):
 
 @runtime_checkable
 class Executor(Protocol):
-    """Turns scores and budgets into the physical compressed cache layer."""
+    """Turns scores and budgets into the physical compressed cache layer.
+
+    An optional class attribute ``per_head_budgets: ClassVar[bool]`` says whether KV heads of a
+    row may keep different numbers of entries (needed by ``head_allocation="adaptive"``); ``False``
+    when absent. The layer that
+    :meth:`build_layer` returns follows :class:`~kvpress_lab.cache_layers.CompressedCacheLayer`
+    and so owns its decoding (mask, or its own attention call).
+    """
 
     name: ClassVar[str]
 
@@ -147,6 +124,6 @@ class Executor(Protocol):
 
     def build_layer(
         self, keys: torch.Tensor, values: torch.Tensor, selection: Selection, logical_length: int
-    ) -> CacheLayerMixin:
+    ) -> CompressedCacheLayer:
         """Gather the kept ``(B, Hkv, T, D)`` entries into a cache layer that remembers ``logical_length``."""
         ...

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, NamedTuple
 
-from kvpress_lab.registry import Role, get_registry
+from kvpress_lab.budgets import BudgetSpec, minimum_kept
 from kvpress_lab.head_allocation import HEAD_ALLOCATIONS
+from kvpress_lab.registry import Role, get_registry
 from kvpress_lab.validation import check_choice, check_float, check_int
 
 if TYPE_CHECKING:
@@ -111,20 +111,10 @@ class Recipe:
             if self.budget is None:
                 object.__setattr__(self, "budget", DEFAULT_BUDGET)
             check_int("Recipe", "budget", self.budget, minimum=1)
-            if self.budget < self.window:
-                raise ValueError(
-                    f"Recipe.budget must be >= window={self.window} (the observation window is always kept "
-                    f"and counts inside the budget), got budget={self.budget}. Raise the budget or shrink the window."
-                )
         check_choice("Recipe", "head_allocation", self.head_allocation, HEAD_ALLOCATIONS)
         object.__setattr__(self, "head_floor", check_float("Recipe", "head_floor", self.head_floor, minimum=0.0, maximum=1.0))
         if self.executor is None:
             object.__setattr__(self, "executor", "ragged" if self.head_allocation == "adaptive" else "gather")
-        if self.head_allocation == "adaptive" and self.executor == "gather":
-            raise ValueError(
-                "Recipe.head_allocation='adaptive' gives KV heads different budgets, which the dense 'gather' "
-                "executor cannot store; use executor='ragged' (the default for adaptive head allocation)."
-            )
         if self.preset_name is not None and not isinstance(self.preset_name, str):
             raise TypeError(f"Recipe.preset_name must be a string or None, got {type(self.preset_name).__name__}.")
         built = Strategies(
@@ -133,11 +123,14 @@ class Recipe:
             executor=self._build("executor", self.executor, "executor_kwargs"),
         )
         object.__setattr__(self, "_strategies", built)
-        if self.budget is not None and self.budget < self.minimum_budget:
+        if self.head_allocation == "adaptive" and not getattr(type(built.executor), "per_head_budgets", False):
             raise ValueError(
-                f"Recipe.budget must be >= {self.minimum_budget} for scorer {self.scorer!r} (its forced entries plus "
-                f"the window of {self.window}), got budget={self.budget}."
+                f"Recipe.head_allocation='adaptive' gives KV heads different budgets, which the {self.executor!r} "
+                "executor cannot store (it does not declare per_head_budgets); use executor='ragged' (the default "
+                "for adaptive head allocation)."
             )
+        spec = BudgetSpec(self.budget, self.compression_ratio, self.window, minimum_kept(self.window, built.scorer), self.scorer)
+        object.__setattr__(self, "_budget_spec", spec)
 
     def _build(self, role: Role, name: Any, kwargs_field: str) -> Any:
         if not isinstance(name, str):
@@ -162,10 +155,14 @@ class Recipe:
         return self._strategies  # type: ignore[attr-defined]
 
     @property
+    def budget_spec(self) -> BudgetSpec:
+        """The budget numbers the engine plans with (see :mod:`kvpress_lab.budgets`)."""
+        return self._budget_spec  # type: ignore[attr-defined]
+
+    @property
     def minimum_budget(self) -> int:
         """Smallest budget this recipe can run: the window, plus entries its scorer forces (sinks)."""
-        minimum = getattr(self.strategies.scorer, "minimum_budget", None)
-        return self.window if minimum is None else max(self.window, int(minimum(self.window)))
+        return self.budget_spec.min_kept
 
     def resolve_budget(self, prompt_length: int) -> int:
         """Mean entries per layer to keep for a prompt of ``prompt_length`` real tokens.
@@ -173,9 +170,7 @@ class Recipe:
         >>> Recipe(compression_ratio=0.75).resolve_budget(1000)
         250
         """
-        if self.compression_ratio is None:
-            return int(self.budget)  # type: ignore[arg-type]
-        return int(math.floor((1.0 - self.compression_ratio) * prompt_length + 0.5))
+        return self.budget_spec.resolve(prompt_length)
 
     # -- presets and serialisation ---------------------------------------------------------
 
@@ -236,7 +231,7 @@ class Recipe:
 
         See :class:`kvpress_lab.engine.session.CompressionSession`.
         """
-        from kvpress_lab.engine.session import CompressionSession
+        from kvpress_lab.engine.session import CompressionSession  # lazy: importing a Recipe loads no engine
 
         return CompressionSession(self, model, record_indices=record_indices)
 
@@ -247,7 +242,7 @@ class Recipe:
 
         See :func:`kvpress_lab.engine.prefill.prefill`.
         """
-        from kvpress_lab.engine.prefill import prefill
+        from kvpress_lab.engine.prefill import prefill  # lazy: importing a Recipe loads no engine
 
         return prefill(self, model, input_ids, attention_mask)
 

@@ -10,7 +10,7 @@ import math
 from collections.abc import Collection
 from typing import Any
 
-__all__ = ["check_int", "check_float", "check_choice", "check_bool", "check_budget_request"]
+__all__ = ["check_int", "check_float", "check_choice", "check_bool"]
 
 
 def _where(owner: str, field: str) -> str:
@@ -83,24 +83,6 @@ def check_bool(owner: str, field: str, value: Any) -> bool:
     if not isinstance(value, bool):
         raise TypeError(f"{_where(owner, field)} must be True or False, got {value!r}.")
     return value
-
-
-def check_budget_request(owner: str, request: Any) -> tuple[int, int, int, int]:
-    """Validate a :class:`~kvpress_lab.protocols.BudgetRequest`; return ``(L, T, B, W)``.
-
-    Beyond the field checks, a prompt that will be compressed (``T > B``) needs ``B >= W``, or no
-    layer could keep its window; ``owner`` (the allocator) is named in that error.
-    """
-    layers = check_int("BudgetRequest", "num_layers", request.num_layers, minimum=1)
-    length = check_int("BudgetRequest", "prompt_length", request.prompt_length, minimum=1)
-    budget = check_int("BudgetRequest", "budget", request.budget, minimum=1)
-    window = check_int("BudgetRequest", "window", request.window, minimum=0)
-    if length > budget and budget < window:
-        raise ValueError(
-            f"{owner} needs budget >= window when the prompt is compressed; got budget={budget}, "
-            f"window={window} for a prompt of {length} tokens. Raise the budget or shrink the window."
-        )
-    return layers, length, budget, window
 
 
 def _range(minimum: int | None, maximum: int | None) -> str:

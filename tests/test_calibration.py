@@ -10,13 +10,12 @@ import torch
 from tiny_models import random_prompt, tiny_model
 
 from kvpress_lab.analysis import attention_funnel, synthetic_prompts, synthetic_text
+from kvpress_lab.cli_calibrate import add_calibrate_arguments, run_calibrate
 from kvpress_lab.calibration import (
     PROFILE_VERSION,
     Profile,
     ProfileError,
-    add_calibrate_arguments,
     calibrate,
-    run_calibrate,
     shipped_profiles,
 )
 from kvpress_lab.errors import KVPressLabError

@@ -10,7 +10,9 @@ Two per-layer statistics measure it, both over the attention of the last ``W`` p
 * **coverage**: the smallest number of keys whose probabilities sum to ``>= mass`` (0.9 by
   default); uniform over ``n`` keys gives ``ceil(0.9 n)``, a one-hot row gives 1.
 
-Shapes follow the legend of :mod:`kvpress_lab.layer_view`.
+Shapes follow the legend of :mod:`kvpress_lab.layer_view`. The statistics themselves
+(:func:`~kvpress_lab.attention.attention_entropy`, :func:`~kvpress_lab.attention.attention_coverage`)
+live in :mod:`kvpress_lab.attention`, where allocators use them too; they are re-exported here.
 """
 
 from __future__ import annotations
@@ -23,68 +25,30 @@ import torch
 from torch import nn
 
 from kvpress_lab.analysis.report import FunnelReport
-from kvpress_lab.attention import window_attention
+from kvpress_lab.attention import attention_coverage, attention_entropy, window_attention, window_query_valid
 from kvpress_lab.engine.decoding import cache_from_kwargs
 from kvpress_lab.engine.families import ModelAdapter
-from kvpress_lab.engine.prefill import padded_positions
+from kvpress_lab.engine.padding import check_left_padding, padded_positions
 from kvpress_lab.layer_view import LayerView
 from kvpress_lab.validation import check_float, check_int
 
 __all__ = ["attention_entropy", "attention_coverage", "layer_entropy", "mass_coverage", "attention_funnel"]
 
-_TOLERANCE = 1e-6  # cumulative float32 sums that miss `mass` by less than this still count as reaching it
-
-
-def _mean_over_queries(values: torch.Tensor, query_valid: torch.Tensor) -> torch.Tensor:
-    """``(B, Hq, Q)`` per-query values -> ``(B,)`` mean over heads and the row's real queries."""
-    weights = query_valid[:, None, :].to(values.dtype)  # (B, 1, Q)
-    count = (query_valid.sum(dim=-1) * values.shape[1]).clamp(min=1)  # (B,)
-    return (values * weights).sum(dim=(1, 2)) / count
-
-
-def attention_entropy(probs: torch.Tensor, query_valid: torch.Tensor) -> torch.Tensor:
-    """Mean entropy (nats) of attention rows: ``(B, Hq, Q, T)``, ``(B, Q)`` bool -> ``(B,)`` float32.
-
-    Rows of padded queries (``query_valid`` False) are left out of the mean.
-
-    >>> attention_entropy(torch.full((1, 1, 1, 4), 0.25), torch.ones(1, 1, dtype=torch.bool))
-    tensor([1.3863])
-    """
-    per_query = -torch.special.xlogy(probs, probs).sum(dim=-1)  # (B, Hq, Q); 0 log 0 = 0
-    return _mean_over_queries(per_query, query_valid)
-
-
-def attention_coverage(probs: torch.Tensor, query_valid: torch.Tensor, mass: float = 0.9) -> torch.Tensor:
-    """Mean number of keys holding ``mass`` of each attention row: ``(B, Hq, Q, T)`` -> ``(B,)`` float32.
-
-    >>> attention_coverage(torch.full((1, 1, 1, 10), 0.1), torch.ones(1, 1, dtype=torch.bool))
-    tensor([9.])
-    """
-    mass = check_float("attention_coverage", "mass", mass, minimum=0.0, maximum=1.0, min_inclusive=False)
-    cumulative = probs.sort(dim=-1, descending=True).values.cumsum(dim=-1)  # (B, Hq, Q, T)
-    needed = (cumulative < mass - _TOLERANCE).sum(dim=-1) + 1  # (B, Hq, Q)
-    return _mean_over_queries(needed.clamp(max=probs.shape[-1]).float(), query_valid)
-
-
-def _window_valid(view: LayerView) -> torch.Tensor:
-    """``(B, W)`` bool: which window queries are real tokens (a row shorter than ``W`` has padded ones)."""
-    return view.valid[:, view.seq_len - view.window :]
-
 
 def layer_entropy(view: LayerView) -> torch.Tensor:
     """Mean entropy (nats) of the observation window's attention: ``(B,)`` float32 on ``view.device``."""
-    return attention_entropy(window_attention(view), _window_valid(view))
+    return attention_entropy(window_attention(view), window_query_valid(view))
 
 
 def mass_coverage(view: LayerView, mass: float = 0.9) -> torch.Tensor:
     """Mean number of keys holding ``mass`` of the window's attention: ``(B,)`` float32 on ``view.device``."""
-    return attention_coverage(window_attention(view), _window_valid(view), mass)
+    return attention_coverage(window_attention(view), window_query_valid(view), mass)
 
 
 def _layer_statistics(view: LayerView, mass: float) -> tuple[torch.Tensor, torch.Tensor]:
     """Entropy and coverage from one window-attention pass: two ``(B,)`` float32 tensors."""
     probs = window_attention(view)  # (B, Hq, W, T)
-    query_valid = _window_valid(view)
+    query_valid = window_query_valid(view)
     return attention_entropy(probs, query_valid), attention_coverage(probs, query_valid, mass)
 
 
@@ -99,18 +63,11 @@ def _capture(
     found: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
 
     def hook(idx: int, module: nn.Module, args: tuple, kwargs: dict, output: object) -> None:
-        hidden = kwargs.get("hidden_states", args[0] if args else None)  # (B, T, hidden_size)
-        cos, sin = kwargs["position_embeddings"]
         layer = cache_from_kwargs(kwargs).layers[idx]  # keys/values (B, Hkv, T, D), rotary applied
-        if layer.keys.shape[2] != hidden.shape[1]:
+        if layer.keys.shape[2] != adapter.hidden_states(args, kwargs).shape[1]:
             raise RuntimeError("attention_funnel measures one uncompressed prefill of an empty cache; call it "
                                "outside `with recipe.apply(model)` and without past key values.")
-        view = LayerView(
-            layer_idx=idx, keys=layer.keys, values=layer.values, valid=valid.to(hidden.device),
-            window=min(window, hidden.shape[1]), scaling=float(module.scaling),
-            num_query_heads=adapter.num_query_heads,
-            query_fn=lambda a, b: ModelAdapter.queries(module, hidden[:, a:b], cos[:, a:b], sin[:, a:b]),
-        )
+        view = adapter.layer_view_from_call(idx, args, kwargs, layer, valid, window)
         entropy, coverage = _layer_statistics(view, mass)
         found[idx] = (entropy.cpu(), coverage.cpu())
 
@@ -155,10 +112,8 @@ def attention_funnel(
     mask = torch.ones_like(input_ids) if attention_mask is None else attention_mask
     if mask.shape != input_ids.shape:
         raise ValueError(f"attention_mask must match input_ids {tuple(input_ids.shape)}, got {tuple(mask.shape)}.")
-    if bool((mask[:, -1] == 0).any()):
-        raise ValueError("Only left padding is supported: every row's last prompt token must be real (attention_mask 1).")
     adapter = ModelAdapter.for_model(model)
-    with _capture(adapter, mask.bool(), window, mass) as found:
+    with _capture(adapter, check_left_padding(mask), window, mass) as found:
         adapter.decoder(input_ids=input_ids, attention_mask=mask.long(), position_ids=padded_positions(mask), use_cache=True)
     layers = [idx for idx in adapter.compressible if idx in found]
     if len(layers) != len(adapter.compressible):

@@ -5,12 +5,18 @@ transformers asks a cache layer two questions during decoding: how many tokens i
 (``get_mask_sizes``). After eviction the answers differ: ``logical_length`` counts every token
 the layer has seen, ``physical_length`` the entries it holds. This is the same split that
 transformers' ``DynamicSlidingWindowLayer`` makes for sliding windows.
+
+It follows :class:`~kvpress_lab.cache_layers.protocol.CompressedCacheLayer`: before each attention
+call it builds its own mask with transformers' mask builder (so eager, sdpa and flash attention
+each get the format they expect), from a padding mask in its logical frame.
 """
 
 from __future__ import annotations
 
 import torch
 from transformers.cache_utils import DynamicLayer
+
+from kvpress_lab.cache_layers.protocol import DecodingStep, LayerAttention, causal_layer_attention
 
 __all__ = ["CompressedLayer"]
 
@@ -26,13 +32,11 @@ class CompressedLayer(DynamicLayer):
         ``(B, P)`` bool: ``False`` on filler slots of rows that kept fewer than ``P`` entries.
     logical_length : int
         Tokens seen by the layer so far (the prompt length ``T`` right after prefill).
-    kept_indices : torch.Tensor or None
-        ``(B, Hkv, P)`` int64 original positions of the kept prompt entries, when recorded.
 
     Notes
     -----
-    New tokens appended by :meth:`update` are valid unless the engine announced otherwise
-    through ``pending_valid`` (``(B, q)`` bool, set before the attention forward).
+    New tokens appended by :meth:`update` take their validity from the step announced by
+    :meth:`prepare_decoding` (padding inside the new tokens stays masked); without one, they are real.
     """
 
     is_croppable = False
@@ -43,7 +47,6 @@ class CompressedLayer(DynamicLayer):
         values: torch.Tensor,
         slot_valid: torch.Tensor,
         logical_length: int,
-        kept_indices: torch.Tensor | None = None,
     ):
         super().__init__()
         if keys.shape != values.shape or keys.dim() != 4:
@@ -57,8 +60,7 @@ class CompressedLayer(DynamicLayer):
         self.values = values
         self.slot_valid = slot_valid.to(dtype=torch.bool, device=keys.device)
         self.logical_length = int(logical_length)
-        self.kept_indices = kept_indices
-        self.pending_valid: torch.Tensor | None = None
+        self._pending_valid: torch.Tensor | None = None  # (B, q) bool, from prepare_decoding
 
     @property
     def physical_length(self) -> int:
@@ -68,10 +70,10 @@ class CompressedLayer(DynamicLayer):
     def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs) -> tuple[torch.Tensor, torch.Tensor]:
         """Append ``(B, Hkv, q, D)`` new entries and return the full ``(B, Hkv, P + q, D)`` states."""
         new = key_states.shape[-2]
-        valid = self.pending_valid
+        valid = self._pending_valid
         if valid is None or valid.shape != (self.slot_valid.shape[0], new):
             valid = torch.ones(self.slot_valid.shape[0], new, dtype=torch.bool, device=self.slot_valid.device)
-        self.pending_valid = None
+        self._pending_valid = None
         self.keys = torch.cat([self.keys, key_states], dim=-2)
         self.values = torch.cat([self.values, value_states], dim=-2)
         self.slot_valid = torch.cat([self.slot_valid, valid.to(self.slot_valid.device)], dim=-1)
@@ -85,6 +87,22 @@ class CompressedLayer(DynamicLayer):
     def get_mask_sizes(self, query_length: int) -> tuple[int, int]:
         """``(P + q, logical - P)``: the held entries are addressed as the last ``P`` logical slots."""
         return self.physical_length + query_length, self.logical_length - self.physical_length
+
+    def kept_counts(self) -> torch.Tensor:
+        """``(B, Hkv)`` int64 on the CPU: real entries per row, the same for every head."""
+        counts = self.slot_valid.sum(dim=-1).cpu()  # (B,)
+        return counts[:, None].expand(-1, self.keys.shape[1]).contiguous()
+
+    def head_entries(self, row: int, head: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(n, D)`` keys and values of ``(row, head)``, filler slots left out."""
+        valid = self.slot_valid[row]
+        return self.keys[row, head][valid], self.values[row, head][valid]
+
+    def prepare_decoding(self, step: DecodingStep) -> LayerAttention:
+        """transformers' causal mask over the held slots: filler slots and padded new tokens masked."""
+        new_valid = step.new_tokens_valid()
+        self._pending_valid = new_valid
+        return causal_layer_attention(step, self.virtual_padding_mask(new_valid))
 
     def virtual_padding_mask(self, new_valid: torch.Tensor) -> torch.Tensor:
         """A 2-D mask in the logical frame that transformers' mask builders read correctly.

@@ -2,19 +2,30 @@
 
 Storage is flat: all kept entries of all ``(row, head)`` segments, back to back, ``(N, D)``, with
 the segment lengths on the side (the layout flash-attention's variable-length kernel reads).
-For attention, :meth:`RaggedLayer.update` returns either
+For attention, :meth:`RaggedLayer.update <kvpress_lab.cache_layers.ragged.RaggedLayer.update>` returns either
 
 * a transient dense ``(B, Hkv, Lmax, D)`` view with each head's entries right-aligned, for
-  ``sdpa``/``eager``; the engine's decoding hooks give each head its own mask, so the filler
-  slots are never attended, and only one layer's dense view exists at a time; or
+  ``sdpa``/``eager``; the layer gives each head its own mask, so the filler slots are never
+  attended, and only one layer's dense view exists at a time; or
 * the flat storage itself (``returns_dense_view = False``), for a variable-length kernel
-  (:mod:`kvpress_lab.engine.varlen_attention`); no padded copy is made.
+  (:mod:`kvpress_lab.cache_layers.varlen_attention`); no padded copy is made.
+
+:meth:`RaggedLayer.prepare_decoding <kvpress_lab.cache_layers.ragged.RaggedLayer.prepare_decoding>` picks between the two from the attention implementation
+(``flash_attention_2``, or a kernel the user passed, routes the call to the varlen function).
 """
 
 from __future__ import annotations
 
 import torch
 from transformers.cache_utils import DynamicLayer
+
+from kvpress_lab.cache_layers.protocol import DecodingStep, LayerAttention
+from kvpress_lab.cache_layers.varlen_attention import (
+    CALL_KWARG,
+    RAGGED_VARLEN_IMPLEMENTATION,
+    RaggedAttentionCall,
+    ragged_kernel_for,
+)
 
 __all__ = ["RaggedLayer"]
 
@@ -36,7 +47,7 @@ class RaggedLayer(DynamicLayer):
     is_croppable = False
     returns_dense_view: bool = True
     """What :meth:`update` returns: the dense padded view (``True``) or the flat storage (``False``).
-    Set by the decoding hooks before each attention call, from the attention implementation."""
+    Set by :meth:`prepare_decoding` before each attention call, from the attention implementation."""
 
     def __init__(self, flat_keys: torch.Tensor, flat_values: torch.Tensor, lengths: torch.Tensor, logical_length: int):
         super().__init__()
@@ -87,7 +98,48 @@ class RaggedLayer(DynamicLayer):
         tensors = (self.flat_keys, self.flat_values, self.lengths)
         return sum(t.numel() * t.element_size() for t in tensors)
 
+    def kept_counts(self) -> torch.Tensor:
+        """``(B, Hkv)`` int64 on the CPU: entries per segment."""
+        return self.lengths.clone()
+
+    def head_entries(self, row: int, head: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(n, D)`` keys and values of segment ``(row, head)``."""
+        heads = self.lengths.shape[1]
+        flat = self.lengths.reshape(-1)
+        segment = row * heads + head
+        start = int(flat[:segment].sum())
+        stop = start + int(flat[segment])
+        return self.flat_keys[start:stop], self.flat_values[start:stop]
+
     # -- decoding ------------------------------------------------------------------------------
+
+    def prepare_decoding(self, step: DecodingStep) -> LayerAttention:
+        """A per-head mask over the dense view (sdpa/eager), or a routed call to the varlen kernel.
+
+        The varlen path is taken under ``flash_attention_2`` or when ``step.varlen_kernel`` is set;
+        any other implementation than ``sdpa``/``eager`` raises :class:`NotImplementedError`.
+        """
+        kernel = step.varlen_kernel or ragged_kernel_for(step.config._attn_implementation)
+        self.returns_dense_view = kernel is None
+        if kernel is None:
+            return LayerAttention(self.dense_view_mask(step))
+        call = RaggedAttentionCall(layer=self, kernel=kernel)
+        return LayerAttention(None, attn_implementation=RAGGED_VARLEN_IMPLEMENTATION, extra_kwargs={CALL_KWARG: call})
+
+    def dense_view_mask(self, step: DecodingStep) -> torch.Tensor:
+        """``(B, Hq, q, Lmax)`` per-head causal mask over the dense view (sdpa bool, or eager additive)."""
+        hidden = step.hidden_states
+        query_length = step.query_length
+        groups = step.num_query_heads // self.lengths.shape[1]
+        valid = self.head_valid(query_length, groups)  # (B, Hq, Lmax)
+        width = valid.shape[-1]
+        slots = torch.arange(width, device=valid.device)
+        last_visible = width - query_length + torch.arange(query_length, device=valid.device)  # (q,)
+        mask = valid[:, :, None, :] & (slots[None, :] <= last_visible[:, None])[None, None]  # (B, Hq, q, Lmax)
+        if step.config._attn_implementation == "sdpa":
+            return mask
+        zero = torch.zeros((), dtype=hidden.dtype, device=mask.device)
+        return torch.where(mask, zero, torch.finfo(hidden.dtype).min)
 
     def head_valid(self, query_length: int, num_groups: int) -> torch.Tensor:
         """``(B, Hq, Lmax)`` bool validity of the dense view after appending ``query_length`` tokens."""

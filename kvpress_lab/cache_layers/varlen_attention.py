@@ -1,6 +1,6 @@
 """Decoding attention over a ragged cache through a variable-length kernel (flash-attn's contract).
 
-A :class:`~kvpress_lab.engine.ragged_layer.RaggedLayer` stores the kept entries of every
+A :class:`~kvpress_lab.cache_layers.ragged.RaggedLayer` stores the kept entries of every
 ``(row, KV head)`` segment back to back. Treating each segment as one sequence with a single KV
 head and its ``G = Hq / Hkv`` query heads, that flat storage *is* the packed input of
 ``flash_attn_varlen_func``: keys ``(N, 1, D)``, ``cu_seqlens_k`` from the segment lengths, and
@@ -26,7 +26,7 @@ from torch import nn
 from transformers import AttentionInterface
 
 if TYPE_CHECKING:
-    from kvpress_lab.engine.ragged_layer import RaggedLayer
+    from kvpress_lab.cache_layers.ragged import RaggedLayer
 
 __all__ = [
     "RAGGED_VARLEN_IMPLEMENTATION",
@@ -216,7 +216,7 @@ def ragged_varlen_attention(
     Registered in transformers' ``AttentionInterface`` as :data:`RAGGED_VARLEN_IMPLEMENTATION`;
     the decoding hooks select it for ragged layers only and pass the layer and kernel as the
     ``kvpress_lab_ragged`` keyword (a :class:`RaggedAttentionCall`). ``key`` and ``value`` are
-    what :meth:`RaggedLayer.update <kvpress_lab.engine.ragged_layer.RaggedLayer.update>` returned in flat mode, the new tokens already appended to
+    what :meth:`RaggedLayer.update <kvpress_lab.cache_layers.ragged.RaggedLayer.update>` returned in flat mode, the new tokens already appended to
     every segment. ``attention_mask`` is ignored: causality and segment bounds come from the
     lengths. Returns ``(B, q, Hq, D)`` and no weights, like transformers' other functions.
     """

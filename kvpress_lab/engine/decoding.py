@@ -1,41 +1,39 @@
-"""Per-layer attention masks for decoding on a compressed cache.
+"""Decoding on a compressed cache: each layer decides how the coming attention call reads it.
 
 transformers builds one causal mask per forward pass, sized from the first full-attention layer.
-After eviction, layers hold different numbers of entries (pyramid budgets) and rows of a padded
-batch hold filler slots, so one mask cannot fit every layer. These hooks rebuild the mask of each
-full-attention layer from *that* layer's cache, with transformers' own mask builder (so eager,
-sdpa and flash-attention each get the format they expect). They do nothing unless the cache
-passed to the model holds at least one compressed layer.
-
-Ragged (per-head) layers decode in one of two ways, picked from the attention implementation:
-with ``sdpa``/``eager`` they get a per-head mask over a dense view; with ``flash_attention_2``
-(or an explicit ``ragged_kernel``) the layer's attention call is routed, for that call only, to
-:func:`~kvpress_lab.engine.varlen_attention.ragged_varlen_attention`, which runs a
-variable-length kernel on the flat storage.
+After eviction, layers hold different numbers of entries (pyramid budgets), rows of a padded
+batch hold filler slots, and per-head layers hold a different count per head, so one mask cannot
+fit every layer. Before each full-attention module's forward on a compressed cache, these hooks
+hand the layer a :class:`~kvpress_lab.cache_layers.DecodingStep` and apply the
+:class:`~kvpress_lab.cache_layers.LayerAttention` it returns (its mask, and possibly an attention
+function of its own, such as the varlen kernel of ragged layers). Layers follow the
+:class:`~kvpress_lab.cache_layers.CompressedCacheLayer` protocol; an uncompressed layer of a
+compressed cache gets transformers' causal mask sized for itself. The hooks do nothing unless the
+cache passed to the model holds at least one compressed layer.
 """
 
 from __future__ import annotations
 
 import functools
 import inspect
-from dataclasses import dataclass
 
 import torch
 from torch import nn
-from transformers.masking_utils import create_causal_mask
 
-from kvpress_lab.engine.cache_layer import CompressedLayer
+from kvpress_lab.cache_layers import DecodingStep, LayerAttention, causal_layer_attention
+from kvpress_lab.cache_layers.varlen_attention import VarlenKernel
 from kvpress_lab.engine.families import ModelAdapter
-from kvpress_lab.engine.ragged_layer import RaggedLayer
-from kvpress_lab.engine.varlen_attention import (
-    CALL_KWARG,
-    RAGGED_VARLEN_IMPLEMENTATION,
-    RaggedAttentionCall,
-    VarlenKernel,
-    ragged_kernel_for,
-)
 
-__all__ = ["DecodingHooks", "StepInputs", "cache_from_kwargs", "enable_compressed_decoding", "disable_compressed_decoding"]
+__all__ = [
+    "DecodingHooks",
+    "PaddingCapture",
+    "cache_from_kwargs",
+    "mark_compressed",
+    "is_compressed",
+    "enable_compressed_decoding",
+    "disable_compressed_decoding",
+    "persistent_hooks",
+]
 
 COMPRESSED_FLAG = "_kvpress_lab_compressed"
 _PERSISTENT_ATTR = "_kvpress_lab_decoding_hooks"
@@ -47,34 +45,59 @@ def cache_from_kwargs(kwargs: dict) -> object | None:
     return cache if cache is not None else kwargs.get("past_key_values")
 
 
-@dataclass
-class StepInputs:
-    """What the decoder's forward received this step."""
+def mark_compressed(cache: object) -> None:
+    """Flag ``cache`` as holding compressed layers, so decoding asks each layer for its attention."""
+    setattr(cache, COMPRESSED_FLAG, True)
 
-    padding_mask: torch.Tensor | None  # (B, past + q) bool, or None when no 2-D mask was given
+
+def is_compressed(cache: object) -> bool:
+    """Whether ``cache`` was flagged by :func:`mark_compressed`."""
+    return bool(getattr(cache, COMPRESSED_FLAG, False))
+
+
+class PaddingCapture:
+    """Reads the 2-D padding mask out of the decoder's call (keyword or positional).
+
+    >>> capture = PaddingCapture(nn.Identity())                      # doctest: +SKIP
+    >>> capture(args, kwargs)  # (B, S) bool, or None for no mask or a custom 4-D mask  # doctest: +SKIP
+    """
+
+    def __init__(self, decoder: nn.Module):
+        try:
+            names = list(inspect.signature(decoder.forward).parameters)
+        except (TypeError, ValueError):
+            names = []
+        self._position = names.index("attention_mask") if "attention_mask" in names else None
+
+    def __call__(self, args: tuple, kwargs: dict) -> torch.Tensor | None:
+        mask = kwargs.get("attention_mask")
+        if mask is None and self._position is not None and len(args) > self._position:
+            mask = args[self._position]
+        if mask is None or mask.dim() != 2:
+            return None  # a custom 4-D mask is the caller's business; we cannot re-slice it per layer
+        return mask.to(torch.bool)
 
 
 class DecodingHooks:
-    """Hooks on the decoder and its attention modules that give each layer its own mask.
+    """Hooks on the decoder and its attention modules that let each compressed layer shape its attention.
 
     Parameters
     ----------
     adapter : ModelAdapter
         The model's attention modules and config.
     ragged_kernel : VarlenKernel or None
-        Variable-length kernel for ragged layers, whatever the attention implementation (for
-        instance :func:`~kvpress_lab.engine.varlen_attention.reference_varlen_attention`).
-        ``None`` picks from the implementation (see
-        :func:`~kvpress_lab.engine.varlen_attention.ragged_kernel_for`).
+        Variable-length kernel for layers that can use one (ragged layers), whatever the attention
+        implementation (for instance
+        :func:`~kvpress_lab.cache_layers.varlen_attention.reference_varlen_attention`); handed to
+        the layers as :attr:`DecodingStep.varlen_kernel <kvpress_lab.cache_layers.DecodingStep>`.
     """
 
     def __init__(self, adapter: ModelAdapter, ragged_kernel: VarlenKernel | None = None):
         self.adapter = adapter
         self.ragged_kernel = ragged_kernel
-        self.step = StepInputs(padding_mask=None)
+        self.padding_mask: torch.Tensor | None = None  # (B, past + q) bool of the current forward
         self.handles: list[torch.utils.hooks.RemovableHandle] = []
-        self._mask_position = _mask_argument_position(adapter.decoder)
-        self._kernels: dict[str | None, VarlenKernel | None] = {}
+        self._capture = PaddingCapture(adapter.decoder)
         self._routed: list[tuple[object, str | None]] = []  # (config, implementation) to restore
 
     def attach(self) -> None:
@@ -84,7 +107,7 @@ class DecodingHooks:
         self.handles.append(self.adapter.decoder.register_forward_pre_hook(self._capture_inputs, with_kwargs=True))
         for idx in self.adapter.compressible:
             module = self.adapter.attention[idx]
-            hook = functools.partial(self._layer_mask, idx)
+            hook = functools.partial(self._prepare_layer, idx)
             self.handles.append(module.register_forward_pre_hook(hook, with_kwargs=True))
             self.handles.append(module.register_forward_hook(self._restore_implementation, always_call=True))
 
@@ -96,89 +119,38 @@ class DecodingHooks:
     # -- hooks -----------------------------------------------------------------------------
 
     def _capture_inputs(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
-        mask = kwargs.get("attention_mask")
-        if mask is None and self._mask_position is not None and len(args) > self._mask_position:
-            mask = args[self._mask_position]
-        if mask is not None and mask.dim() != 2:
-            mask = None  # a custom 4-D mask is the caller's business; we cannot re-slice it per layer
-        self.step = StepInputs(padding_mask=None if mask is None else mask.to(torch.bool))
+        self.padding_mask = self._capture(args, kwargs)
 
-    def _layer_mask(self, idx: int, module: nn.Module, args: tuple, kwargs: dict):
+    def _prepare_layer(self, idx: int, module: nn.Module, args: tuple, kwargs: dict):
         cache = cache_from_kwargs(kwargs)
-        if cache is None or not getattr(cache, COMPRESSED_FLAG, False) or idx >= len(cache.layers):
+        if cache is None or not is_compressed(cache) or idx >= len(cache.layers):
             return None
-        hidden = kwargs.get("hidden_states", args[0] if args else None)
-        layer = cache.layers[idx]
-        query_length = hidden.shape[1]
-        padding = self.step.padding_mask
-        if isinstance(layer, RaggedLayer):
-            kernel = self._ragged_kernel()
-            layer.returns_dense_view = kernel is None
-            if kernel is None:
-                kwargs["attention_mask"] = self._ragged_mask(layer, hidden)
-            else:
-                self._route_to_varlen(module)
-                kwargs["attention_mask"] = None
-                kwargs[CALL_KWARG] = RaggedAttentionCall(layer=layer, kernel=kernel)
-            return args, kwargs
-        if isinstance(layer, CompressedLayer):
-            if padding is not None and padding.shape[-1] >= query_length:
-                new_valid = padding[:, -query_length:]
-            else:
-                new_valid = torch.ones(hidden.shape[0], query_length, dtype=torch.bool, device=hidden.device)
-            layer.pending_valid = new_valid
-            padding = layer.virtual_padding_mask(new_valid)
-        kwargs["attention_mask"] = create_causal_mask(
-            config=self.adapter.config, inputs_embeds=hidden, attention_mask=padding, cache=cache, layer_idx=idx
+        step = DecodingStep(
+            config=self.adapter.config, cache=cache, layer_idx=idx, hidden_states=self.adapter.hidden_states(args, kwargs),
+            padding_mask=self.padding_mask, num_query_heads=self.adapter.num_query_heads, varlen_kernel=self.ragged_kernel,
         )
+        prepare = getattr(cache.layers[idx], "prepare_decoding", None)
+        attention: LayerAttention = causal_layer_attention(step) if prepare is None else prepare(step)
+        if attention.attn_implementation is not None:
+            self._route(module, attention.attn_implementation)
+        kwargs["attention_mask"] = attention.attention_mask
+        kwargs.update(attention.extra_kwargs)
         return args, kwargs
 
-    def _ragged_kernel(self) -> VarlenKernel | None:
-        """The varlen kernel for ragged layers, or ``None`` to decode them on a masked dense view."""
-        if self.ragged_kernel is not None:
-            return self.ragged_kernel
-        implementation = self.adapter.config._attn_implementation
-        if implementation not in self._kernels:
-            self._kernels[implementation] = ragged_kernel_for(implementation)
-        return self._kernels[implementation]
-
-    def _route_to_varlen(self, module: nn.Module) -> None:
-        """Make ``module``'s next attention call use the ragged varlen function (undone after its forward)."""
+    def _route(self, module: nn.Module, implementation: str) -> None:
+        """Make ``module``'s next attention call use ``implementation`` (undone after its forward)."""
         config = module.config
         self._routed.append((config, config._attn_implementation))
-        config._attn_implementation = RAGGED_VARLEN_IMPLEMENTATION
+        config._attn_implementation = implementation
 
     def _restore_implementation(self, module: nn.Module, args: tuple, output: object) -> None:
         while self._routed:
             config, implementation = self._routed.pop()
             config._attn_implementation = implementation
 
-    def _ragged_mask(self, layer: RaggedLayer, hidden: torch.Tensor) -> torch.Tensor:
-        """``(B, Hq, q, Lmax)`` per-head mask over the ragged layer's dense view (eager/sdpa format)."""
-        implementation = self.adapter.config._attn_implementation
-        query_length = hidden.shape[1]
-        groups = self.adapter.num_query_heads // self.adapter.num_kv_heads
-        valid = layer.head_valid(query_length, groups)  # (B, Hq, Lmax)
-        width = valid.shape[-1]
-        slots = torch.arange(width, device=valid.device)
-        last_visible = width - query_length + torch.arange(query_length, device=valid.device)  # (q,)
-        mask = valid[:, :, None, :] & (slots[None, :] <= last_visible[:, None])[None, None]  # (B, Hq, q, Lmax)
-        if implementation == "sdpa":
-            return mask
-        zero = torch.zeros((), dtype=hidden.dtype, device=mask.device)
-        return torch.where(mask, zero, torch.finfo(hidden.dtype).min)
-
-
-def _mask_argument_position(decoder: nn.Module) -> int | None:
-    try:
-        names = list(inspect.signature(decoder.forward).parameters)
-    except (TypeError, ValueError):
-        return None
-    return names.index("attention_mask") if "attention_mask" in names else None
-
 
 def enable_compressed_decoding(model: nn.Module, *, ragged_kernel: VarlenKernel | None = None) -> DecodingHooks:
-    """Keep per-layer decoding masks on ``model`` so caches from :func:`~kvpress_lab.engine.prefill.prefill` decode correctly.
+    """Keep the decoding hooks on ``model`` so caches from :func:`~kvpress_lab.engine.prefill.prefill` decode correctly.
 
     Idempotent; the hooks are inert for ordinary caches. Remove them with
     :func:`disable_compressed_decoding`. Sessions of :meth:`Recipe.apply <kvpress_lab.Recipe.apply>`

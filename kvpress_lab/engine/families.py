@@ -7,6 +7,7 @@ attention kernel the model uses (eager, sdpa, flash-attention).
 
 from __future__ import annotations
 
+import functools
 import sys
 from dataclasses import dataclass
 
@@ -15,6 +16,7 @@ from torch import nn
 from transformers.cache_utils import get_layer_types_and_kwargs
 
 from kvpress_lab.errors import UnsupportedModelError
+from kvpress_lab.layer_view import LayerView
 
 __all__ = ["SUPPORTED_MODEL_TYPES", "ModelAdapter"]
 
@@ -75,6 +77,59 @@ class ModelAdapter:
         return int(getattr(self.config, "num_key_value_heads", None) or self.config.num_attention_heads)
 
     @staticmethod
+    def hidden_states(args: tuple, kwargs: dict) -> torch.Tensor:
+        """The ``(B, S, hidden_size)`` input of an attention module's call, from a hook's arguments."""
+        hidden = kwargs.get("hidden_states", args[0] if args else None)
+        if hidden is None:
+            raise RuntimeError("The attention module was called without hidden states; kvpress_lab cannot read its input.")
+        return hidden
+
+    def layer_view(
+        self,
+        idx: int,
+        hidden: torch.Tensor,
+        position_embeddings: tuple[torch.Tensor, torch.Tensor],
+        keys: torch.Tensor,
+        values: torch.Tensor,
+        valid: torch.Tensor,
+        window: int,
+    ) -> LayerView:
+        """The :class:`~kvpress_lab.LayerView` of layer ``idx``: the one place views are built.
+
+        Parameters
+        ----------
+        idx : int
+            Layer index in the model.
+        hidden : torch.Tensor
+            ``(B, T, hidden_size)``, the attention module's input for the ``T`` cached tokens.
+        position_embeddings : tuple of torch.Tensor
+            ``(cos, sin)``, each ``(B or 1, T, D)``: the rotary tables the module received.
+        keys, values : torch.Tensor
+            ``(B, Hkv, T, D)``, the layer's cache (rotary applied to keys).
+        valid : torch.Tensor
+            ``(B, T)`` bool, ``False`` on left padding.
+        window : int
+            ``W`` requested; clamped to ``T``.
+        """
+        module = self.attention[idx]
+        cos, sin = position_embeddings
+        return LayerView(
+            layer_idx=idx,
+            keys=keys,
+            values=values,
+            valid=valid.to(keys.device),
+            window=min(window, hidden.shape[1]),
+            scaling=float(module.scaling),
+            num_query_heads=self.num_query_heads,
+            query_fn=functools.partial(_slice_queries, module, hidden, cos, sin),
+        )
+
+    def layer_view_from_call(self, idx: int, args: tuple, kwargs: dict, layer: object, valid: torch.Tensor, window: int) -> LayerView:
+        """:meth:`layer_view` from an attention module's forward-hook arguments and its cache ``layer``."""
+        hidden = self.hidden_states(args, kwargs)
+        return self.layer_view(idx, hidden, kwargs["position_embeddings"], layer.keys, layer.values, valid, window)
+
+    @staticmethod
     def queries(module: nn.Module, hidden: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
         """Rotated queries of ``hidden`` exactly as ``module`` computes them.
 
@@ -103,3 +158,7 @@ class ModelAdapter:
         rotate = sys.modules[type(module).__module__].apply_rotary_pos_emb
         q, _ = rotate(q, q[:, :1], cos, sin)
         return q
+
+
+def _slice_queries(module: nn.Module, hidden: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, start: int, stop: int) -> torch.Tensor:
+    return ModelAdapter.queries(module, hidden[:, start:stop], cos[:, start:stop], sin[:, start:stop])

@@ -9,21 +9,13 @@ from torch import nn
 from transformers.cache_utils import Cache
 
 from kvpress_lab.engine.decoding import enable_compressed_decoding
+from kvpress_lab.engine.padding import padded_positions
+from kvpress_lab.engine.session import CompressionSession
 
 if TYPE_CHECKING:
     from kvpress_lab.recipe import Recipe
 
 __all__ = ["prefill", "padded_positions"]
-
-
-def padded_positions(attention_mask: torch.Tensor) -> torch.Tensor:
-    """Positions of left-padded rows, as ``generate`` computes them: ``(B, T)`` int64, 0 on padding.
-
-    >>> padded_positions(torch.tensor([[0, 0, 1, 1, 1]])).tolist()
-    [[0, 0, 0, 1, 2]]
-    """
-    positions = attention_mask.long().cumsum(-1) - 1
-    return positions.masked_fill(attention_mask == 0, 0)
 
 
 @torch.no_grad()
@@ -65,7 +57,7 @@ def prefill(recipe: Recipe, model: nn.Module, input_ids: torch.Tensor, attention
             )
         position_ids = padded_positions(attention_mask)
     enable_compressed_decoding(model)
-    with recipe.apply(model):
+    with CompressionSession(recipe, model):
         output = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=True)
     cache = getattr(output, "cache", None) or getattr(output, "past_key_values", None)
     if cache is None:

@@ -10,9 +10,11 @@ import torch
 from torch import nn
 from transformers.cache_utils import DynamicLayer
 
-from kvpress_lab.engine.decoding import COMPRESSED_FLAG, DecodingHooks, cache_from_kwargs, persistent_hooks
+from kvpress_lab.budgets import BudgetPlan, check_forced_fit, plan_budgets
+from kvpress_lab.cache_layers import check_layer
+from kvpress_lab.engine.decoding import DecodingHooks, PaddingCapture, cache_from_kwargs, mark_compressed, persistent_hooks
 from kvpress_lab.engine.families import ModelAdapter
-from kvpress_lab.engine.planning import BudgetPlan, plan_budgets
+from kvpress_lab.engine.padding import check_left_padding
 from kvpress_lab.head_allocation import adaptive_head_budgets
 from kvpress_lab.layer_view import LayerView
 from kvpress_lab.protocols import Selection
@@ -79,6 +81,8 @@ class CompressionSession:
         self._statistics: list[torch.Tensor] = []
         self._ordinal = {idx: n for n, idx in enumerate(self.adapter.compressible)}
         self._decoding = DecodingHooks(self.adapter)
+        self._capture_padding = PaddingCapture(self.adapter.decoder)
+        self._padding: torch.Tensor | None = None  # (B, T) bool of the current forward, or None: no 2-D mask
         self._handles: list[torch.utils.hooks.RemovableHandle] = []
 
     # -- lifecycle -------------------------------------------------------------------------
@@ -125,6 +129,7 @@ class CompressionSession:
     # -- hooks -----------------------------------------------------------------------------
 
     def _new_forward(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
+        self._padding = self._capture_padding(args, kwargs)
         self.plan = None  # budgets depend on this forward's prompt; planned at its first layer
         self._pending.clear()
         self._statistics.clear()
@@ -134,13 +139,13 @@ class CompressionSession:
         if cache is None or idx >= len(cache.layers) or type(cache.layers[idx]) is not DynamicLayer:
             return  # no cache, a sliding-window layer, or already compressed
         layer = cache.layers[idx]
-        hidden = kwargs.get("hidden_states", args[0] if args else None)
+        hidden = self.adapter.hidden_states(args, kwargs)
         length = hidden.shape[1]
         if layer.get_seq_length() != length or length < 2:
             return  # not a prefill of an empty cache (decoding step or continued prefill)
         valid = self._valid_mask(hidden, length)
         if self._global:
-            view = self._layer_view(idx, module, layer, hidden, kwargs["position_embeddings"], valid)
+            view = self.adapter.layer_view_from_call(idx, args, kwargs, layer, valid, self.recipe.window)
             scores, forced = self._score(view)
             self._statistics.append(self.recipe.strategies.allocator.layer_statistic(view).float())
             self._pending.append(_ScoredLayer(idx, cache, scores, forced, valid))
@@ -149,7 +154,7 @@ class CompressionSession:
             self.plan = self._plan(valid)
         if not self.plan.evicts(self._ordinal[idx]):
             return
-        view = self._layer_view(idx, module, layer, hidden, kwargs["position_embeddings"], valid)
+        view = self.adapter.layer_view_from_call(idx, args, kwargs, layer, valid, self.recipe.window)
         scores, forced = self._score(view)
         self._evict(_ScoredLayer(idx, cache, scores, forced, valid))
 
@@ -166,32 +171,20 @@ class CompressionSession:
     # -- steps -----------------------------------------------------------------------------
 
     def _plan(self, valid: torch.Tensor, statistics: torch.Tensor | None = None) -> BudgetPlan:
-        return plan_budgets(self.recipe, valid, len(self.adapter.compressible), self.adapter.num_kv_heads, statistics)
+        real_lengths = [int(n) for n in valid.sum(dim=-1).tolist()]
+        return plan_budgets(self.recipe.strategies.allocator, self.recipe.budget_spec, real_lengths,
+                            len(self.adapter.compressible), self.adapter.num_kv_heads, statistics)
 
     def _valid_mask(self, hidden: torch.Tensor, length: int) -> torch.Tensor:
-        padding = (persistent_hooks(self.model) or self._decoding).step.padding_mask
+        """``(B, T)`` bool padding of this prefill, from the mask the decoder received (all real when none)."""
+        padding = self._padding
         if padding is None:
             return torch.ones(hidden.shape[0], length, dtype=torch.bool, device=hidden.device)
         if padding.shape != (hidden.shape[0], length):
             raise ValueError(
                 f"attention_mask must be (batch, prompt_length)={(hidden.shape[0], length)} at prefill, got {tuple(padding.shape)}."
             )
-        if bool((padding[:, -1] == 0).any()):
-            raise ValueError("Only left padding is supported: every row's last prompt token must be real (attention_mask 1).")
-        return padding.to(hidden.device)
-
-    def _layer_view(self, idx, module, layer, hidden, position_embeddings, valid) -> LayerView:
-        cos, sin = position_embeddings
-        return LayerView(
-            layer_idx=idx,
-            keys=layer.keys,
-            values=layer.values,
-            valid=valid,
-            window=min(self.recipe.window, hidden.shape[1]),
-            scaling=float(module.scaling),
-            num_query_heads=self.adapter.num_query_heads,
-            query_fn=functools.partial(_slice_queries, module, hidden, cos, sin),
-        )
+        return check_left_padding(padding).to(hidden.device)
 
     def _score(self, view: LayerView) -> tuple[torch.Tensor, torch.Tensor]:
         scorer = self.recipe.strategies.scorer
@@ -208,17 +201,18 @@ class CompressionSession:
     def _evict(self, scored: _ScoredLayer) -> None:
         strategies = self.recipe.strategies
         layer_keep = self.plan.keep[:, self._ordinal[scored.idx]]  # (B,) on the CPU
+        forced = scored.forced & scored.valid[:, None, :]
+        check_forced_fit(forced.sum(dim=-1), layer_keep[:, None])  # a scorer's forced entries fit every head
         if self.recipe.head_allocation == "adaptive":
-            keep = adaptive_head_budgets(scored.scores, layer_keep, scored.forced, scored.valid, self.recipe.head_floor)
+            keep = adaptive_head_budgets(scored.scores, layer_keep, forced, scored.valid, self.recipe.head_floor)
         else:
             keep = layer_keep[:, None].expand(-1, scored.scores.shape[1]).contiguous()  # (B, Hkv)
-        selection = strategies.executor.select(scored.scores, keep, scored.forced, scored.valid)
+        selection = strategies.executor.select(scored.scores, keep, forced, scored.valid)
         layer = scored.cache.layers[scored.idx]
-        scored.cache.layers[scored.idx] = strategies.executor.build_layer(layer.keys, layer.values, selection, layer.get_seq_length())
-        setattr(scored.cache, COMPRESSED_FLAG, True)
+        built = strategies.executor.build_layer(layer.keys, layer.values, selection, layer.get_seq_length())
+        check_layer(built, strategies.executor.name)
+        scored.cache.layers[scored.idx] = built
+        mark_compressed(scored.cache)
         if self.record_indices:
             self.selections[scored.idx] = selection
 
-
-def _slice_queries(module, hidden, cos, sin, start: int, stop: int) -> torch.Tensor:
-    return ModelAdapter.queries(module, hidden[:, start:stop], cos[:, start:stop], sin[:, start:stop])

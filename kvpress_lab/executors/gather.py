@@ -7,7 +7,8 @@ from typing import ClassVar
 
 import torch
 
-from kvpress_lab.engine.cache_layer import CompressedLayer
+from kvpress_lab.budgets import check_forced_fit
+from kvpress_lab.cache_layers import CompressedLayer
 from kvpress_lab.protocols import Selection
 
 __all__ = ["GatherExecutor", "select_top_k"]
@@ -53,12 +54,7 @@ def select_top_k(scores: torch.Tensor, keep: torch.Tensor, forced: torch.Tensor,
     device = scores.device
     keep_dev = keep.to(device)
     forced = forced & candidates[:, None, :]
-    forced_count = forced.sum(dim=-1)
-    if bool((forced_count > keep_dev).any()):
-        raise ValueError(
-            f"More entries are forced (window + sinks: up to {int(forced_count.max())}) than the budget keeps "
-            f"(as few as {int(keep.min())}). Raise the budget or shrink the window / number of sinks."
-        )
+    check_forced_fit(forced.sum(dim=-1), keep_dev)
     priority = scores.float().masked_fill(~candidates[:, None, :], float("-inf"))
     priority = priority.masked_fill(forced, float("inf"))
     order = torch.sort(priority, dim=-1, descending=True, stable=True).indices  # (B, Hkv, T)
@@ -81,6 +77,7 @@ class GatherExecutor:
     """
 
     name: ClassVar[str] = "gather"
+    per_head_budgets: ClassVar[bool] = False
 
     def select(self, scores: torch.Tensor, keep: torch.Tensor, forced: torch.Tensor, candidates: torch.Tensor) -> Selection:
         """See :func:`select_top_k`; all heads of a row must keep the same count."""

@@ -7,7 +7,7 @@ from typing import ClassVar
 
 import torch
 
-from kvpress_lab.engine.ragged_layer import RaggedLayer
+from kvpress_lab.cache_layers import RaggedLayer
 from kvpress_lab.executors.gather import select_top_k
 from kvpress_lab.protocols import Selection
 
@@ -20,12 +20,14 @@ class RaggedExecutor:
 
     Selection is the same top-k as ``gather`` (forced entries first, ties to the earlier token,
     original order kept), but every ``(row, head)`` keeps its own count and the layer stores only
-    the kept entries, back to back (:class:`~kvpress_lab.engine.ragged_layer.RaggedLayer`): the
+    the kept entries, back to back (:class:`~kvpress_lab.cache_layers.RaggedLayer`): the
     bytes held are the kept entries times the bytes per entry, plus one int64 length per head.
-    Decoding reads a transient dense view with per-head masks (eager and sdpa attention).
+    Decoding reads a transient dense view with per-head masks (eager and sdpa attention), or the
+    flat storage through a variable-length kernel (flash-attention 2).
     """
 
     name: ClassVar[str] = "ragged"
+    per_head_budgets: ClassVar[bool] = True
 
     def select(self, scores: torch.Tensor, keep: torch.Tensor, forced: torch.Tensor, candidates: torch.Tensor) -> Selection:
         """Top-``keep[b, h]`` entries of every row and head (see :func:`~kvpress_lab.executors.gather.select_top_k`)."""

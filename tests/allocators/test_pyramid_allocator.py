@@ -125,7 +125,7 @@ def test_field_validation(fields, error, match):
 
 
 def test_budget_below_window_is_rejected_when_compressing():
-    with pytest.raises(ValueError, match="budget >= window.*budget=4, window=8"):
+    with pytest.raises(ValueError, match="budget >= min_kept.*budget=4, min_kept=8"):
         allocate(4, 100, 4, 8)
     with pytest.raises(ValueError, match="num_layers must be an integer >= 1, got 0"):
         allocate(0, 100, 64, 8)

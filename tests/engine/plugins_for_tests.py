@@ -53,7 +53,7 @@ class StaircaseAllocator:
     def allocate(self, request: BudgetRequest) -> list[int]:
         L = request.num_layers
         raw = [request.budget + self.step * (L - 1 - 2 * layer) // 2 for layer in range(L)]
-        return [max(request.window, min(b, request.prompt_length)) for b in raw]
+        return [max(request.min_kept, min(b, request.prompt_length)) for b in raw]
 
 
 class TestPlugin:

@@ -7,7 +7,7 @@ import torch
 from transformers import GPT2Config, GPT2LMHeadModel
 
 from kvpress_lab import Recipe, UnsupportedModelError
-from kvpress_lab.engine.cache_layer import CompressedLayer
+from kvpress_lab.cache_layers.dense import CompressedLayer
 from tiny_models import random_prompt, tiny_model
 
 T = 20

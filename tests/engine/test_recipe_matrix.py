@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from kvpress_lab import Recipe, get_registry
-from kvpress_lab.engine.cache_layer import CompressedLayer
-from kvpress_lab.engine.ragged_layer import RaggedLayer
+from kvpress_lab.cache_layers.dense import CompressedLayer
+from kvpress_lab.cache_layers.ragged import RaggedLayer
 from profiles_for_tests import allocator_kwargs
 from tiny_models import FAMILIES, left_pad, random_prompt, tiny_model
 

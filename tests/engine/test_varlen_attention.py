@@ -19,8 +19,8 @@ from hypothesis import strategies as st
 from kvpress_lab import Recipe
 from kvpress_lab.engine.decoding import disable_compressed_decoding, enable_compressed_decoding
 from kvpress_lab.engine.prefill import padded_positions
-from kvpress_lab.engine.ragged_layer import RaggedLayer
-from kvpress_lab.engine.varlen_attention import (
+from kvpress_lab.cache_layers.ragged import RaggedLayer
+from kvpress_lab.cache_layers.varlen_attention import (
     RaggedAttentionCall,
     ragged_kernel_for,
     ragged_varlen_attention,

@@ -16,8 +16,8 @@ import torch
 from kvpress_lab import Recipe
 from kvpress_lab.engine.decoding import disable_compressed_decoding
 from kvpress_lab.engine.prefill import padded_positions
-from kvpress_lab.engine.ragged_layer import RaggedLayer
-from kvpress_lab.engine.varlen_attention import flash_attn_kernel, reference_varlen_attention
+from kvpress_lab.cache_layers.ragged import RaggedLayer
+from kvpress_lab.cache_layers.varlen_attention import flash_attn_kernel, reference_varlen_attention
 from tiny_models import left_pad, random_prompt, tiny_model
 
 pytestmark = pytest.mark.skipif(

@@ -1,0 +1,352 @@
+"""Budget semantics in one place: what a recipe's numbers mean for one prompt, and the rule they obey.
+
+A recipe asks for a *budget* (mean entries kept per layer and KV head, observation window
+included) or a *compression ratio*; a prompt of ``n`` real tokens turns either into an integer
+budget (:meth:`BudgetSpec.resolve`). Every layer keeps at least the *minimum kept*: the
+observation window plus the entries the scorer forces (attention sinks). The one rule is
+
+    a budget that compresses (``n > budget``) must be ``>= min_kept``,
+
+checked by :func:`check_minimum_kept` wherever a budget is chosen (the recipe's absolute
+budget at construction, a ratio's budget per prompt, a hand-made :class:`BudgetRequest`).
+What plugins hand back is guarded where it comes back: :func:`checked_allocation` (an
+allocator's per-layer budgets) and :func:`check_forced_fit` (a scorer's forced entries).
+
+This module takes numbers and the allocator, never a :class:`~kvpress_lab.Recipe`, so the engine,
+the recipe and plugins can all use it without importing each other.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Literal
+
+import torch
+
+from kvpress_lab.validation import check_int
+
+if TYPE_CHECKING:
+    from kvpress_lab.protocols import Allocator
+
+__all__ = [
+    "BudgetRequest",
+    "BudgetSpec",
+    "BudgetPlan",
+    "minimum_kept",
+    "check_minimum_kept",
+    "check_budget_request",
+    "checked_allocation",
+    "check_forced_fit",
+    "plan_budgets",
+]
+
+BudgetSource = Literal["recipe", "ratio", "request"]
+
+
+def minimum_kept(window: int, scorer: Any) -> int:
+    """Entries every layer keeps: the window ``W``, or more when the scorer forces some (sinks).
+
+    A scorer may define ``minimum_budget(window) -> int`` (see :class:`~kvpress_lab.protocols.Scorer`).
+
+    >>> from kvpress_lab.scorers.sink import SinkScorer
+    >>> minimum_kept(8, SinkScorer(num_sinks=4)), minimum_kept(8, object())
+    (12, 8)
+    """
+    declared = getattr(scorer, "minimum_budget", None)
+    return window if declared is None else max(window, int(declared(window)))
+
+
+def check_minimum_kept(
+    budget: int,
+    min_kept: int,
+    *,
+    window: int,
+    source: BudgetSource,
+    prompt_length: int | None = None,
+    scorer: str = "",
+    compression_ratio: float | None = None,
+) -> None:
+    """The budget rule: a budget that compresses must hold the ``min_kept`` entries every layer keeps.
+
+    Parameters
+    ----------
+    budget : int
+        The budget chosen (entries per layer and KV head, window included).
+    min_kept : int
+        Window plus forced entries (:func:`minimum_kept`).
+    window : int
+        ``W``, named in the message.
+    source : {"recipe", "ratio", "request"}
+        Where the budget came from, for the message: a recipe's absolute ``budget``, a
+        ``compression_ratio`` resolved for one prompt, or a hand-made :class:`BudgetRequest`.
+    prompt_length : int or None
+        ``n``, real tokens; a prompt that fits the budget (``n <= budget``) is not compressed and
+        always passes. ``None``: the prompt is not known yet (checked for every length).
+    scorer, compression_ratio : str, float or None
+        Named in the message.
+
+    Raises
+    ------
+    ValueError
+        When ``budget < min_kept`` for a prompt that would be compressed.
+
+    Examples
+    --------
+    >>> check_minimum_kept(4, 8, window=8, source="request", prompt_length=4)  # not compressed: fine
+    >>> check_minimum_kept(4, 8, window=8, source="request", prompt_length=100)
+    Traceback (most recent call last):
+    ...
+    ValueError: BudgetRequest needs budget >= min_kept when the prompt is compressed; got budget=4, min_kept=8 for a prompt of 100 tokens. Raise the budget or shrink the window.
+    """
+    if budget >= min_kept or (prompt_length is not None and prompt_length <= budget):
+        return
+    if source == "request":
+        raise ValueError(
+            f"BudgetRequest needs budget >= min_kept when the prompt is compressed; got budget={budget}, "
+            f"min_kept={min_kept} for a prompt of {prompt_length} tokens. Raise the budget or shrink the window."
+        )
+    if source == "ratio":
+        raise ValueError(
+            f"compression_ratio={compression_ratio} leaves a budget of {budget} entries for a prompt of {prompt_length} "
+            f"tokens, below the {min_kept} entries always kept (observation window of {window} plus the scorer's "
+            "forced entries). Use a smaller ratio, a smaller window, or an absolute budget."
+        )
+    if min_kept == window:
+        raise ValueError(
+            f"Recipe.budget must be >= window={window} (the observation window is always kept and counts inside the "
+            f"budget), got budget={budget}. Raise the budget or shrink the window."
+        )
+    raise ValueError(
+        f"Recipe.budget must be >= {min_kept} for scorer {scorer!r} (its forced entries plus the window of {window}), "
+        f"got budget={budget}."
+    )
+
+
+@dataclass(frozen=True, init=False)
+class BudgetRequest:
+    """What an allocator is asked: split ``budget`` entries per layer (on average) over ``L`` layers.
+
+    Parameters
+    ----------
+    num_layers : int
+        ``L``, the number of compressible layers (sliding-window layers are not counted).
+    num_kv_heads : int
+        ``Hkv``.
+    prompt_length : int
+        ``T`` of this sequence, padding excluded.
+    budget : int
+        Mean entries per layer and KV head to keep, window included (already resolved from a
+        compression ratio when the recipe used one).
+    min_kept : int
+        Entries every layer must keep: the observation window ``W`` plus entries the scorer
+        forces (attention sinks; see :attr:`kvpress_lab.Recipe.minimum_budget`). Every layer's
+        budget must be at least ``min(min_kept, T)``. Called ``window`` before 0.2; the old keyword
+        and attribute still work for one release, with a :class:`DeprecationWarning`.
+    layer_statistics : torch.Tensor or None
+        ``(L,)`` float32 per-layer statistics (e.g. attention entropy) for allocators whose
+        scope is ``"global"``; ``None`` for static allocators.
+
+    Raises
+    ------
+    TypeError, ValueError
+        On construction, for a field of the wrong type or range, and when a budget that compresses
+        (``T > budget``) is below ``min_kept`` (:func:`check_minimum_kept`).
+
+    Examples
+    --------
+    >>> BudgetRequest(num_layers=4, num_kv_heads=2, prompt_length=200, budget=32, min_kept=8).min_kept
+    8
+    """
+
+    num_layers: int
+    num_kv_heads: int
+    prompt_length: int
+    budget: int
+    min_kept: int
+    layer_statistics: torch.Tensor | None = None
+
+    def __init__(
+        self,
+        num_layers: int,
+        num_kv_heads: int,
+        prompt_length: int,
+        budget: int,
+        min_kept: int | None = None,
+        layer_statistics: torch.Tensor | None = None,
+        *,
+        window: int | None = None,
+    ):
+        if window is not None:
+            if min_kept is not None:
+                raise TypeError("BudgetRequest takes min_kept or its deprecated name window, not both.")
+            warnings.warn("BudgetRequest(window=...) is deprecated; it is called min_kept now.", DeprecationWarning, stacklevel=2)
+            min_kept = window
+        if min_kept is None:
+            raise TypeError("BudgetRequest needs min_kept (the observation window plus the scorer's forced entries).")
+        values = {
+            "num_layers": check_int("BudgetRequest", "num_layers", num_layers, minimum=1),
+            "num_kv_heads": check_int("BudgetRequest", "num_kv_heads", num_kv_heads, minimum=1),
+            "prompt_length": check_int("BudgetRequest", "prompt_length", prompt_length, minimum=1),
+            "budget": check_int("BudgetRequest", "budget", budget, minimum=1),
+            "min_kept": check_int("BudgetRequest", "min_kept", min_kept, minimum=0),
+            "layer_statistics": layer_statistics,
+        }
+        for name, value in values.items():
+            object.__setattr__(self, name, value)
+        check_minimum_kept(self.budget, self.min_kept, window=self.min_kept, source="request", prompt_length=self.prompt_length)
+
+    @property
+    def window(self) -> int:
+        """Deprecated name of ``min_kept``."""
+        warnings.warn("BudgetRequest.window is deprecated; read BudgetRequest.min_kept.", DeprecationWarning, stacklevel=2)
+        return self.min_kept
+
+
+def check_budget_request(owner: str, request: BudgetRequest) -> tuple[int, int, int, int]:
+    """``(L, T, B, min_kept)`` of a request (validated when it was built); ``owner`` is the calling allocator.
+
+    >>> check_budget_request("PyramidAllocator", BudgetRequest(4, 2, 1000, 64, 8))
+    (4, 1000, 64, 8)
+    """
+    if not isinstance(request, BudgetRequest):
+        raise TypeError(f"{owner} expects a kvpress_lab.BudgetRequest, got {type(request).__name__}.")
+    return request.num_layers, request.prompt_length, request.budget, request.min_kept
+
+
+@dataclass(frozen=True)
+class BudgetSpec:
+    """A recipe's budget numbers, independent of any prompt.
+
+    Parameters
+    ----------
+    budget : int or None
+        Absolute mean entries per layer (window included), or ``None`` with a ratio.
+    compression_ratio : float or None
+        Fraction of the prompt to remove, in ``[0, 1)``, or ``None`` with a budget.
+    window : int
+        ``W``, the observation window.
+    min_kept : int
+        ``W`` plus the scorer's forced entries (:func:`minimum_kept`).
+    scorer : str
+        The scorer's name, for messages.
+    """
+
+    budget: int | None
+    compression_ratio: float | None
+    window: int
+    min_kept: int
+    scorer: str = ""
+
+    def __post_init__(self) -> None:
+        if self.budget is not None:
+            check_minimum_kept(self.budget, self.min_kept, window=self.window, source="recipe", scorer=self.scorer)
+
+    def resolve(self, prompt_length: int) -> int:
+        """The integer budget for a prompt of ``prompt_length`` real tokens (ratio rounded half up).
+
+        >>> BudgetSpec(None, 0.75, 8, 8).resolve(1000), BudgetSpec(64, None, 8, 8).resolve(10)
+        (250, 64)
+        """
+        if self.compression_ratio is None:
+            return int(self.budget)  # type: ignore[arg-type]
+        return int(math.floor((1.0 - self.compression_ratio) * prompt_length + 0.5))
+
+    def request(self, num_layers: int, num_kv_heads: int, prompt_length: int, statistics: torch.Tensor | None = None) -> BudgetRequest:
+        """The :class:`BudgetRequest` for one prompt, after checking the rule for a resolved ratio."""
+        budget = self.resolve(prompt_length)
+        check_minimum_kept(budget, self.min_kept, window=self.window, source="ratio", prompt_length=prompt_length,
+                           scorer=self.scorer, compression_ratio=self.compression_ratio)
+        return BudgetRequest(num_layers, num_kv_heads, prompt_length, budget, min(self.min_kept, prompt_length), statistics)
+
+
+def checked_allocation(budgets: object, request: BudgetRequest, name: str) -> list[int]:
+    """Guard an allocator's answer: ``L`` integers, each ``>= min(min_kept, T)``."""
+    if not isinstance(budgets, (list, tuple)) or len(budgets) != request.num_layers:
+        raise ValueError(f"Allocator {name!r} must return {request.num_layers} per-layer budgets, got {budgets!r}.")
+    floor = min(request.min_kept, request.prompt_length)
+    out = []
+    for layer, value in enumerate(budgets):
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise TypeError(f"Allocator {name!r} returned a non-integer budget {value!r} for layer {layer}.")
+        if value < floor:
+            raise ValueError(
+                f"Allocator {name!r} gave layer {layer} a budget of {value}, below min(window, T)={floor}; "
+                "the observation window must fit in every layer."
+            )
+        out.append(int(value))
+    return out
+
+
+def check_forced_fit(forced_counts: torch.Tensor, keep: torch.Tensor) -> None:
+    """Guard a scorer's forced entries: no ``(row, head)`` forces more entries than it keeps.
+
+    ``forced_counts`` and ``keep`` are ``(B, Hkv)`` (``keep`` may be ``(B, 1)``), any device.
+    """
+    keep = keep.to(forced_counts.device)
+    if bool((forced_counts > keep).any()):
+        raise ValueError(
+            f"More entries are forced (window + sinks: up to {int(forced_counts.max())}) than the budget keeps "
+            f"(as few as {int(keep.min())}). Raise the budget or shrink the window / number of sinks."
+        )
+
+
+@dataclass(frozen=True)
+class BudgetPlan:
+    """Entries to keep per row and compressible layer.
+
+    Parameters
+    ----------
+    real_lengths : list[int]
+        ``n_b``, real (unpadded) tokens of each row.
+    keep : torch.Tensor
+        ``(B, L)`` int64 on the CPU, ``<= n_b``: entries each row keeps in each compressible layer.
+    budgets : list[list[int]]
+        The allocator's raw per-layer budgets for each row (before clamping to ``n_b``).
+    """
+
+    real_lengths: list[int]
+    keep: torch.Tensor
+    budgets: list[list[int]]
+
+    def evicts(self, ordinal: int) -> bool:
+        """Whether any row drops entries in compressible layer ``ordinal``."""
+        return any(int(self.keep[b, ordinal]) < n for b, n in enumerate(self.real_lengths))
+
+
+def plan_budgets(
+    allocator: Allocator,
+    spec: BudgetSpec,
+    real_lengths: list[int],
+    num_layers: int,
+    num_kv_heads: int,
+    statistics: torch.Tensor | None = None,
+) -> BudgetPlan:
+    """Ask ``allocator`` for every row's per-layer budgets.
+
+    Parameters
+    ----------
+    allocator : Allocator
+        The recipe's allocator.
+    spec : BudgetSpec
+        The recipe's budget numbers.
+    real_lengths : list[int]
+        ``n_b``, real tokens of each row.
+    num_layers : int
+        ``L``, compressible layers.
+    num_kv_heads : int
+        ``Hkv``.
+    statistics : torch.Tensor or None
+        ``(B, L)`` float32 per-layer statistics for allocators of scope ``"global"``.
+    """
+    per_row: dict[tuple[int, int], list[int]] = {}
+    keys = [(n, row if statistics is not None else -1) for row, n in enumerate(real_lengths)]  # static: length only
+    for row, (n, key_row) in enumerate(keys):
+        if (n, key_row) not in per_row:
+            stats = None if statistics is None else statistics[row].detach().float().cpu()
+            request = spec.request(num_layers, num_kv_heads, n, stats)
+            per_row[(n, key_row)] = checked_allocation(allocator.allocate(request), request, allocator.name)
+    budgets = [per_row[key] for key in keys]
+    keep = torch.tensor([[min(b, n) for b in row] for row, n in zip(budgets, real_lengths)], dtype=torch.int64)
+    return BudgetPlan(real_lengths=list(real_lengths), keep=keep.reshape(len(real_lengths), num_layers), budgets=budgets)

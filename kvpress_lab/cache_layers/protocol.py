@@ -1,0 +1,163 @@
+"""The layer protocol: what an executor's compressed cache layer provides, decoding included.
+
+An :class:`~kvpress_lab.protocols.Executor` turns a layer's selection into a cache layer (a
+transformers ``CacheLayerMixin``: ``update``, ``get_seq_length``, ``get_mask_sizes``, ...). After
+eviction that layer also owns how decoding attends to it: before every attention call on a
+compressed cache, the engine's decoding hooks hand the layer a :class:`DecodingStep` and apply
+the :class:`LayerAttention` it returns. The engine never switches on layer types, so a third-party
+executor with its own layer class decodes correctly without engine changes.
+
+Shape legend: :mod:`kvpress_lab.layer_view`; ``q`` is the number of new tokens of the step.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+
+import torch
+from transformers.masking_utils import create_causal_mask
+
+from kvpress_lab.errors import PluginError
+
+if TYPE_CHECKING:
+    from kvpress_lab.cache_layers.varlen_attention import VarlenKernel
+
+__all__ = ["DecodingStep", "LayerAttention", "CompressedCacheLayer", "causal_layer_attention", "check_layer"]
+
+_PROTOCOL_METHODS = ("update", "get_seq_length", "get_mask_sizes", "kept_counts", "head_entries", "nbytes", "prepare_decoding")
+
+
+@dataclass(frozen=True, eq=False)
+class DecodingStep:
+    """One attention call of a decoding step (or a prefill continuing a compressed cache), seen by one layer.
+
+    Parameters
+    ----------
+    config : transformers.PretrainedConfig
+        The decoder's text config (``config._attn_implementation`` names the attention kernel).
+    cache : transformers.Cache
+        The cache the model was called with; ``cache.layers[layer_idx]`` is the layer asked.
+    layer_idx : int
+        Index of the layer in the model.
+    hidden_states : torch.Tensor
+        ``(B, q, hidden_size)``, the attention module's input.
+    padding_mask : torch.Tensor or None
+        ``(B, past + q)`` bool, the 2-D attention mask the decoder received (``False`` on padding),
+        or ``None`` when none was given (every token real).
+    num_query_heads : int
+        ``Hq``.
+    varlen_kernel : VarlenKernel or None
+        A variable-length kernel the user asked ragged layers to attend with
+        (``enable_compressed_decoding(model, ragged_kernel=...)``), or ``None``.
+    """
+
+    config: Any
+    cache: Any
+    layer_idx: int
+    hidden_states: torch.Tensor
+    padding_mask: torch.Tensor | None
+    num_query_heads: int
+    varlen_kernel: VarlenKernel | None = None
+
+    @property
+    def query_length(self) -> int:
+        """``q``, new tokens of this step."""
+        return self.hidden_states.shape[1]
+
+    def new_tokens_valid(self) -> torch.Tensor:
+        """``(B, q)`` bool: which new tokens are real (the last ``q`` columns of the padding mask)."""
+        batch, new = self.hidden_states.shape[:2]
+        mask = self.padding_mask
+        if mask is not None and mask.shape[-1] >= new:
+            return mask[:, -new:].to(torch.bool)
+        return torch.ones(batch, new, dtype=torch.bool, device=self.hidden_states.device)
+
+
+@dataclass(frozen=True)
+class LayerAttention:
+    """How one attention call attends to its layer: what the engine puts into the module's arguments.
+
+    Parameters
+    ----------
+    attention_mask : torch.Tensor or None
+        Replaces the module's ``attention_mask`` (in the format its attention implementation
+        expects: ``(B, 1 or Hq, q, S)`` bool for sdpa, additive float for eager, ``None`` for a
+        kernel that needs none).
+    attn_implementation : str or None
+        When set, this call only runs the attention function registered under this name in
+        transformers' ``AttentionInterface`` (restored after the module's forward).
+    extra_kwargs : Mapping[str, object]
+        Keyword arguments added to the module call (they reach the attention function).
+    """
+
+    attention_mask: torch.Tensor | None
+    attn_implementation: str | None = None
+    extra_kwargs: Mapping[str, object] = field(default_factory=lambda: MappingProxyType({}))
+
+
+@runtime_checkable
+class CompressedCacheLayer(Protocol):
+    """What an executor's cache layer provides (beyond transformers' ``CacheLayerMixin``).
+
+    ``get_seq_length()`` is the *logical* length (tokens seen: positions of new tokens continue
+    from it); :attr:`physical_length` is what the layer holds per head (filler slots included);
+    ``update(keys, values)`` appends ``(B, Hkv, q, D)`` new entries and returns what the attention
+    function will read. :meth:`prepare_decoding` is called before every ``update`` on a compressed
+    cache, with the same step.
+    """
+
+    @property
+    def physical_length(self) -> int:
+        """Entries held per KV head, filler slots included (the width attention reads)."""
+        ...
+
+    def kept_counts(self) -> torch.Tensor:
+        """``(B, Hkv)`` int64 on the CPU: real entries held per row and KV head (filler excluded)."""
+        ...
+
+    def head_entries(self, row: int, head: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Keys and values held for ``(row, head)``, each ``(n, D)``, in original token order."""
+        ...
+
+    def nbytes(self) -> int:
+        """Bytes held: kept entries and any metadata."""
+        ...
+
+    def prepare_decoding(self, step: DecodingStep) -> LayerAttention:
+        """How the coming attention call attends to this layer (its mask, or its own attention call)."""
+        ...
+
+
+def causal_layer_attention(step: DecodingStep, padding_mask: torch.Tensor | None = None) -> LayerAttention:
+    """transformers' own causal mask for ``step``'s layer, sized from that layer's ``get_mask_sizes``.
+
+    ``padding_mask`` is ``(B, S)`` bool in the layer's *logical* frame (``S`` its logical length plus
+    ``q``); default: the step's own. Used by dense layers and by uncompressed layers of a compressed
+    cache (whose mask the decoder sized for another layer).
+    """
+    mask = step.padding_mask if padding_mask is None else padding_mask
+    return LayerAttention(
+        create_causal_mask(
+            config=step.config, inputs_embeds=step.hidden_states, attention_mask=mask, cache=step.cache, layer_idx=step.layer_idx
+        )
+    )
+
+
+def check_layer(layer: object, executor: str) -> None:
+    """Guard an executor's answer: the layer it built follows :class:`CompressedCacheLayer`.
+
+    Raises
+    ------
+    PluginError
+        Naming the executor and the missing methods.
+    """
+    missing = [name for name in _PROTOCOL_METHODS if not callable(getattr(layer, name, None))]
+    if missing or not hasattr(layer, "physical_length"):
+        missing += [] if hasattr(layer, "physical_length") else ["physical_length"]
+        raise PluginError(
+            f"Executor {executor!r} built a {type(layer).__name__} that lacks {', '.join(missing)}; a compressed cache "
+            "layer must follow kvpress_lab.cache_layers.CompressedCacheLayer (see the 'write an executor' how-to)."
+        )

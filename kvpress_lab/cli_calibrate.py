@@ -1,0 +1,62 @@
+"""``kvpress-lab calibrate``: fit a learned-allocator profile and write it to a file."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import pathlib
+
+import torch
+
+from kvpress_lab.calibration import calibrate
+from kvpress_lab.profile import STATISTICS, ProfileError
+
+__all__ = ["add_calibrate_arguments", "run_calibrate"]
+
+
+def add_calibrate_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options of ``kvpress-lab calibrate``."""
+    parser.add_argument("--model", default="smollm2-135m-instruct", help="model name or path (default: the embedded model)")
+    source = parser.add_mutually_exclusive_group()
+    source.add_argument("--prompts-file", help="text file of calibration prompts, separated by blank lines")
+    source.add_argument("--synthetic", type=int, metavar="N", help="N seeded synthetic prompts (default 8)")
+    parser.add_argument("--length", type=int, default=1024, help="tokens per prompt (synthetic: exact, file: at most)")
+    parser.add_argument("--window", type=int, default=32, help="observation window W (default 32)")
+    parser.add_argument("--statistic", choices=STATISTICS, default="entropy", help="per-layer statistic (default entropy)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the synthetic prompts")
+    parser.add_argument("--device", default="cpu", help="torch device (default cpu)")
+    parser.add_argument("--out", required=True, help="where to write the profile JSON")
+
+
+def run_calibrate(args: argparse.Namespace) -> int:
+    """Handler of ``kvpress-lab calibrate``: fit a profile and write it to ``--out``."""
+    from kvpress_lab.analysis.synthetic import synthetic_prompts
+    from kvpress_lab.models import load_model
+
+    for flag, value, minimum in (("--length", args.length, 2), ("--window", args.window, 1), ("--synthetic", args.synthetic, 1)):
+        if value is not None and value < minimum:
+            raise ProfileError(f"calibrate {flag} must be >= {minimum}, got {value}.")
+    text = ""
+    if args.prompts_file:
+        try:
+            text = pathlib.Path(args.prompts_file).read_text(encoding="utf-8")
+        except OSError as exc:
+            raise ProfileError(f"calibrate cannot read --prompts-file {args.prompts_file!r}: {exc}.") from None
+    model, tokenizer = load_model(args.model, device=args.device)
+    if args.prompts_file:
+        chunks = [c.strip() for c in text.split("\n\n") if c.strip()]
+        prompts = [torch.tensor(tokenizer(c, add_special_tokens=False)["input_ids"][-args.length:]) for c in chunks]
+        prompts = [p for p in prompts if p.numel() >= 2]
+        if not prompts:
+            raise ProfileError(f"--prompts-file {args.prompts_file!r} holds no prompt of 2 tokens or more.")
+        settings = {"source": str(args.prompts_file)}
+    else:
+        count = 8 if args.synthetic is None else args.synthetic
+        prompts = synthetic_prompts(tokenizer, count, args.length, seed=args.seed)
+        settings = {"source": "synthetic", "seed": args.seed}
+    profile = calibrate(model, prompts, window=args.window, statistic=args.statistic, model_name=str(args.model))
+    profile = dataclasses.replace(profile, settings={**profile.settings, **settings})
+    path = profile.save(args.out)
+    print(f"Wrote a {profile.num_layers}-layer {profile.statistic} profile of {profile.model} "
+          f"({len(prompts)} prompts) to {path}")
+    return 0
