@@ -2,14 +2,9 @@
 
 from __future__ import annotations
 
-import os
-import sys
-
 import pytest
 
-sys.path.insert(0, os.path.dirname(__file__))
-
-from tiny_models import FAMILIES, tiny_model  # noqa: E402
+from helpers.tiny_models import FAMILIES, tiny_model
 
 
 @pytest.fixture(params=FAMILIES)

@@ -7,7 +7,7 @@ import json
 
 import pytest
 import torch
-from tiny_models import random_prompt, tiny_model
+from helpers.tiny_models import random_prompt, tiny_model
 
 from kvpress_lab.analysis import attention_funnel, synthetic_prompts, synthetic_text
 from kvpress_lab.cli_calibrate import add_calibrate_arguments, run_calibrate

@@ -16,7 +16,7 @@ from kvpress_lab import LayerView, Recipe
 from kvpress_lab.registry import ENTRY_POINT_GROUP, Registry
 from kvpress_lab_example_plugin import ExampleRecencyNormScorer
 from kvpress_lab_example_plugin.plugin import EXAMPLE_STREAMING
-from tiny_models import random_prompt, tiny_model
+from helpers.tiny_models import random_prompt, tiny_model
 
 PLUGIN = "kvpress-lab-example-plugin:example"
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from tiny_models import left_pad, random_prompt, tiny_model
+from helpers.tiny_models import left_pad, random_prompt, tiny_model
 
 from kvpress_lab import BudgetRequest, Recipe, get_registry
 from kvpress_lab.allocators.adaptive import AdaptiveAllocator, cake_preference, proportional_budgets

@@ -7,7 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from kvpress_lab import BudgetRequest, get_registry
-from profiles_for_tests import allocator_kwargs
+from helpers.profiles import allocator_kwargs
 
 STATIC = [name for name in get_registry().names("allocator") if get_registry().get("allocator", name).obj.scope == "static"]
 

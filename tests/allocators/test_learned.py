@@ -9,7 +9,7 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from tiny_models import random_prompt, tiny_model
+from helpers.tiny_models import random_prompt, tiny_model
 
 from kvpress_lab import BudgetRequest, Recipe, get_registry
 from kvpress_lab.allocators.learned import LearnedAllocator

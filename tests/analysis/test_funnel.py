@@ -6,7 +6,7 @@ import math
 
 import pytest
 import torch
-from tiny_models import left_pad, random_prompt, tiny_model
+from helpers.tiny_models import left_pad, random_prompt, tiny_model
 
 from kvpress_lab.analysis import (
     FunnelReport,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tiny_models import VOCAB, tiny_model
+from helpers.tiny_models import VOCAB, tiny_model
 
 
 class CharTokenizer:

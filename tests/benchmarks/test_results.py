@@ -33,7 +33,7 @@ def test_meta_has_every_required_field():
 
 def test_model_settings_record_dtype_and_attention_implementation():
     import torch
-    from tiny_models import tiny_model
+    from helpers.tiny_models import tiny_model
 
     model = tiny_model("llama", "eager").to(torch.bfloat16)
     settings = model_settings(model)

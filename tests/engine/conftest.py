@@ -1,16 +1,10 @@
 from __future__ import annotations
 
-import os
-import sys
-
 import pytest
 
 import kvpress_lab.registry as registry_module
+from helpers.engine_plugins import TestPlugin
 from kvpress_lab.registry import Registry
-
-sys.path.insert(0, os.path.dirname(__file__))
-
-from plugins_for_tests import TestPlugin  # noqa: E402
 
 
 @pytest.fixture

@@ -9,8 +9,8 @@ import torch
 
 from kvpress_lab import Recipe
 from kvpress_lab.engine.decoding import disable_compressed_decoding
-from reference import full_prefill, gathered_cache, greedy_with_positions
-from tiny_models import left_pad, random_prompt, tiny_model
+from helpers.reference import full_prefill, gathered_cache, greedy_with_positions
+from helpers.tiny_models import left_pad, random_prompt, tiny_model
 
 LENGTHS = (37, 12, 25)
 

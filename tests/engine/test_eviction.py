@@ -8,7 +8,7 @@ from transformers import GPT2Config, GPT2LMHeadModel
 
 from kvpress_lab import Recipe, UnsupportedModelError
 from kvpress_lab.cache_layers.dense import CompressedLayer
-from tiny_models import random_prompt, tiny_model
+from helpers.tiny_models import random_prompt, tiny_model
 
 T = 20
 HAND = [0.5, 9.0, 0.1, 3.0, 3.0, 0.0, 7.0, 0.2, 3.0, 1.0, 8.0, 0.3, 0.4, 2.0, 6.0, 0.6, 5.0, 4.0, 0.7, 0.8]

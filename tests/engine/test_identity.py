@@ -9,7 +9,7 @@ from kvpress_lab import Recipe
 from kvpress_lab.cache_layers.dense import CompressedLayer
 from kvpress_lab.engine.decoding import COMPRESSED_FLAG, disable_compressed_decoding, enable_compressed_decoding
 from kvpress_lab.engine.prefill import padded_positions
-from tiny_models import left_pad, random_prompt, tiny_model
+from helpers.tiny_models import left_pad, random_prompt, tiny_model
 
 
 def _generate(model, ids, mask=None, **kwargs):

@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from kvpress_lab import Recipe
-from reference import full_prefill, gathered_cache, greedy_with_positions
-from tiny_models import random_prompt, tiny_model
+from helpers.reference import full_prefill, gathered_cache, greedy_with_positions
+from helpers.tiny_models import random_prompt, tiny_model
 
 T, BUDGET, STEPS = 37, 16, 5
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import torch
 
 from kvpress_lab import Recipe
-from plugins_for_tests import WINDOW_ATTENTION
-from tiny_models import left_pad, random_prompt, tiny_model
+from helpers.engine_plugins import WINDOW_ATTENTION
+from helpers.tiny_models import left_pad, random_prompt, tiny_model
 
 W = 6
 

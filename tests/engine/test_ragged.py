@@ -12,9 +12,9 @@ from kvpress_lab.engine.decoding import COMPRESSED_FLAG, disable_compressed_deco
 from kvpress_lab.engine.prefill import padded_positions
 from kvpress_lab.cache_layers.ragged import RaggedLayer
 from kvpress_lab.head_allocation import adaptive_head_budgets
-from greedy import STEPS
-from greedy import greedy_generate as _generate
-from tiny_models import left_pad, random_prompt, tiny_model
+from helpers.greedy import STEPS
+from helpers.greedy import greedy_generate as _generate
+from helpers.tiny_models import left_pad, random_prompt, tiny_model
 
 
 

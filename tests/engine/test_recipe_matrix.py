@@ -9,8 +9,8 @@ import torch
 from kvpress_lab import Recipe, get_registry
 from kvpress_lab.cache_layers.dense import CompressedLayer
 from kvpress_lab.cache_layers.ragged import RaggedLayer
-from profiles_for_tests import allocator_kwargs
-from tiny_models import FAMILIES, left_pad, random_prompt, tiny_model
+from helpers.profiles import allocator_kwargs
+from helpers.tiny_models import FAMILIES, left_pad, random_prompt, tiny_model
 
 LENGTHS = (37, 71)  # odd, prime
 STEPS = 2

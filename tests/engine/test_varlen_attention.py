@@ -26,8 +26,8 @@ from kvpress_lab.cache_layers.varlen_attention import (
     ragged_varlen_attention,
     reference_varlen_attention,
 )
-from greedy import greedy_generate
-from tiny_models import left_pad, random_prompt, tiny_model
+from helpers.greedy import greedy_generate
+from helpers.tiny_models import left_pad, random_prompt, tiny_model
 
 STEPS = 5
 

@@ -18,7 +18,7 @@ from kvpress_lab.engine.decoding import disable_compressed_decoding
 from kvpress_lab.engine.prefill import padded_positions
 from kvpress_lab.cache_layers.ragged import RaggedLayer
 from kvpress_lab.cache_layers.varlen_attention import flash_attn_kernel, reference_varlen_attention
-from tiny_models import left_pad, random_prompt, tiny_model
+from helpers.tiny_models import left_pad, random_prompt, tiny_model
 
 pytestmark = pytest.mark.skipif(
     not torch.cuda.is_available() or importlib.util.find_spec("flash_attn") is None,

@@ -7,17 +7,12 @@ conversion machinery (lock, atomic rename, env var) is tested with a fake conver
 
 from __future__ import annotations
 
-import os
 import pathlib
-import sys
 
 import pytest
 
+from helpers.embedded import INSTALL_HINT, has_distribution
 from kvpress_lab.models import embedded_checkpoint_dir
-
-sys.path.insert(0, os.path.dirname(__file__))
-
-from embedded_for_tests import INSTALL_HINT, has_distribution  # noqa: E402
 
 
 @pytest.fixture(scope="session")

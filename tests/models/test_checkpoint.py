@@ -16,7 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 import filelock
 import pytest
 
-from embedded_for_tests import fake_converter, needs_distribution, package_version
+from helpers.embedded import fake_converter, needs_distribution, package_version
 from kvpress_lab.models import CACHE_DIR_ENV, EMBEDDED_MODEL_NAME, embedded_checkpoint_dir
 from kvpress_lab.models import convert as convert_module
 

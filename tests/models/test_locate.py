@@ -7,7 +7,7 @@ import pathlib
 
 import pytest
 
-from embedded_for_tests import INSTALL_HINT, needs_distribution
+from helpers.embedded import INSTALL_HINT, needs_distribution
 from kvpress_lab.errors import KVPressLabError
 from kvpress_lab.models import (
     EmbeddedModelNotFoundError,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from _views import DEVICES, brute_force_attention, make_view
+from helpers.scorer_views import DEVICES, brute_force_attention, make_view
 
 from kvpress_lab.layer_view import LayerView
 from kvpress_lab.scorers.knorm import KNormScorer

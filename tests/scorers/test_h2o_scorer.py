@@ -6,7 +6,7 @@ import dataclasses
 
 import pytest
 import torch
-from _views import DEVICES, brute_force_attention, make_view
+from helpers.scorer_views import DEVICES, brute_force_attention, make_view
 
 from kvpress_lab.scorers.h2o import H2OScorer
 

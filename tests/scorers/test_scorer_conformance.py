@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from _views import DEVICES, make_view
+from helpers.scorer_views import DEVICES, make_view
 from hypothesis import given, settings
 from hypothesis import strategies as st
 

@@ -6,7 +6,7 @@ import itertools
 
 import pytest
 import torch
-from _views import DEVICES, make_view
+from helpers.scorer_views import DEVICES, make_view
 
 from kvpress_lab.executors.gather import select_top_k
 from kvpress_lab.scorers.sink import SinkScorer

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from tiny_models import tiny_model  # tests/ is on sys.path (tests/conftest.py)
+from helpers.tiny_models import tiny_model
 
 from kvpress_lab import BudgetRequest, Preset, Recipe, get_registry
 from kvpress_lab.allocators.pyramid import PyramidAllocator
