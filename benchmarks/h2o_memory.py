@@ -35,7 +35,6 @@ def measure_once(length: int, chunk: int, model_name: str) -> dict:
     import torch
 
     from kvpress_lab.engine.families import ModelAdapter
-    from kvpress_lab.layer_view import LayerView
     from kvpress_lab.models import load_model
     from kvpress_lab.scorers.h2o import H2OScorer
 
@@ -49,9 +48,7 @@ def measure_once(length: int, chunk: int, model_name: str) -> dict:
         cos, sin = adapter.decoder.rotary_emb(hidden, torch.arange(length)[None])
         keys = module.k_proj(hidden).view(1, length, -1, module.head_dim).transpose(1, 2)  # (1, Hkv, T, D)
         keys, _ = sys.modules[type(module).__module__].apply_rotary_pos_emb(keys, keys, cos, sin)
-        view = LayerView(0, keys, keys, torch.ones(1, length, dtype=torch.bool), window=8,
-                         scaling=float(module.scaling), num_query_heads=adapter.num_query_heads,
-                         query_fn=lambda a, b: ModelAdapter.queries(module, hidden[:, a:b], cos[:, a:b], sin[:, a:b]))
+        view = adapter.layer_view(0, hidden, (cos, sin), keys, keys, torch.ones(1, length, dtype=torch.bool), window=8)
         scorer = H2OScorer(chunk_size=chunk)
         baseline, peak, done = _rss_bytes(), [0], threading.Event()
 

@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
 
-__all__ = ["Preset"]
+from kvpress_lab.hookspecs import NAME_PATTERN
 
-_NAME = re.compile(r"^[a-z][a-z0-9_\-]*$")
+__all__ = ["Preset"]
 
 
 @dataclass(frozen=True)
@@ -41,8 +40,8 @@ class Preset:
     paper: str = ""
 
     def __post_init__(self) -> None:
-        if not isinstance(self.name, str) or not _NAME.match(self.name):
-            raise ValueError(f"Preset.name must match {_NAME.pattern} (lower case), got {self.name!r}.")
+        if not isinstance(self.name, str) or not NAME_PATTERN.match(self.name):
+            raise ValueError(f"Preset.name must match {NAME_PATTERN.pattern} (lower case), got {self.name!r}.")
         if not isinstance(self.recipe, Mapping):
             raise TypeError(f"Preset.recipe must be a mapping of Recipe arguments, got {type(self.recipe).__name__}.")
         object.__setattr__(self, "recipe", MappingProxyType(dict(self.recipe)))

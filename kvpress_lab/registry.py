@@ -56,7 +56,6 @@ _METHODS: dict[Role, tuple[str, ...]] = {
     "scorer": ("score",),
     "executor": ("select", "build_layer"),
 }
-_NAME = re.compile(r"^[a-z][a-z0-9_\-]*$")
 _SCOPES = ("static", "global")
 
 
@@ -204,8 +203,8 @@ def _validate(role: Role, obj: Any, plugin: str) -> str:
     if not isinstance(obj, type) or not dataclasses.is_dataclass(obj):
         raise PluginError(f"{where}, but strategies must be dataclass classes (their fields are the hyperparameters).")
     name = getattr(obj, "name", None)
-    if not isinstance(name, str) or not _NAME.match(name):
-        raise PluginError(f"{where} with name {name!r}; a class attribute `name` matching {_NAME.pattern} is required.")
+    if not isinstance(name, str) or not hookspecs.NAME_PATTERN.match(name):
+        raise PluginError(f"{where} with name {name!r}; a class attribute `name` matching {hookspecs.NAME_PATTERN.pattern} is required.")
     for method in _METHODS[role]:
         if not callable(getattr(obj, method, None)):
             raise PluginError(f"{where}, but it has no `{method}` method required by the {role} protocol.")

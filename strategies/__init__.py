@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from kvpress_lab.hookspecs import hookimpl
 from kvpress_lab.presets import Preset
-from kvpress_lab.strategies.adakv import ADAKV, ADAPTIVE, LEARNED, PYRAMID_ADAKV
+from kvpress_lab.strategies.adakv import ADAKV, PYRAMID_ADAKV
+from kvpress_lab.strategies.adaptive import ADAPTIVE
 from kvpress_lab.strategies.h2o import H2O
 from kvpress_lab.strategies.kvpress_flavours import PYRAMIDKV_KVPRESS, SNAPKV_KVPRESS
+from kvpress_lab.strategies.learned import LEARNED
 from kvpress_lab.strategies.pyramidkv import PYRAMIDKV
 from kvpress_lab.strategies.snapkv import SNAPKV
 from kvpress_lab.strategies.streamingllm import STREAMINGLLM

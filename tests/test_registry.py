@@ -352,3 +352,21 @@ def _forget_fake_modules():
     for name in set(sys.modules) - before:
         if name.startswith("kvpress_lab_test_"):
             del sys.modules[name]
+
+
+def test_source_tree_without_metadata_falls_back_to_the_builtin_modules(monkeypatch):
+    """Run from a source tree that was never installed (no kvpress-lab entry points): built-ins still load."""
+    import importlib.metadata
+
+    import kvpress_lab.registry as registry_module
+
+    real = importlib.metadata.entry_points
+
+    def without_kvpress_lab(**kwargs):
+        return [ep for ep in real(**kwargs) if ep.dist is None or ep.dist.name.replace("_", "-").lower() != "kvpress-lab"]
+
+    monkeypatch.setattr(importlib.metadata, "entry_points", without_kvpress_lab)
+    registry = Registry(autoload=False)
+    assert set(registry.plugins()) == {f"kvpress-lab:{short}" for short in registry_module.BUILTIN_MODULES}
+    assert registry.names("executor") == ["gather", "ragged"]
+    assert "pyramidkv" in registry.names("preset") and "snapkv_window" in registry.names("scorer")
