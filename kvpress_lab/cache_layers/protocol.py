@@ -155,8 +155,9 @@ def check_layer(layer: object, executor: str) -> None:
         Naming the executor and the missing methods.
     """
     missing = [name for name in _PROTOCOL_METHODS if not callable(getattr(layer, name, None))]
-    if missing or not hasattr(layer, "physical_length"):
-        missing += [] if hasattr(layer, "physical_length") else ["physical_length"]
+    if not hasattr(layer, "physical_length"):
+        missing.append("physical_length")
+    if missing:
         raise PluginError(
             f"Executor {executor!r} built a {type(layer).__name__} that lacks {', '.join(missing)}; a compressed cache "
             "layer must follow kvpress_lab.cache_layers.CompressedCacheLayer (see the 'write an executor' how-to)."
