@@ -6,10 +6,10 @@ import dataclasses
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from kvpress_lab.budgets import BudgetSpec, minimum_kept
+from kvpress_lab.frozen_mapping import FrozenMapping
 from kvpress_lab.head_allocation import HEAD_ALLOCATIONS
 from kvpress_lab.registry import Role, get_registry
 from kvpress_lab.validation import check_choice, check_float, check_int
@@ -22,11 +22,16 @@ if TYPE_CHECKING:
     from kvpress_lab.engine.session import CompressionSession
     from kvpress_lab.protocols import Allocator, Executor, Scorer
 
-__all__ = ["Recipe", "Strategies", "DEFAULT_BUDGET"]
+__all__ = ["Recipe", "Strategies", "DEFAULT_BUDGET", "RECIPE_FORMAT_VERSION"]
 
 #: Entries per layer kept when a recipe gives neither ``budget`` nor ``compression_ratio``
 #: (the PyramidKV paper's headline setting).
 DEFAULT_BUDGET = 128
+
+#: Version of the JSON written by :meth:`~kvpress_lab.Recipe.to_json` (key ``"format_version"``); files
+#: without the key are read as version 1.
+RECIPE_FORMAT_VERSION = 1
+_VERSION_KEY = "format_version"
 
 
 class Strategies(NamedTuple):
@@ -206,9 +211,20 @@ class Recipe:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Recipe:
-        """Inverse of :meth:`to_dict`; unknown keys raise :class:`TypeError` naming them."""
+        """Inverse of :meth:`to_dict`; unknown keys raise :class:`TypeError` naming them.
+
+        An optional ``"format_version"`` key (written by :meth:`to_json`) must be a version this
+        kvpress_lab reads.
+        """
         if not isinstance(data, Mapping):
             raise TypeError(f"Recipe.from_dict expects a mapping, got {type(data).__name__}.")
+        data = dict(data)
+        version = data.pop(_VERSION_KEY, RECIPE_FORMAT_VERSION)
+        if isinstance(version, bool) or version != RECIPE_FORMAT_VERSION:
+            raise ValueError(
+                f"Recipe format_version {version!r} is not one this kvpress_lab reads (it reads {RECIPE_FORMAT_VERSION}); "
+                "the recipe was written by another version of kvpress_lab: upgrade kvpress_lab, or rewrite the file."
+            )
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:
@@ -216,13 +232,20 @@ class Recipe:
         return cls(**data)
 
     def to_json(self, **dumps_kwargs: Any) -> str:
-        """JSON text of :meth:`to_dict`."""
-        return json.dumps(self.to_dict(), sort_keys=True, **dumps_kwargs)
+        """JSON text of :meth:`to_dict`, with ``"format_version"`` (:data:`~kvpress_lab.recipe.RECIPE_FORMAT_VERSION`)."""
+        return json.dumps({_VERSION_KEY: RECIPE_FORMAT_VERSION, **self.to_dict()}, sort_keys=True, **dumps_kwargs)
 
     @classmethod
     def from_json(cls, text: str) -> Recipe:
         """Inverse of :meth:`to_json`."""
         return cls.from_dict(json.loads(text))
+
+    def __reduce__(self) -> tuple[Any, tuple[dict[str, Any]]]:
+        """Pickle and copy through :meth:`to_dict` / :meth:`from_dict` (strategies are rebuilt, validated)."""
+        return type(self).from_dict, (self.to_dict(),)
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> Recipe:
+        return self  # immutable: every field is a str, a number, None or a FrozenMapping
 
     # -- running ---------------------------------------------------------------------------
 
@@ -254,7 +277,6 @@ def _frozen_json_mapping(value: Any, where: str) -> Mapping[str, Any]:
         if not isinstance(key, str):
             raise TypeError(f"{where} keys must be parameter names (str), got {key!r}.")
     try:
-        normalised = json.loads(json.dumps(dict(value)))
+        return FrozenMapping(value)
     except (TypeError, ValueError) as exc:
         raise TypeError(f"{where} must be JSON-serialisable so results record exactly what ran: {exc}.") from None
-    return MappingProxyType(normalised)

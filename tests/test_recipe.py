@@ -334,3 +334,47 @@ def test_from_dict_validates_like_the_constructor():
         Recipe.from_dict({"budget": 0})
     with pytest.raises(UnknownStrategyError, match="Did you mean 'uniform'"):
         Recipe.from_json('{"allocator": "unifrom"}')
+
+
+# -- recipes travel: hash, pickle, deepcopy, format version --------------------------------------
+
+
+def _travels(recipe: Recipe) -> None:
+    import copy
+    import pickle
+
+    for again in (pickle.loads(pickle.dumps(recipe)), copy.deepcopy(recipe), copy.copy(recipe)):
+        assert again == recipe and hash(again) == hash(recipe)
+        assert again.strategies == recipe.strategies
+        assert again.to_json() == recipe.to_json()
+    assert {recipe: 1}[Recipe.from_json(recipe.to_json())] == 1  # usable as a cache key
+
+
+@settings(deadline=None, max_examples=100)
+@given(recipes())
+def test_random_recipes_hash_pickle_and_deepcopy(recipe):
+    _travels(recipe)
+
+
+@pytest.mark.parametrize("name", names("preset"))
+def test_every_preset_hashes_pickles_and_deepcopies(name):
+    _travels(Recipe.preset(name))
+
+
+def test_kwargs_are_read_only_and_compare_like_dicts():
+    recipe = Recipe(scorer="h2o", scorer_kwargs={"chunk_size": 64})
+    assert recipe.scorer_kwargs == {"chunk_size": 64}
+    with pytest.raises(TypeError):
+        recipe.scorer_kwargs["chunk_size"] = 1  # type: ignore[index]
+    assert hash(Recipe(scorer_kwargs={"kernel_size": 5, "pooling": "avg"})) == hash(
+        Recipe(scorer_kwargs={"pooling": "avg", "kernel_size": 5}))
+
+
+def test_json_carries_a_format_version_and_unknown_versions_are_refused():
+    data = json.loads(Recipe().to_json())
+    assert data["format_version"] == 1
+    assert Recipe.from_dict({k: v for k, v in data.items() if k != "format_version"}) == Recipe()  # older files
+    with pytest.raises(ValueError, match="Recipe format_version 2 is not one this kvpress_lab reads .it reads 1."):
+        Recipe.from_json(json.dumps({**data, "format_version": 2}))
+    with pytest.raises(ValueError, match="format_version True"):
+        Recipe.from_dict({"format_version": True})
