@@ -10,10 +10,13 @@ from __future__ import annotations
 from importlib.metadata import PackageNotFoundError, version
 
 from kvpress_lab.errors import (
+    CacheReuseError,
+    ConfigurationError,
     DuplicateStrategyError,
     KVPressLabError,
     PluginError,
     UnknownStrategyError,
+    UnsupportedCacheError,
     UnsupportedModelError,
 )
 from kvpress_lab.hookspecs import hookimpl
@@ -21,7 +24,15 @@ from kvpress_lab.layer_view import LayerView
 from kvpress_lab.presets import Preset
 from kvpress_lab.protocols import Allocator, BudgetRequest, Executor, Scorer, Selection
 from kvpress_lab.recipe import Recipe
-from kvpress_lab.registry import available, get_registry, reload_registry
+from kvpress_lab.registry import (
+    available,
+    get_registry,
+    register,
+    register_plugin,
+    reload_registry,
+    unregister,
+    unregister_plugin,
+)
 
 try:
     __version__ = version("kvpress-lab")
@@ -36,6 +47,10 @@ __all__ = [
     "available",
     "get_registry",
     "reload_registry",
+    "register",
+    "register_plugin",
+    "unregister",
+    "unregister_plugin",
     "LayerView",
     "BudgetRequest",
     "Selection",
@@ -47,4 +62,7 @@ __all__ = [
     "DuplicateStrategyError",
     "PluginError",
     "UnsupportedModelError",
+    "ConfigurationError",
+    "UnsupportedCacheError",
+    "CacheReuseError",
 ]

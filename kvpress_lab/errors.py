@@ -14,6 +14,9 @@ __all__ = [
     "DuplicateStrategyError",
     "PluginError",
     "UnsupportedModelError",
+    "ConfigurationError",
+    "UnsupportedCacheError",
+    "CacheReuseError",
     "closest_match",
 ]
 
@@ -33,32 +36,59 @@ def closest_match(name: str, candidates: Iterable[str]) -> str | None:
 
 
 class UnknownStrategyError(KVPressLabError, ValueError):
-    """A recipe named a strategy (or preset) that no loaded plugin registered."""
+    """A recipe named a strategy (or preset) that no loaded plugin registered.
 
-    def __init__(self, kind: str, name: str, available: Iterable[str]):
+    Parameters
+    ----------
+    kind : str
+        The role looked up (``"scorer"``, ``"preset"``, ...).
+    name : str
+        The name not found.
+    available : Iterable[str]
+        The names registered for ``kind``, listed in the message.
+    autoload_note : str or None
+        Set by the registry when third-party plugin autoload is off: a sentence saying so and
+        how to turn it back on, appended to the message. ``None`` (nothing added) when it is on.
+    """
+
+    def __init__(self, kind: str, name: str, available: Iterable[str], *, autoload_note: str | None = None):
         available = sorted(available)
         suggestion = closest_match(name, available)
         hint = f" Did you mean {suggestion!r}?" if suggestion else ""
         listing = ", ".join(repr(a) for a in available) or "(none)"
-        super().__init__(f"Unknown {kind} {name!r}.{hint} Available {kind}s: {listing}.")
+        note = f" {autoload_note}" if autoload_note else ""
+        super().__init__(f"Unknown {kind} {name!r}.{hint} Available {kind}s: {listing}.{note}")
         self.kind = kind
         self.name = name
         self.available = available
         self.suggestion = suggestion
+        self.autoload_note = autoload_note
 
 
 class DuplicateStrategyError(KVPressLabError, ValueError):
-    """Two plugins registered the same name for the same role."""
+    """Two plugins registered the same name for the same role.
 
-    def __init__(self, kind: str, name: str, first_plugin: str, second_plugin: str):
+    ``remedy`` replaces the closing advice of the message (the registry gives one for
+    in-process registrations, which are not uninstalled but unregistered).
+    """
+
+    def __init__(self, kind: str, name: str, first_plugin: str, second_plugin: str, *, remedy: str | None = None):
+        if remedy is None:
+            remedy = (
+                "Rename one of them, or uninstall one of the two plugins "
+                "(set KVPRESS_LAB_DISABLE_PLUGIN_AUTOLOAD=1 to load only the built-ins)."
+            )
         super().__init__(
             f"The {kind} name {name!r} is registered twice: by plugin {first_plugin!r} and by plugin "
-            f"{second_plugin!r}. Rename one of them, or uninstall one of the two plugins "
-            "(set KVPRESS_LAB_DISABLE_PLUGIN_AUTOLOAD=1 to load only the built-ins)."
+            f"{second_plugin!r}. {remedy}"
         )
         self.kind = kind
         self.name = name
         self.plugins = (first_plugin, second_plugin)
+
+
+class ConfigurationError(KVPressLabError, ValueError):
+    """A setting kvpress_lab reads, such as an environment variable, has a value it does not understand."""
 
 
 class PluginError(KVPressLabError, TypeError):
@@ -67,3 +97,13 @@ class PluginError(KVPressLabError, TypeError):
 
 class UnsupportedModelError(KVPressLabError, TypeError):
     """The model family has no query-recomputation adapter."""
+
+
+class UnsupportedCacheError(KVPressLabError, TypeError):
+    """Inside ``recipe.apply``, a run the engine cannot compress (no cache, a static, quantized or
+    offloaded cache, chunked prefill): refused rather than run uncompressed."""
+
+
+class CacheReuseError(KVPressLabError, ValueError):
+    """A compressed cache used with inputs it does not belong to (already extended by an earlier
+    ``generate``, another prompt, batch size or model)."""

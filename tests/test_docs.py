@@ -8,7 +8,6 @@ the doctest build (the tutorial, the how-to examples and every docstring example
 from __future__ import annotations
 
 import importlib.metadata
-import os
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -19,7 +18,7 @@ import pytest
 
 import kvpress_lab
 from kvpress_lab import hookimpl
-from kvpress_lab.registry import Registry
+from kvpress_lab.registry import Registry, autoload_enabled
 
 pytest.importorskip("sphinx")
 
@@ -42,7 +41,7 @@ def test_installed_third_party_plugins_are_on_the_strategies_page():
         importlib.metadata.distribution("kvpress-lab-example-plugin")
     except importlib.metadata.PackageNotFoundError:
         pytest.skip("the example plugin (examples/kvpress_lab_example_plugin) is not installed")
-    if os.environ.get("KVPRESS_LAB_DISABLE_PLUGIN_AUTOLOAD", "") not in ("", "0"):
+    if not autoload_enabled():
         pytest.skip("third-party plugin autoload is disabled")
     text = kvpress_docs.strategies_rst()
     assert "kvpress-lab-example-plugin:example" in text

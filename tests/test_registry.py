@@ -179,6 +179,75 @@ def test_explicit_autoload_argument_overrides_the_environment(monkeypatch):
     assert EXAMPLE_PLUGIN in Registry(autoload=True).plugins()
 
 
+@pytest.mark.parametrize("value", ["on", "ON", " On ", "TRUE", " yes\n", "1 "])
+def test_every_truthy_spelling_disables_autoload(monkeypatch, value):
+    monkeypatch.setenv(AUTOLOAD_ENV, value)
+    registry = Registry()
+    assert not registry.autoload
+    assert EXAMPLE_PLUGIN not in registry.plugins()
+
+
+@pytest.mark.parametrize("value", ["off", "OFF", " Off ", "False", " NO ", " 0 ", "  "])
+def test_every_falsy_spelling_keeps_autoload(monkeypatch, value):
+    monkeypatch.setenv(AUTOLOAD_ENV, value)
+    registry = Registry()
+    assert registry.autoload
+    assert registry.get("scorer", "example_recency").plugin == EXAMPLE_PLUGIN
+
+
+@pytest.mark.parametrize("value", ["2", "maybe", "disable", "y", "of"])
+def test_an_unrecognised_autoload_value_raises_naming_the_variable_value_and_choices(monkeypatch, value):
+    monkeypatch.setenv(AUTOLOAD_ENV, value)
+    with pytest.raises(ValueError) as info:
+        Registry()
+    message = str(info.value)
+    assert AUTOLOAD_ENV in message and repr(value) in message
+    for accepted in ("1", "true", "yes", "on", "0", "false", "no", "off"):
+        assert f"{accepted}," in message or f"{accepted} " in message, accepted
+    assert "empty" in message
+    assert isinstance(info.value, kvpress_lab.ConfigurationError) and isinstance(info.value, kvpress_lab.KVPressLabError)
+    assert Registry(autoload=False).autoload is False  # an explicit argument never reads the variable
+
+
+def test_the_command_line_reports_an_unrecognised_autoload_value_in_one_line(monkeypatch, capsys):
+    from kvpress_lab import cli
+    import kvpress_lab.registry as registry_module
+
+    monkeypatch.setattr(registry_module, "_REGISTRY", None)  # built again, from the environment
+    monkeypatch.setenv(AUTOLOAD_ENV, "maybe")
+    assert cli.main(["list"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f"kvpress-lab list: error: {AUTOLOAD_ENV}='maybe' is not understood.") and err.count("\n") == 1
+
+
+def test_unknown_name_says_third_party_plugins_are_off_when_the_variable_disables_them(monkeypatch):
+    monkeypatch.setenv(AUTOLOAD_ENV, " Yes ")
+    with pytest.raises(UnknownStrategyError) as info:
+        Registry().get("scorer", "example_recency")
+    message = str(info.value)
+    assert message.startswith("Unknown scorer 'example_recency'.") and "'snapkv_window'" in message
+    assert f"third-party plugins are not loaded ({AUTOLOAD_ENV}=Yes); unset it to load installed plugins." in message
+    assert info.value.autoload_note is not None and info.value.autoload_note in message
+
+
+def test_unknown_name_says_third_party_plugins_are_off_when_the_registry_was_built_without_them(monkeypatch):
+    monkeypatch.delenv(AUTOLOAD_ENV, raising=False)
+    with pytest.raises(UnknownStrategyError, match=r"third-party plugins are not loaded \(autoload=False\)"):
+        Registry(autoload=False).get("preset", "example-streaming")
+
+
+@pytest.mark.parametrize(("env", "autoload"), [(None, None), ("off", None), ("1", True)])
+def test_unknown_name_does_not_mention_autoload_when_it_is_on(monkeypatch, env, autoload):
+    if env is None:
+        monkeypatch.delenv(AUTOLOAD_ENV, raising=False)
+    else:
+        monkeypatch.setenv(AUTOLOAD_ENV, env)
+    with pytest.raises(UnknownStrategyError) as info:
+        Registry(autoload=autoload).get("scorer", "zzzzzz")
+    assert "third-party" not in str(info.value) and AUTOLOAD_ENV not in str(info.value)
+    assert info.value.autoload_note is None
+
+
 # -- third-party distributions, through real entry points ----------------------------------------
 
 
