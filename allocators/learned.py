@@ -59,14 +59,21 @@ class LearnedAllocator:
         """The :class:`~kvpress_lab.profile.Profile` read from ``profile``."""
         return self._loaded  # type: ignore[attr-defined]
 
-    def allocate(self, request: BudgetRequest) -> list[int]:
-        """``L`` budgets (window included) in ``[max(min(W, T), floor * B), T]`` summing to ``L * B``."""
-        layers = request.num_layers
+    def check_layers(self, num_layers: int) -> None:
+        """Refuse a model whose number of full-attention layers differs from the profile's.
+
+        Called by :meth:`Recipe.apply <kvpress_lab.Recipe.apply>` when the model is known, so a
+        wrong profile fails before any prefill.
+        """
         profile = self.loaded_profile
-        if profile.num_layers != layers:
+        if profile.num_layers != num_layers:
             raise ProfileError(
                 f"Profile {self.profile!r} was calibrated on {profile.model!r} with {profile.num_layers} full-attention "
-                f"layers, but this model has {layers}. Calibrate one for this model (`kvpress-lab calibrate --model "
+                f"layers, but this model has {num_layers}. Calibrate one for this model (`kvpress-lab calibrate --model "
                 "<model> --out profile.json`) and pass allocator_kwargs={'profile': 'profile.json'}."
             )
-        return weighted_layer_budgets("LearnedAllocator", request, profile.weights, self.floor)
+
+    def allocate(self, request: BudgetRequest) -> list[int]:
+        """``L`` budgets (window included) in ``[max(min(W, T), floor * B), T]`` summing to ``L * B``."""
+        self.check_layers(request.num_layers)
+        return weighted_layer_budgets("LearnedAllocator", request, self.loaded_profile.weights, self.floor)

@@ -8,7 +8,8 @@ observation window plus the entries the scorer forces (attention sinks). The one
     a budget that compresses (``n > budget``) must be ``>= min_kept``,
 
 checked by :func:`check_minimum_kept` wherever a budget is chosen (the recipe's absolute
-budget at construction, a ratio's budget per prompt, a hand-made :class:`BudgetRequest`).
+budget at construction, a hand-made :class:`BudgetRequest`); a compression ratio that leaves a
+short prompt fewer entries is clamped up to the minimum, with a warning (:meth:`BudgetSpec.request`).
 What plugins hand back is guarded where it comes back: :func:`checked_allocation` (an
 allocator's per-layer budgets) and :func:`check_forced_fit` (a scorer's forced entries).
 
@@ -42,7 +43,7 @@ __all__ = [
     "plan_budgets",
 ]
 
-BudgetSource = Literal["recipe", "ratio", "request"]
+BudgetSource = Literal["recipe", "request"]
 
 
 def minimum_kept(window: int, scorer: Any) -> int:
@@ -66,7 +67,6 @@ def check_minimum_kept(
     source: BudgetSource,
     prompt_length: int | None = None,
     scorer: str = "",
-    compression_ratio: float | None = None,
 ) -> None:
     """The budget rule: a budget that compresses must hold the ``min_kept`` entries every layer keeps.
 
@@ -78,13 +78,14 @@ def check_minimum_kept(
         Window plus forced entries (:func:`minimum_kept`).
     window : int
         ``W``, named in the message.
-    source : {"recipe", "ratio", "request"}
-        Where the budget came from, for the message: a recipe's absolute ``budget``, a
-        ``compression_ratio`` resolved for one prompt, or a hand-made :class:`BudgetRequest`.
+    source : {"recipe", "request"}
+        Where the budget came from, for the message: a recipe's absolute ``budget`` or a
+        hand-made :class:`BudgetRequest`. (A ``compression_ratio`` too small for a short prompt
+        is clamped up to ``min_kept`` instead: :meth:`BudgetSpec.request`.)
     prompt_length : int or None
         ``n``, real tokens; a prompt that fits the budget (``n <= budget``) is not compressed and
         always passes. ``None``: the prompt is not known yet (checked for every length).
-    scorer, compression_ratio : str, float or None
+    scorer : str
         Named in the message.
 
     Raises
@@ -106,12 +107,6 @@ def check_minimum_kept(
         raise ValueError(
             f"BudgetRequest needs budget >= min_kept when the prompt is compressed; got budget={budget}, "
             f"min_kept={min_kept} for a prompt of {prompt_length} tokens. Raise the budget or shrink the window."
-        )
-    if source == "ratio":
-        raise ValueError(
-            f"compression_ratio={compression_ratio} leaves a budget of {budget} entries for a prompt of {prompt_length} "
-            f"tokens, below the {min_kept} entries always kept (observation window of {window} plus the scorer's "
-            "forced entries). Use a smaller ratio, a smaller window, or an absolute budget."
         )
     if min_kept == window:
         raise ValueError(
@@ -254,11 +249,34 @@ class BudgetSpec:
         return int(math.floor((1.0 - self.compression_ratio) * prompt_length + 0.5))
 
     def request(self, num_layers: int, num_kv_heads: int, prompt_length: int, statistics: torch.Tensor | None = None) -> BudgetRequest:
-        """The :class:`BudgetRequest` for one prompt, after checking the rule for a resolved ratio."""
+        """The :class:`BudgetRequest` for one prompt.
+
+        A ratio that leaves fewer entries than the minimum kept (a short prompt) is clamped up to
+        it: the prompt keeps ``min(T, min_kept)`` entries (everything when ``T <= min_kept``), with
+        a :class:`UserWarning` naming the prompt lengths concerned, so one short prompt never
+        aborts a mixed-length evaluation.
+        """
         budget = self.resolve(prompt_length)
-        check_minimum_kept(budget, self.min_kept, window=self.window, source="ratio", prompt_length=prompt_length,
-                           scorer=self.scorer, compression_ratio=self.compression_ratio)
+        if budget < self.min_kept and prompt_length <= self.min_kept:
+            budget = prompt_length  # nothing could be evicted anyway: keep everything
+        elif budget < self.min_kept:
+            warnings.warn(
+                f"compression_ratio={self.compression_ratio} leaves fewer entries than the {self.min_kept} always kept "
+                f"(observation window of {self.window} plus the scorer's forced entries) for prompts shorter than "
+                f"{self._shortest_unclamped()} tokens; such prompts keep min(T, {self.min_kept}) entries.",
+                UserWarning,
+                stacklevel=2,
+            )
+            budget = self.min_kept
         return BudgetRequest(num_layers, num_kv_heads, prompt_length, budget, min(self.min_kept, prompt_length), statistics)
+
+    def _shortest_unclamped(self) -> int:
+        """Smallest prompt length whose resolved ratio budget holds the minimum kept."""
+        keep = 1.0 - (self.compression_ratio or 0.0)
+        length = max(1, math.ceil((self.min_kept - 0.5) / keep) - 1)  # closed form, then fix float rounding
+        while self.resolve(length) < self.min_kept:
+            length += 1
+        return length
 
 
 def checked_allocation(budgets: object, request: BudgetRequest, name: str) -> list[int]:

@@ -65,7 +65,8 @@ def adaptive_head_budgets(
             continue
         free = forced_count[b].neg() + k  # (Hkv,) per-head choosable entries at uniform split
         floor = torch.floor(free.double() * alpha).long()  # (Hkv,)
-        pool = scores[b].float().masked_fill(forced[b] | ~candidates[b][None, :], float("-inf"))  # (Hkv, T)
+        pool = scores[b].float().nan_to_num(nan=float("-inf"), posinf=float("inf"), neginf=float("-inf"))  # NaN ranks lowest, as in the executors
+        pool = pool.masked_fill(forced[b] | ~candidates[b][None, :], float("-inf"))  # (Hkv, T)
         ranked = torch.sort(pool, dim=-1, descending=True, stable=True).values  # (Hkv, T)
         positions = torch.arange(ranked.shape[-1], device=ranked.device)
         guaranteed = positions[None, :] < floor.to(ranked.device)[:, None]  # each head's top-`floor`

@@ -65,6 +65,10 @@ class Allocator(Protocol):
 
     Splitting a layer's budget across its KV heads is not an allocator scope but the recipe's
     ``head_allocation`` axis (AdaKV), so it composes with every allocator.
+
+    An allocator may also define ``check_layers(num_layers) -> None``, called when the recipe is
+    applied to a model (``L`` known), to refuse a model it cannot serve before any prefill (the
+    ``learned`` allocator checks its profile's depth).
     """
 
     name: ClassVar[str]

@@ -45,7 +45,6 @@ def test_the_new_name_raises_no_warning():
     ("source", "extra", "fragment"),
     [
         ("request", {"prompt_length": 100}, "BudgetRequest needs budget >= min_kept"),
-        ("ratio", {"prompt_length": 100, "compression_ratio": 0.95}, "below the 8 entries always kept"),
         ("recipe", {}, "Recipe.budget must be >= window=8"),
     ],
 )
@@ -77,11 +76,19 @@ def test_planning_needs_numbers_and_an_allocator_only():
     assert plan.evicts(0)  # row 0 drops entries; row 1 (10 <= 16 tokens) keeps everything
 
 
-def test_planning_a_ratio_checks_each_prompt():
+def test_a_ratio_too_small_for_a_short_prompt_keeps_the_minimum():
     spec = BudgetSpec(budget=None, compression_ratio=0.9, window=8, min_kept=8)
-    with pytest.raises(ValueError, match="leaves a budget of 4 entries for a prompt of 40 tokens"):
-        plan_budgets(UniformAllocator(), spec, [40], 2, 2)
-    assert plan_budgets(UniformAllocator(), spec, [100], 2, 2).keep.tolist() == [[10, 10]]
+    with pytest.warns(UserWarning, match="prompts shorter than 76 tokens; such prompts keep min"):
+        plan = plan_budgets(UniformAllocator(), spec, [40, 5, 100], 2, 2)
+    assert plan.keep.tolist() == [[8, 8], [5, 5], [10, 10]]  # clamped to 8; a 5-token prompt keeps everything
+    assert spec.resolve(75) == 7 and spec.resolve(76) == 8  # the threshold the warning names (float: 0.1 * 75 < 7.5)
+
+
+@given(ratio=st.floats(0.0, 0.999), min_kept=st.integers(1, 64))
+def test_the_named_threshold_is_the_shortest_unclamped_length(ratio, min_kept):
+    spec = BudgetSpec(budget=None, compression_ratio=ratio, window=min_kept, min_kept=min_kept)
+    threshold = spec._shortest_unclamped()
+    assert spec.resolve(threshold) >= min_kept and (threshold == 1 or spec.resolve(threshold - 1) < min_kept)
 
 
 def test_statistics_reach_a_global_allocator_per_row():

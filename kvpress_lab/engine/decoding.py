@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import threading
 
 import torch
 from torch import nn
@@ -23,6 +24,8 @@ from torch import nn
 from kvpress_lab.cache_layers import DecodingStep, LayerAttention, causal_layer_attention
 from kvpress_lab.cache_layers.varlen_attention import VarlenKernel
 from kvpress_lab.engine.families import ModelAdapter
+from kvpress_lab.engine.generate_guard import GenerateCall, guard_generate
+from kvpress_lab.errors import CacheReuseError
 
 __all__ = [
     "DecodingHooks",
@@ -30,12 +33,14 @@ __all__ = [
     "cache_from_kwargs",
     "mark_compressed",
     "is_compressed",
+    "check_cache_matches",
     "enable_compressed_decoding",
     "disable_compressed_decoding",
     "persistent_hooks",
 ]
 
 COMPRESSED_FLAG = "_kvpress_lab_compressed"
+_TOKENS_ATTR = "_kvpress_lab_tokens"  # list of (B, q) int64 tensors: every token the cache has consumed, or None
 _PERSISTENT_ATTR = "_kvpress_lab_decoding_hooks"
 
 
@@ -45,8 +50,15 @@ def cache_from_kwargs(kwargs: dict) -> object | None:
     return cache if cache is not None else kwargs.get("past_key_values")
 
 
-def mark_compressed(cache: object) -> None:
-    """Flag ``cache`` as holding compressed layers, so decoding asks each layer for its attention."""
+def mark_compressed(cache: object, tokens: torch.Tensor | None = None) -> None:
+    """Flag ``cache`` as holding compressed layers, so decoding asks each layer for its attention.
+
+    ``tokens`` are the ``(B, T)`` ids of the prefill that filled it (``None`` when it ran on
+    embeddings): the decoding hooks then record every token the cache consumes, so reusing the
+    cache for another prompt is refused (:class:`~kvpress_lab.CacheReuseError`).
+    """
+    if not is_compressed(cache):
+        setattr(cache, _TOKENS_ATTR, None if tokens is None else [tokens.detach().to("cpu", torch.int64)])
     setattr(cache, COMPRESSED_FLAG, True)
 
 
@@ -92,13 +104,20 @@ class DecodingHooks:
         the layers as :attr:`DecodingStep.varlen_kernel <kvpress_lab.cache_layers.DecodingStep>`.
     """
 
-    def __init__(self, adapter: ModelAdapter, ragged_kernel: VarlenKernel | None = None):
+    def __init__(self, adapter: ModelAdapter, ragged_kernel: VarlenKernel | None = None, model: nn.Module | None = None):
         self.adapter = adapter
         self.ragged_kernel = ragged_kernel
-        self.padding_mask: torch.Tensor | None = None  # (B, past + q) bool of the current forward
+        self.model = model
         self.handles: list[torch.utils.hooks.RemovableHandle] = []
+        self._local = threading.local()  # the padding mask of the forward running in *this* thread
         self._capture = PaddingCapture(adapter.decoder)
         self._routed: list[tuple[object, str | None]] = []  # (config, implementation) to restore
+        self._unguard = None
+
+    @property
+    def padding_mask(self) -> torch.Tensor | None:
+        """``(B, past + q)`` bool mask of the current forward in this thread, or ``None``."""
+        return getattr(self._local, "padding_mask", None)
 
     def attach(self) -> None:
         """Register the hooks (idempotent)."""
@@ -110,16 +129,36 @@ class DecodingHooks:
             hook = functools.partial(self._prepare_layer, idx)
             self.handles.append(module.register_forward_pre_hook(hook, with_kwargs=True))
             self.handles.append(module.register_forward_hook(self._restore_implementation, always_call=True))
+        if self.model is not None:
+            self._unguard = guard_generate(self.model, self._check_generate)
 
     def detach(self) -> None:
         """Remove every hook this object registered."""
         while self.handles:
             self.handles.pop().remove()
+        if self._unguard is not None:
+            self._unguard()
+            self._unguard = None
 
     # -- hooks -----------------------------------------------------------------------------
 
     def _capture_inputs(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
-        self.padding_mask = self._capture(args, kwargs)
+        self._local.padding_mask = self._capture(args, kwargs)
+        cache = cache_from_kwargs(kwargs)
+        if cache is not None and is_compressed(cache):
+            tokens = getattr(cache, _TOKENS_ATTR, None)
+            ids = kwargs.get("input_ids", args[0] if args else None)
+            if tokens is not None and ids is not None:
+                tokens.append(ids.detach().to("cpu", torch.int64))
+            elif tokens is not None:  # fed embeddings: what the cache holds is no longer known
+                setattr(cache, _TOKENS_ATTR, None)
+
+    def _check_generate(self, call: GenerateCall) -> None:
+        """Refuse ``generate`` on a compressed cache that does not belong to its inputs."""
+        cache = call.cache
+        if cache is None or not is_compressed(cache):
+            return
+        check_cache_matches(cache, call.input_ids, self.adapter.num_kv_heads)
 
     def _prepare_layer(self, idx: int, module: nn.Module, args: tuple, kwargs: dict):
         cache = cache_from_kwargs(kwargs)
@@ -149,6 +188,50 @@ class DecodingHooks:
             config._attn_implementation = implementation
 
 
+def check_cache_matches(cache: object, input_ids: torch.Tensor | None, num_kv_heads: int) -> None:
+    """Check that a compressed ``cache`` can continue ``input_ids`` ``(B, S)`` on a model with ``num_kv_heads``.
+
+    The cache must have been filled by exactly the first tokens of ``input_ids`` (it was not
+    extended by an earlier ``generate`` and belongs to this prompt), for the same batch size, on a
+    model with the same number of KV heads.
+
+    Raises
+    ------
+    CacheReuseError
+        Naming what does not match and what to do (``copy.deepcopy`` the cache before each use).
+    """
+    for idx, layer in enumerate(cache.layers):
+        counts = getattr(layer, "kept_counts", None)
+        if counts is None:
+            continue
+        shape = tuple(counts().shape)
+        if input_ids is not None and shape[0] != input_ids.shape[0]:
+            raise CacheReuseError(
+                f"This compressed cache holds {shape[0]} rows but input_ids has batch size {input_ids.shape[0]}; "
+                "a cache continues the batch it was prefilled with."
+            )
+        if shape[1] != num_kv_heads:
+            raise CacheReuseError(
+                f"Layer {idx} of this compressed cache has {shape[1]} KV heads but the model has {num_kv_heads}; "
+                "the cache belongs to another model."
+            )
+        break
+    tokens = getattr(cache, _TOKENS_ATTR, None)
+    if tokens is None or input_ids is None:
+        return  # prefilled from embeddings: the tokens it holds are unknown
+    held = torch.cat(tokens, dim=1)  # (B, L)
+    given = input_ids.detach().to("cpu", torch.int64)
+    if given.shape[1] <= held.shape[1] or not torch.equal(given[:, : held.shape[1]], held):
+        extended = held.shape[1] > tokens[0].shape[1]
+        why = (f"it was already extended past its prefill ({tokens[0].shape[1]} tokens, now {held.shape[1]}) by an "
+               "earlier generate" if extended else f"its {held.shape[1]} prefill tokens are not the start of input_ids")
+        raise CacheReuseError(
+            f"This compressed cache cannot continue input_ids of shape {tuple(given.shape)}: {why}. Decoding appends to "
+            "a cache in place: pass copy.deepcopy(cache) for each question, and input_ids = the prefill tokens "
+            "followed by the new ones."
+        )
+
+
 def enable_compressed_decoding(model: nn.Module, *, ragged_kernel: VarlenKernel | None = None) -> DecodingHooks:
     """Keep the decoding hooks on ``model`` so caches from :func:`~kvpress_lab.engine.prefill.prefill` decode correctly.
 
@@ -167,7 +250,7 @@ def enable_compressed_decoding(model: nn.Module, *, ragged_kernel: VarlenKernel 
     """
     hooks = getattr(model, _PERSISTENT_ATTR, None)
     if hooks is None:
-        hooks = DecodingHooks(ModelAdapter.for_model(model), ragged_kernel=ragged_kernel)
+        hooks = DecodingHooks(ModelAdapter.for_model(model), ragged_kernel=ragged_kernel, model=model)
         hooks.attach()
         setattr(model, _PERSISTENT_ATTR, hooks)
     elif ragged_kernel is not None:

@@ -8,8 +8,8 @@ import torch
 from torch import nn
 from transformers.cache_utils import Cache
 
-from kvpress_lab.engine.decoding import enable_compressed_decoding
-from kvpress_lab.engine.padding import padded_positions
+from kvpress_lab.engine.decoding import disable_compressed_decoding, enable_compressed_decoding, persistent_hooks
+from kvpress_lab.engine.padding import check_left_padding, padded_positions
 from kvpress_lab.engine.session import CompressionSession
 
 if TYPE_CHECKING:
@@ -47,19 +47,42 @@ def prefill(recipe: Recipe, model: nn.Module, input_ids: torch.Tensor, attention
     attention mask; this function therefore leaves lightweight hooks on ``model`` (inert for
     ordinary caches). Remove them with :func:`kvpress_lab.engine.decoding.disable_compressed_decoding`.
     """
-    if input_ids.dim() != 2:
-        raise ValueError(f"input_ids must be (batch, prompt_length), got shape {tuple(input_ids.shape)}.")
-    position_ids = None
-    if attention_mask is not None:
-        if attention_mask.shape != input_ids.shape:
-            raise ValueError(
-                f"attention_mask must match input_ids {tuple(input_ids.shape)}, got {tuple(attention_mask.shape)}."
-            )
-        position_ids = padded_positions(attention_mask)
+    _check_prompt(model, input_ids, attention_mask)
+    position_ids = None if attention_mask is None else padded_positions(attention_mask)
+    had_hooks = persistent_hooks(model) is not None
     enable_compressed_decoding(model)
-    with CompressionSession(recipe, model):
-        output = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=True)
-    cache = getattr(output, "cache", None) or getattr(output, "past_key_values", None)
-    if cache is None:
-        raise RuntimeError(f"{type(model).__name__} returned no cache; load it with use_cache enabled.")
+    try:
+        with CompressionSession(recipe, model):
+            output = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=True)
+        cache = getattr(output, "cache", None) or getattr(output, "past_key_values", None)
+        if cache is None:
+            raise RuntimeError(f"{type(model).__name__} returned no cache; load it with use_cache enabled.")
+    except BaseException:
+        if not had_hooks:  # leave the model as it was
+            disable_compressed_decoding(model)
+        raise
     return cache
+
+
+def _check_prompt(model: nn.Module, input_ids: object, attention_mask: object) -> None:
+    """Validate a prompt before anything touches the model: types, shapes, device, padding side."""
+    if not isinstance(input_ids, torch.Tensor):
+        raise TypeError(f"input_ids must be a torch.Tensor of token ids (B, T), got {type(input_ids).__name__}.")
+    if input_ids.dtype.is_floating_point or input_ids.dtype.is_complex or input_ids.dtype == torch.bool:
+        raise TypeError(f"input_ids must hold integer token ids, got dtype {input_ids.dtype}.")
+    if input_ids.dim() != 2 or input_ids.shape[1] == 0 or input_ids.shape[0] == 0:
+        raise ValueError(f"input_ids must be (batch, prompt_length) with both >= 1, got shape {tuple(input_ids.shape)}.")
+    device = next(iter(model.parameters()), torch.empty(0)).device
+    if input_ids.device != device:
+        raise ValueError(f"input_ids are on {input_ids.device} but the model is on {device}; move them with .to({str(device)!r}).")
+    if attention_mask is None:
+        return
+    if not isinstance(attention_mask, torch.Tensor):
+        raise TypeError(f"attention_mask must be a torch.Tensor or None, got {type(attention_mask).__name__}.")
+    if attention_mask.shape != input_ids.shape:
+        raise ValueError(f"attention_mask must match input_ids {tuple(input_ids.shape)}, got {tuple(attention_mask.shape)}.")
+    if attention_mask.device != input_ids.device:
+        raise ValueError(f"attention_mask is on {attention_mask.device} but input_ids are on {input_ids.device}.")
+    if bool(((attention_mask != 0) & (attention_mask != 1)).any()):
+        raise ValueError("attention_mask must hold 0 (padding) and 1 (real token) only.")
+    check_left_padding(attention_mask)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import functools
+import threading
+import warnings
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -13,6 +15,8 @@ from transformers.cache_utils import DynamicLayer
 from kvpress_lab.budgets import BudgetPlan, check_forced_fit, plan_budgets
 from kvpress_lab.cache_layers import check_layer
 from kvpress_lab.engine.decoding import DecodingHooks, PaddingCapture, cache_from_kwargs, mark_compressed, persistent_hooks
+from kvpress_lab.engine.generate_guard import GenerateCall, guard_generate
+from kvpress_lab.errors import UnsupportedCacheError
 from kvpress_lab.engine.families import ModelAdapter
 from kvpress_lab.engine.padding import check_left_padding
 from kvpress_lab.head_allocation import adaptive_head_budgets
@@ -25,6 +29,8 @@ if TYPE_CHECKING:
 __all__ = ["CompressionSession"]
 
 _ACTIVE_ATTR = "_kvpress_lab_session"
+_ATTACH_LOCK = threading.Lock()  # makes "is a session applied? then apply mine" atomic across threads
+_DEFAULT_CACHES = (None, "dynamic")
 
 
 @dataclass
@@ -50,6 +56,13 @@ class CompressionSession:
     prefill pass: the peak memory of uncompressed prefill, plus ``(B, Hkv, T)`` float32 scores
     per layer). All hooks are removed on exit, also after an exception.
 
+    Compression is scoped to the thread that entered the block: another thread's calls on the same
+    model run as if no recipe were applied (a model holds one session at a time; a second ``with``
+    block, in any thread, raises). What cannot be compressed is refused, never run uncompressed
+    silently: ``use_cache=False``, a cache other than transformers' ``DynamicCache`` (static,
+    quantized, offloaded), ``prefill_chunk_size`` (chunked prefill). A session that is created
+    but never entered (``recipe.apply(model)`` without ``with``) warns when it is discarded.
+
     Parameters
     ----------
     recipe : Recipe
@@ -70,9 +83,13 @@ class CompressionSession:
         scope = recipe.strategies.allocator.scope
         if scope not in ("static", "global"):
             raise ValueError(f"Allocator {recipe.allocator!r} has scope {scope!r}; expected 'static' or 'global'.")
+        self._entered = True  # until __init__ completes: nothing to warn about if construction fails
         self.recipe = recipe
         self.model = model
         self.adapter = ModelAdapter.for_model(model)  # fails here for unsupported families
+        check_layers = getattr(recipe.strategies.allocator, "check_layers", None)
+        if check_layers is not None:  # e.g. a learned profile fitted on a model with another depth
+            check_layers(len(self.adapter.compressible))
         self.record_indices = record_indices
         self.selections: dict[int, Selection] = {}
         self.plan: BudgetPlan | None = None
@@ -80,10 +97,23 @@ class CompressionSession:
         self._pending: list[_ScoredLayer] = []
         self._statistics: list[torch.Tensor] = []
         self._ordinal = {idx: n for n, idx in enumerate(self.adapter.compressible)}
-        self._decoding = DecodingHooks(self.adapter)
+        self._decoding = DecodingHooks(self.adapter, model=model)
         self._capture_padding = PaddingCapture(self.adapter.decoder)
         self._padding: torch.Tensor | None = None  # (B, T) bool of the current forward, or None: no 2-D mask
+        self._input_ids: torch.Tensor | None = None  # (B, T) ids of the current forward, None on embeddings
         self._handles: list[torch.utils.hooks.RemovableHandle] = []
+        self._unguard = None
+        self._thread: int | None = None
+        self._entered = False
+
+    def __del__(self) -> None:
+        if not getattr(self, "_entered", True):
+            warnings.warn(
+                "A kvpress_lab CompressionSession was created and discarded without being entered, so nothing was "
+                "compressed: use `with recipe.apply(model): ...` (or call session.attach() / session.detach()).",
+                RuntimeWarning,
+                stacklevel=2,
+            )
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -96,12 +126,16 @@ class CompressionSession:
 
     def attach(self) -> None:
         """Register the hooks; prefer the ``with`` form, which always detaches."""
-        if getattr(self.model, _ACTIVE_ATTR, None) is not None:
-            raise RuntimeError("A kvpress_lab recipe is already applied to this model; exit that `with` block first.")
-        setattr(self.model, _ACTIVE_ATTR, self)
+        self._entered = True
+        with _ATTACH_LOCK:
+            if getattr(self.model, _ACTIVE_ATTR, None) is not None:
+                raise RuntimeError("A kvpress_lab recipe is already applied to this model; exit that `with` block first.")
+            setattr(self.model, _ACTIVE_ATTR, self)
+        self._thread = threading.get_ident()
         try:
             if persistent_hooks(self.model) is None:
                 self._decoding.attach()
+            self._unguard = guard_generate(self.model, self._check_generate)
             decoder = self.adapter.decoder
             self._handles.append(decoder.register_forward_pre_hook(self._new_forward, with_kwargs=True))
             self._handles.append(decoder.register_forward_hook(self._end_forward, with_kwargs=True))
@@ -116,31 +150,89 @@ class CompressionSession:
         """Remove every hook this session registered."""
         while self._handles:
             self._handles.pop().remove()
+        if self._unguard is not None:
+            self._unguard()
+            self._unguard = None
         self._decoding.detach()
         self._pending.clear()
-        if getattr(self.model, _ACTIVE_ATTR, None) is self:
-            delattr(self.model, _ACTIVE_ATTR)
+        with _ATTACH_LOCK:
+            if getattr(self.model, _ACTIVE_ATTR, None) is self:
+                delattr(self.model, _ACTIVE_ATTR)
 
     @property
     def num_hooks(self) -> int:
         """Hooks currently registered by this session."""
         return len(self._handles) + len(self._decoding.handles)
 
+    # -- checks ----------------------------------------------------------------------------
+
+    def _mine(self) -> bool:
+        """Whether the running call belongs to this session (made in the thread that entered it)."""
+        return threading.get_ident() == self._thread
+
+    def _check_generate(self, call: GenerateCall) -> None:
+        """Refuse ``generate`` options under which the prefill would not be compressed."""
+        if not self._mine():
+            return
+        if call.option("use_cache") is False:
+            raise UnsupportedCacheError(
+                "generate(use_cache=False) inside `with recipe.apply(model)`: without a KV cache there is nothing to "
+                "compress, and the run would be uncompressed. Drop use_cache=False, or generate outside the block."
+            )
+        implementation = call.option("cache_implementation")
+        if implementation not in _DEFAULT_CACHES:
+            raise UnsupportedCacheError(
+                f"generate(cache_implementation={implementation!r}) inside `with recipe.apply(model)`: kvpress_lab "
+                "compresses transformers' default DynamicCache only. Drop cache_implementation (or pass 'dynamic')."
+            )
+        if call.option("prefill_chunk_size") is not None:
+            raise UnsupportedCacheError(
+                f"generate(prefill_chunk_size={call.option('prefill_chunk_size')}) inside `with recipe.apply(model)`: "
+                "compressing during chunked prefill is not supported yet (only the first chunk would be compressed). "
+                "Prefill in one pass (drop prefill_chunk_size)."
+            )
+        if call.cache is not None:
+            _check_cache_type(call.cache)
+            for idx in self.adapter.compressible:
+                if idx < len(call.cache.layers):
+                    _check_layer_type(call.cache, idx)
+
     # -- hooks -----------------------------------------------------------------------------
 
     def _new_forward(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
+        if not self._mine():
+            return
+        cache = cache_from_kwargs(kwargs)
+        if cache is not None:  # refuse before the model runs (an offloaded cache prefetches layers first)
+            _check_cache_type(cache)
+            for idx in self.adapter.compressible:
+                if idx < len(cache.layers):
+                    _check_layer_type(cache, idx)
         self._padding = self._capture_padding(args, kwargs)
+        self._input_ids = kwargs.get("input_ids", args[0] if args else None)
         self.plan = None  # budgets depend on this forward's prompt; planned at its first layer
         self._pending.clear()
         self._statistics.clear()
 
     def _compress_layer(self, idx: int, module: nn.Module, args: tuple, kwargs: dict, output: object) -> None:
+        if not self._mine():
+            return
         cache = cache_from_kwargs(kwargs)
-        if cache is None or idx >= len(cache.layers) or type(cache.layers[idx]) is not DynamicLayer:
-            return  # no cache, a sliding-window layer, or already compressed
-        layer = cache.layers[idx]
         hidden = self.adapter.hidden_states(args, kwargs)
         length = hidden.shape[1]
+        if cache is None:
+            if length < 2:
+                return  # a single-token forward without a cache has nothing to compress
+            raise UnsupportedCacheError(
+                f"{type(self.model).__name__} ran a {length}-token forward without a KV cache (use_cache=False?) inside "
+                "`with recipe.apply(model)`: there is nothing to compress, and the run would be uncompressed. Call it "
+                "with use_cache=True, or outside the block."
+            )
+        _check_cache_type(cache)
+        if idx >= len(cache.layers) or hasattr(cache.layers[idx], "prepare_decoding"):
+            return  # already compressed: a decoding step, or a prompt continuing a compressed cache
+        _check_layer_type(cache, idx)
+        layer = cache.layers[idx]
         if layer.get_seq_length() != length or length < 2:
             return  # not a prefill of an empty cache (decoding step or continued prefill)
         valid = self._valid_mask(hidden, length)
@@ -159,7 +251,7 @@ class CompressionSession:
         self._evict(_ScoredLayer(idx, cache, scores, forced, valid))
 
     def _end_forward(self, module: nn.Module, args: tuple, kwargs: dict, output: object) -> None:
-        if not self._pending:
+        if not self._mine() or not self._pending:
             return
         pending, self._pending = self._pending, []
         statistics = torch.stack([s.to(pending[0].scores.device) for s in self._statistics], dim=1)  # (B, L)
@@ -190,8 +282,15 @@ class CompressionSession:
         scorer = self.recipe.strategies.scorer
         scores = scorer.score(view)
         expected = (view.batch_size, view.num_kv_heads, view.seq_len)
-        if tuple(scores.shape) != expected:
-            raise ValueError(f"Scorer {scorer.name!r} returned scores of shape {tuple(scores.shape)}, expected (B, Hkv, T)={expected}.")
+        if not isinstance(scores, torch.Tensor) or tuple(scores.shape) != expected:
+            got = tuple(scores.shape) if isinstance(scores, torch.Tensor) else type(scores).__name__
+            raise ValueError(f"Scorer {scorer.name!r} returned scores of shape {got}, expected (B, Hkv, T)={expected}.")
+        bad = ~torch.isfinite(scores) & view.valid[:, None, :]  # padding may score anything: it is never kept
+        if bool(bad.any()):
+            raise ValueError(
+                f"Scorer {scorer.name!r} returned {int(bad.sum())} non-finite scores (NaN or inf) at layer {view.layer_idx}; "
+                "scores must be finite (float16 overflow? compute scores in float32)."
+            )
         positions = torch.arange(view.seq_len, device=view.device)
         forced = (positions >= view.seq_len - view.window).expand(view.batch_size, view.num_kv_heads, -1)
         extra = getattr(scorer, "forced_keep", None)
@@ -212,7 +311,26 @@ class CompressionSession:
         built = strategies.executor.build_layer(layer.keys, layer.values, selection, layer.get_seq_length())
         check_layer(built, strategies.executor.name)
         scored.cache.layers[scored.idx] = built
-        mark_compressed(scored.cache)
+        mark_compressed(scored.cache, self._input_ids)
         if self.record_indices:
             self.selections[scored.idx] = selection
 
+
+
+def _check_cache_type(cache: object) -> None:
+    """Refuse caches whose layers the engine cannot compress or that move layers behind its back."""
+    if getattr(cache, "offloading", False):
+        raise UnsupportedCacheError(
+            f"This {type(cache).__name__} offloads its layers (offloading=True, cache_implementation='offloaded'); "
+            "kvpress_lab cannot compress an offloaded cache. Use the default DynamicCache."
+        )
+
+
+def _check_layer_type(cache: object, idx: int) -> None:
+    """Refuse a full-attention layer that is neither a DynamicLayer nor already compressed (static, quantized)."""
+    layer = cache.layers[idx]
+    if type(layer) is not DynamicLayer and not hasattr(layer, "prepare_decoding"):
+        raise UnsupportedCacheError(
+            f"Layer {idx} of the {type(cache).__name__} is a {type(layer).__name__}; kvpress_lab compresses "
+            "transformers' DynamicLayer (the default DynamicCache of generate). Use the default cache."
+        )

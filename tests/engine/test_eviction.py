@@ -97,12 +97,15 @@ def test_unsupported_family_fails_at_attach_naming_supported_ones():
         Recipe(budget=12).apply(GPT2LMHeadModel(config))
 
 
-def test_ratio_leaving_less_than_the_window_is_a_clear_error():
+def test_ratio_leaving_less_than_the_window_keeps_the_minimum_with_a_warning():
+    """Issue 12 changed this rule: a short prompt must not abort a mixed-length run (it used to raise)."""
     model = tiny_model("llama")
-    with pytest.raises(ValueError, match="below the 8 entries always kept"):
+    with pytest.warns(UserWarning, match=r"compression_ratio=0.9 leaves fewer entries than the 8 always kept .* "
+                                         r"prompts shorter than 76 tokens; such prompts keep min\(T, 8\) entries"):
         with Recipe(compression_ratio=0.9, window=8).apply(model):
             with torch.no_grad():
-                model(random_prompt(1, 40), use_cache=True)
+                cache = model(random_prompt(1, 40), use_cache=True).cache
+    assert all(layer.kept_counts().tolist() == [[8, 8]] for layer in cache.layers)
 
 
 def test_right_padding_is_rejected():
