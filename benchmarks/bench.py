@@ -12,10 +12,12 @@ import pathlib
 from collections.abc import Callable
 from typing import Any
 
-from kvpress_lab.benchmarks.commands import BenchmarkInputError, load, recipe_entries
+from kvpress_lab.benchmarks.commands import (
+    BenchmarkInputError, check_model_arguments, check_needle_lengths, check_output_file, load, recipe_entries,
+)
 from kvpress_lab.benchmarks.generation import generate_answer
 from kvpress_lab.benchmarks.results import model_settings, read_rows, run_metadata, write_result_file
-from kvpress_lab.benchmarks.sweep import Cell, plan_cells, run_sweep
+from kvpress_lab.benchmarks.sweep import Cell, check_sweep_file, plan_cells, run_sweep
 
 __all__ = ["RULER_MAX_NEW_TOKENS", "cmd_bench", "split_longbench_prompt"]
 
@@ -29,14 +31,26 @@ def _capped(default: int, cap: int | None) -> int:
 
 
 def _sweep(args: argparse.Namespace, benchmark: str, samples: dict[str, Any], run_one: Callable[..., dict[str, Any]],
-           config: dict[str, Any]) -> list[dict[str, Any]]:
-    """Plan, validate, load, run this shard and return every row of the output file."""
+           config: dict[str, Any], prepare: Callable[[Any], None] | None = None) -> list[dict[str, Any]]:
+    """Plan, validate, load, run this shard and return every row of the output file.
+
+    ``prepare(tokenizer)`` runs right after loading, before anything is written: the place for
+    checks that need the tokenizer.
+    """
     shard = args.shard
     entries = {(label, budget): recipe for label, budget, recipe in recipe_entries(args.recipes, args.budgets, args.window)}
     cells = plan_cells(args.recipes, args.budgets, list(samples))
-    out = pathlib.Path(args.out or f"results/{benchmark}.jsonl")
+    check_model_arguments(args)
+    out = check_output_file("--out", args.out or f"results/{benchmark}.jsonl")
+    try:
+        check_sweep_file(out, benchmark=benchmark, model=args.model)
+    except ValueError as exc:
+        raise BenchmarkInputError(str(exc)) from None
     model, tokenizer = load(args)
-    meta = run_metadata(benchmark, args.model, {f"{k[0]}@{k[1]}": r for k, r in entries.items()}, seed=args.seed,
+    if prepare is not None:
+        prepare(tokenizer)
+    seed = getattr(args, "seed", 0)  # longbench has no --seed: its prompts come from the data files
+    meta = run_metadata(benchmark, args.model, {f"{k[0]}@{k[1]}": r for k, r in entries.items()}, seed=seed,
                         **model_settings(model), config={**config, "mode": args.mode})
 
     def runner(cell: Cell) -> dict[str, Any]:
@@ -56,6 +70,7 @@ def _bench_needle(args: argparse.Namespace) -> int:
 
     grid = {f"L={length}|d={depth:g}": (length, depth) for length, depth in needle_cells(args.lengths, args.depths)}
     prompts: dict[tuple[int, float], Any] = {}
+    check_needle_lengths(args.lengths)  # the builder's floor, before the model loads
 
     def run_one(model: Any, tokenizer: Any, recipe: Any, cell: tuple[int, float]) -> dict[str, Any]:
         if cell not in prompts:
@@ -67,9 +82,10 @@ def _bench_needle(args: argparse.Namespace) -> int:
                 "output": result.text, "correct": is_correct(result.text, prompt.passcode),
                 "prefill_s": result.prefill_s, "decode_step_s": result.decode_step_s, "kv_bytes": result.kv_bytes}
 
-    rows = _sweep(args, "needle", grid, run_one, {"lengths": args.lengths, "depths": args.depths})
+    rows = _sweep(args, "needle", grid, run_one, {"lengths": args.lengths, "depths": args.depths},
+                  prepare=lambda tokenizer: check_needle_lengths(args.lengths, args.depths, tokenizer, seed=args.seed))
     print(needle_table(needle_summary(rows)))
-    png = pathlib.Path(args.out or "results/needle.jsonl").with_suffix(".png")
+    png = pathlib.Path(args.out or "results/needle.jsonl").expanduser().with_suffix(".png")
     print(f"Wrote {plot_needle_heatmap(rows, png)}")
     return 0
 
@@ -82,6 +98,10 @@ def _bench_ruler(args: argparse.Namespace) -> int:
     unknown = sorted(set(args.tasks) - set(ruler.TASKS))
     if unknown:
         raise BenchmarkInputError(f"unknown RULER task(s) {unknown}; expected some of {sorted(ruler.TASKS)}.")
+    short = [length for length in args.lengths if length < ruler.MIN_LENGTH]
+    if short:
+        raise BenchmarkInputError(f"--lengths {short[0]} is too short for RULER's tasks: they need {ruler.MIN_LENGTH} "
+                                  f"tokens or more; use --lengths >= {ruler.MIN_LENGTH}.")
     samples = {f"{task}|L={length}|s={i}": (task, length, args.seed + i)
                for task in args.tasks for length in args.lengths for i in range(args.samples)}
     built: dict[tuple, Any] = {}
@@ -150,17 +170,24 @@ def _bench_longbench(args: argparse.Namespace) -> int:
 
 
 def _bench_speed(args: argparse.Namespace) -> int:
-    from kvpress_lab.benchmarks.speed import measure_speed
+    from kvpress_lab.benchmarks.speed import measure_speed, minimum_length
     from kvpress_lab.benchmarks.tables import speed_table
 
     entries = recipe_entries(args.recipes, args.budgets, args.window)
+    check_model_arguments(args)
+    out = check_output_file("--out", args.out or "results/speed.json")
     model, tokenizer = load(args)
+    need = minimum_length(tokenizer)
+    short = [length for length in args.lengths if length < need]
+    if short:
+        raise BenchmarkInputError(f"--lengths {short[0]} is too short for the speed prompt: its question takes "
+                                  f"{need - 1} of this model's tokens; use --lengths >= {need}.")
     rows = measure_speed(model, tokenizer, entries, args.lengths, decode_steps=args.decode_steps,
                          repeats=args.repeats, seed=args.seed, progress=not args.no_progress)
     meta = run_metadata("speed", args.model, {f"{label}@{budget}": r for label, budget, r in entries}, seed=args.seed,
                         **model_settings(model),
                         config={"lengths": args.lengths, "decode_steps": args.decode_steps, "repeats": args.repeats})
-    out = write_result_file(args.out or "results/speed.json", meta, rows)
+    out = write_result_file(out, meta, rows)
     print(speed_table(rows))
     print(f"Wrote {out}")
     return 0
@@ -171,4 +198,6 @@ _TASKS = {"needle": _bench_needle, "ruler": _bench_ruler, "longbench": _bench_lo
 
 def cmd_bench(args: argparse.Namespace) -> int:
     """Dispatch ``kvpress-lab bench TASK``."""
+    if args.budgets is None:  # the CLI fills it in; a namespace straight from parse_args may not have it
+        args.budgets = list(args.default_budgets)
     return _TASKS[args.task](args)

@@ -30,9 +30,13 @@ from typing import Any
 
 from kvpress_lab.benchmarks.haystack import fill_to_tokens
 
-__all__ = ["NeedlePrompt", "QUESTION", "build_needle_prompt", "token_counter", "is_correct", "needle_cells", "run_needle"]
+__all__ = ["NeedlePrompt", "QUESTION", "MIN_LENGTH", "build_needle_prompt", "required_length", "token_counter",
+           "is_correct", "needle_cells", "run_needle"]
 
 QUESTION = "\n\nQuestion: What is the secret passcode?\nAnswer: The secret passcode is"
+
+#: Fewest prompt tokens :func:`build_needle_prompt` accepts, whatever the tokenizer.
+MIN_LENGTH = 64
 _NEEDLE = "The secret passcode is {code}."
 
 
@@ -68,7 +72,8 @@ def build_needle_prompt(length: int, depth: float, count_tokens: Callable[[str],
     Parameters
     ----------
     length : int
-        Target prompt length in tokens (haystack + needle + question), ``>= 64``.
+        Target prompt length in tokens (haystack + needle + question), at least
+        :func:`required_length` (``>= 64``).
     depth : float
         Relative position of the needle in the haystack, in ``[0, 1]`` (0: first sentence).
     count_tokens : Callable[[str], int]
@@ -77,13 +82,16 @@ def build_needle_prompt(length: int, depth: float, count_tokens: Callable[[str],
         Haystack and passcode seed; the haystack depends on ``seed`` only, so every depth of a
         length hides its needle in the same text.
     """
-    if isinstance(length, bool) or not isinstance(length, int) or length < 64:
-        raise ValueError(f"length must be an int >= 64 tokens, got {length!r}.")
+    if isinstance(length, bool) or not isinstance(length, int) or length < MIN_LENGTH:
+        raise ValueError(f"length must be an int >= {MIN_LENGTH} tokens, got {length!r}.")
     if not isinstance(depth, (int, float)) or not 0.0 <= depth <= 1.0:
         raise ValueError(f"depth must be a number in [0, 1], got {depth!r}.")
     passcode = _passcode(seed, length, float(depth))
     needle = _NEEDLE.format(code=passcode)
     room = length - count_tokens(QUESTION) - count_tokens(" " + needle)
+    if room < 0:
+        raise ValueError(f"length {length} is too short for the needle prompt: its question and needle take "
+                         f"{length - room} tokens; use a length >= {required_length(length, depth, count_tokens, seed)}.")
     sentences = fill_to_tokens(room, count_tokens, seed=seed)
     # Insert at the sentence boundary closest to depth x (haystack tokens).
     sizes = [count_tokens(" " + s) for s in sentences]
@@ -93,6 +101,16 @@ def build_needle_prompt(length: int, depth: float, count_tokens: Callable[[str],
         index += 1
     sentences.insert(index, needle)
     return NeedlePrompt(" ".join(sentences), QUESTION, passcode, length, float(depth))
+
+
+def required_length(length: int, depth: float, count_tokens: Callable[[str], int], seed: int = 0) -> int:
+    """Fewest tokens the needle prompt of cell ``(length, depth)`` can have: question + needle, and >= :data:`MIN_LENGTH`.
+
+    The needle's passcode depends on the cell, hence ``length`` and ``depth``; a ``length`` below
+    the result makes :func:`build_needle_prompt` fail.
+    """
+    needle = _NEEDLE.format(code=_passcode(seed, length, float(depth)))
+    return max(MIN_LENGTH, count_tokens(QUESTION) + count_tokens(" " + needle))
 
 
 def is_correct(output: str, passcode: str) -> bool:

@@ -37,7 +37,11 @@ __all__ = [
     "string_match_all",
     "exact_match",
     "generate",
+    "MIN_LENGTH",
 ]
+
+#: Fewest context tokens :func:`generate` accepts.
+MIN_LENGTH = 32
 
 TokenCounter = Callable[[str], int]
 
@@ -183,8 +187,8 @@ def generate(task: str, length: int, seed: int = 0, count_tokens: TokenCounter =
     """Build one sample of ``task`` (a key of :data:`TASKS`)."""
     if task not in TASKS:
         raise ValueError(f"Unknown RULER task {task!r}; expected one of: {', '.join(TASKS)}.")
-    if isinstance(length, bool) or not isinstance(length, int) or length < 32:
-        raise ValueError(f"length must be an int >= 32 tokens, got {length!r}.")
+    if isinstance(length, bool) or not isinstance(length, int) or length < MIN_LENGTH:
+        raise ValueError(f"length must be an int >= {MIN_LENGTH} tokens, got {length!r}.")
     return TASKS[task](length, seed=seed, count_tokens=count_tokens)
 
 

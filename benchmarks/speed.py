@@ -28,7 +28,9 @@ from kvpress_lab.benchmarks.generation import generate_answer
 from kvpress_lab.benchmarks.haystack import fill_to_tokens
 from kvpress_lab.benchmarks.needle import token_counter
 
-__all__ = ["PeakMemory", "speed_prompt", "measure_speed"]
+__all__ = ["PeakMemory", "speed_prompt", "minimum_length", "measure_speed"]
+
+_QUESTION = "\n\nQuestion: Summarise the text above in one sentence.\nAnswer:"
 
 
 class PeakMemory:
@@ -75,10 +77,19 @@ class PeakMemory:
 
 
 def speed_prompt(tokenizer: Any, length: int, seed: int = 0) -> tuple[str, str]:
-    """``(context, question)`` of about ``length`` tokens of filler and a short question."""
-    question = "\n\nQuestion: Summarise the text above in one sentence.\nAnswer:"
+    """``(context, question)`` of about ``length`` tokens of filler and a short question.
+
+    ``length`` must be at least :func:`minimum_length` (the question, plus one token of context).
+    """
     count = token_counter(tokenizer)
-    return " ".join(fill_to_tokens(length - count(question), count, seed=seed)), question
+    if length < minimum_length(tokenizer):
+        raise ValueError(f"length {length} is too short for the speed prompt: use a length >= {minimum_length(tokenizer)}.")
+    return " ".join(fill_to_tokens(length - count(_QUESTION), count, seed=seed)), _QUESTION
+
+
+def minimum_length(tokenizer: Any) -> int:
+    """Fewest tokens a :func:`speed_prompt` can have with ``tokenizer``: its question plus one."""
+    return token_counter(tokenizer)(_QUESTION) + 1
 
 
 def measure_speed(

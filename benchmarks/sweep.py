@@ -22,7 +22,8 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["FULL", "Cell", "make_recipe", "plan_cells", "parse_shard", "select_shard", "finished_keys", "run_sweep", "aggregate"]
+__all__ = ["FULL", "Cell", "make_recipe", "plan_cells", "parse_shard", "select_shard", "finished_keys", "check_sweep_file",
+           "run_sweep", "aggregate"]
 
 #: Label of the uncompressed baseline (no recipe); it runs once, without a budget.
 FULL = "full"
@@ -102,6 +103,24 @@ def finished_keys(path: str | pathlib.Path) -> set[str]:
     return {r["cell"] for r in _records(pathlib.Path(path)) if r.get("type") == "result" and "cell" in r}
 
 
+def check_sweep_file(path: str | pathlib.Path, **expected: Any) -> None:
+    """Refuse to append to a sweep file whose meta records differ from ``expected`` (``model=``, ``benchmark=``).
+
+    Raises
+    ------
+    ValueError
+        Naming the key, both values and what to do.
+    """
+    path = pathlib.Path(path)
+    for old in (r for r in _records(path) if r.get("type") == "meta"):
+        for key, value in expected.items():
+            if old.get(key) != value:
+                raise ValueError(
+                    f"{path} holds results of {key}={old.get(key)!r}, this run has {key}={value!r}; "
+                    "use another --out file to keep sweeps apart."
+                )
+
+
 def run_sweep(
     cells: Sequence[Cell],
     runner: Callable[[Cell], Mapping[str, Any]],
@@ -122,8 +141,10 @@ def run_sweep(
     out_path : str or pathlib.Path
         JSON Lines file, created or appended to.
     meta : Mapping
-        :func:`~kvpress_lab.benchmarks.results.run_metadata` record, appended once per call. A
-        file written for another model or benchmark is refused.
+        :func:`~kvpress_lab.benchmarks.results.run_metadata` record, appended once per call:
+        with the first finished cell (a call whose first cell fails writes nothing, not even the
+        folder), or at the end when no cell was left to run. A file written for another model or
+        benchmark is refused (:func:`check_sweep_file`).
     shard : tuple of int
         ``(i, n)`` from :func:`parse_shard`.
 
@@ -135,26 +156,30 @@ def run_sweep(
     from tqdm.auto import tqdm
 
     path = pathlib.Path(out_path)
-    previous = [r for r in _records(path) if r.get("type") == "meta"]
-    for old in previous:
-        for key in ("model", "benchmark"):
-            if old.get(key) != meta.get(key):
-                raise ValueError(
-                    f"{path} holds results of {key}={old.get(key)!r}, this run has {key}={meta.get(key)!r}; "
-                    "use another --out file to keep sweeps apart."
-                )
+    check_sweep_file(path, model=meta.get("model"), benchmark=meta.get("benchmark"))
     done = finished_keys(path)
     mine = select_shard(cells, shard)
     todo = [cell for cell in mine if cell.key not in done]
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("a", encoding="utf-8") as handle:
-        handle.write(json.dumps({"type": "meta", **meta, "shard": f"{shard[0]}/{shard[1]}"}) + "\n")
-        handle.flush()
+    handle = None
+
+    def opened() -> Any:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        file = path.open("a", encoding="utf-8")
+        file.write(json.dumps({"type": "meta", **meta, "shard": f"{shard[0]}/{shard[1]}"}) + "\n")
+        file.flush()
+        return file
+
+    try:
         for cell in tqdm(todo, desc=f"sweep {shard[0]}/{shard[1]}", unit="cell", disable=not progress):
             row = {"type": "result", "cell": cell.key, "recipe": cell.recipe, "budget": cell.budget,
                    "sample": cell.sample, **runner(cell)}
+            handle = handle or opened()
             handle.write(json.dumps(row, default=repr) + "\n")
             handle.flush()
+        handle = handle or opened()
+    finally:
+        if handle is not None:
+            handle.close()
     return {"total": len(mine), "skipped": len(mine) - len(todo), "ran": len(todo)}
 
 

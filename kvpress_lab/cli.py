@@ -22,17 +22,40 @@ import argparse
 import dataclasses
 import json
 import os
+import re
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NoReturn
 
 from kvpress_lab import __version__
 from kvpress_lab.errors import KVPressLabError
 from kvpress_lab.presets import Preset
 from kvpress_lab.registry import AUTOLOAD_ENV, ROLES, Registered, get_registry
 
-__all__ = ["Command", "COMMANDS", "build_parser", "main"]
+__all__ = ["Command", "COMMANDS", "DTYPES", "build_parser", "main"]
+
+#: The ``--dtype`` values: floating-point weight dtypes a model can be loaded in.
+DTYPES: tuple[str, ...] = ("float32", "bfloat16", "float16")
+
+
+class _Parser(argparse.ArgumentParser):
+    """An ``ArgumentParser`` whose errors are one line, ``<prog>: error: <message>``, exit status 2.
+
+    argparse prefixes a type error with ``argument --flag:``; the types below already start
+    their message with the flag, so that prefix is dropped rather than naming the flag twice.
+    """
+
+    def error(self, message: str) -> NoReturn:
+        match = re.match(r"argument (\S+): (.*)", message, flags=re.DOTALL)
+        if match and match.group(2).startswith(match.group(1) + " "):
+            message = match.group(2)
+        self.exit(2, f"{self.prog}: error: {_one_line(message)}\n")
+
+
+def _one_line(text: str) -> str:
+    """``text`` with its lines joined by spaces (error messages are one line on stderr)."""
+    return " ".join(line.strip() for line in str(text).splitlines() if line.strip())
 
 
 @dataclass(frozen=True)
@@ -127,7 +150,63 @@ def _comma_list(kind: Callable[[str], Any], what: str) -> Callable[[str], list[A
         except ValueError:
             raise argparse.ArgumentTypeError(f"expected a comma-separated list of {what}, got {text!r}") from None
 
+    parse.__name__ = f"list of {what}"
     return parse
+
+
+def _shown(text: str) -> str:
+    """A flag value as typed, quoted only when it would otherwise be invisible."""
+    return text if text.strip() else repr(text)
+
+
+def _int_at_least(minimum: int, flag: str) -> Callable[[str], int]:
+    """argparse type: an integer ``>= minimum``; the error names ``flag`` and the rule."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = None
+        if value is None or value < minimum:
+            raise argparse.ArgumentTypeError(f"{flag} must be an integer >= {minimum}, got {_shown(text)}")
+        return value
+
+    parse.__name__ = f"integer >= {minimum}"
+    return parse
+
+
+def _integer(flag: str) -> Callable[[str], int]:
+    """argparse type: any integer; the error names ``flag``."""
+
+    def parse(text: str) -> int:
+        try:
+            return int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{flag} must be an integer, got {_shown(text)}") from None
+
+    parse.__name__ = "integer"
+    return parse
+
+
+def _ratio(text: str) -> float:
+    """argparse type of ``--ratio``: a fraction in ``[0, 1)``."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = None
+    if value is None or not 0.0 <= value < 1.0:
+        raise argparse.ArgumentTypeError(f"--ratio must be a number in [0, 1), got {_shown(text)}")
+    return value
+
+
+def _device(text: str) -> str:
+    """argparse type of ``--device``: ``auto`` or a device string ``torch.device`` parses (cpu, cuda:1, ...)."""
+    from kvpress_lab.benchmarks.commands import parse_device
+
+    try:
+        return parse_device(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _shard(text: str) -> tuple[int, int]:
@@ -136,10 +215,11 @@ def _shard(text: str) -> tuple[int, int]:
     try:
         return parse_shard(text)
     except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
+        raise argparse.ArgumentTypeError(str(exc).rstrip(".")) from None
 
 
 def _positive_int(text: str) -> int:
+    """Item type of the ``--budgets``/``--lengths`` lists (the list type reports the error)."""
     value = int(text)
     if value < 1:
         raise ValueError(text)
@@ -147,22 +227,31 @@ def _positive_int(text: str) -> int:
 
 
 def _depth(text: str) -> float:
+    """Item type of the ``--depths`` list (the list type reports the error)."""
     value = float(text)
     if not 0.0 <= value <= 1.0:
         raise ValueError(text)
     return value
 
 
-def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
+def _add_model_arguments(parser: argparse.ArgumentParser, seed: bool = True) -> None:
+    """``--model --device --dtype --attn`` (and ``--seed`` where the command generates prompts)."""
     from kvpress_lab.models import EMBEDDED_MODEL_NAME
 
     parser.add_argument("--model", default=EMBEDDED_MODEL_NAME,
                         help="embedded model name (default), local checkpoint folder or hub id")
-    parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... (default: cuda when available)")
-    parser.add_argument("--dtype", default="float32", help="float32 (default), bfloat16 or float16")
+    parser.add_argument("--device", type=_device, default="auto",
+                        help="auto (default: cuda when available, else cpu), cpu, cuda, cuda:1, mps, ...")
+    parser.add_argument("--dtype", default="float32", choices=DTYPES, help="float32 (default), bfloat16 or float16")
     parser.add_argument("--attn", default="sdpa", choices=("sdpa", "eager", "flash_attention_2"),
                         help="attention implementation (default sdpa; flash_attention_2 needs a GPU and flash-attn)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the generated prompts (default 0)")
+    if seed:
+        parser.add_argument("--seed", type=_integer("--seed"), default=0, help="seed of the generated prompts (default 0)")
+
+
+#: Flags of ``run`` that shape the recipe, as ``(flag, dest)``; none of them works with ``--full``.
+_RUN_RECIPE_FLAGS = (("--scorer", "scorer"), ("--executor", "executor"), ("--window", "window"),
+                     ("--budget", "budget"), ("--ratio", "ratio"))
 
 
 def _add_run_arguments(parser: argparse.ArgumentParser) -> None:
@@ -170,24 +259,46 @@ def _add_run_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--prompt-file", help="read the prompt from this file")
     parser.add_argument("--question", help="text appended after the compressed part (needed by --mode query-agnostic)")
     which = parser.add_mutually_exclusive_group()
-    which.add_argument("--preset", help="named recipe (see `kvpress-lab list --role preset`); default pyramidkv")
-    which.add_argument("--allocator", help="allocator name, with --scorer, instead of a preset")
-    which.add_argument("--full", action="store_true", help="no compression (reference run)")
-    parser.add_argument("--scorer", help="scorer name (with --allocator)")
+    which.add_argument("--preset", help="named recipe (see `kvpress-lab list --role preset`); default pyramidkv. "
+                                        "--scorer, --executor and --window override its fields (printed)")
+    which.add_argument("--allocator", help="allocator name: a recipe from scratch instead of a preset (with --scorer)")
+    which.add_argument("--full", action="store_true", help="no compression (reference run); takes no recipe flag")
+    parser.add_argument("--scorer", help="scorer name (alone: with the uniform allocator)")
+    parser.add_argument("--executor", help="executor name (default: the recipe's; see `kvpress-lab list --role executor`)")
     size = parser.add_mutually_exclusive_group()
-    size.add_argument("--budget", type=_positive_int, help="cache entries kept per layer (default 128)")
-    size.add_argument("--ratio", type=float, help="fraction of the prompt's entries to remove, in [0, 1)")
-    parser.add_argument("--window", type=_positive_int, help="observation window W (default: the recipe's)")
+    size.add_argument("--budget", type=_int_at_least(1, "--budget"), help="cache entries kept per layer (default 128)")
+    size.add_argument("--ratio", type=_ratio, help="fraction of the prompt's entries to remove, in [0, 1)")
+    parser.add_argument("--window", type=_int_at_least(1, "--window"), help="observation window W (default: the recipe's)")
     parser.add_argument("--mode", choices=("query-aware", "query-agnostic"), default="query-aware")
     parser.add_argument("--chat", action="store_true", help="wrap prompt + question in the tokenizer's chat template")
-    parser.add_argument("--max-new-tokens", type=_positive_int, default=64)
-    _add_model_arguments(parser)
+    parser.add_argument("--max-new-tokens", type=_int_at_least(1, "--max-new-tokens"), default=64)
+    _add_model_arguments(parser, seed=False)  # greedy decoding of the user's prompt: nothing is seeded
+
+
+def _check_run_flags(args: argparse.Namespace) -> None:
+    """Flags that conflict or would do nothing together are usage errors (exit status 2)."""
+    from kvpress_lab.benchmarks.commands import UsageError
+
+    if args.full:
+        given = [flag for flag, dest in _RUN_RECIPE_FLAGS if getattr(args, dest) is not None]
+        if given:
+            raise UsageError(f"--full conflicts with {' and '.join(given)}: --full runs the uncompressed cache, so "
+                             f"{'they' if len(given) > 1 else 'it'} would be ignored; drop {' '.join(given)} or --full.")
+    if args.prompt is not None and args.prompt_file is not None:
+        raise UsageError("the prompt is given twice, as text and with --prompt-file; give one of them.")
+    if args.mode == "query-agnostic":
+        if args.chat:
+            raise UsageError("--chat conflicts with --mode query-agnostic: --chat puts --question inside the chat "
+                             "template, so nothing is left to append after compression; drop one of them.")
+        if not args.question:
+            raise UsageError("--mode query-agnostic needs --question (the text appended after the compressed prompt).")
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
     """Compress one prompt's cache, print the answer, the cache size before/after and timings."""
     from kvpress_lab.benchmarks.commands import cmd_run
 
+    _check_run_flags(args)
     if args.scorer is not None and args.allocator is None and args.preset is None:
         args.allocator = "uniform"
     if args.preset is None and args.allocator is None and not args.full:
@@ -195,15 +306,16 @@ def _cmd_run(args: argparse.Namespace) -> int:
     return cmd_run(args)
 
 
-def _add_sweep_arguments(parser: argparse.ArgumentParser, recipes: str, budgets: str, out: str) -> None:
+def _add_sweep_arguments(parser: argparse.ArgumentParser, recipes: str, budgets: str, out: str, seed: bool = True) -> None:
     parser.add_argument("--recipes", type=_comma_list(str, "preset names"), default=recipes.split(","),
                         help=f"presets to compare, 'full' = no compression (default {recipes})")
     parser.add_argument("--budgets", type=_comma_list(_positive_int, "positive integers"),
-                        default=[int(b) for b in budgets.split(",")], help=f"entries per layer (default {budgets})")
-    parser.add_argument("--window", type=_positive_int, help="override every preset's observation window")
+                        help=f"entries per layer (default {budgets})")
+    parser.set_defaults(default_budgets=[int(b) for b in budgets.split(",")])
+    parser.add_argument("--window", type=_int_at_least(1, "--window"), help="override every preset's observation window")
     parser.add_argument("--out", help=f"result file (default {out})")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
-    _add_model_arguments(parser)
+    _add_model_arguments(parser, seed=seed)
 
 
 def _add_bench_arguments(parser: argparse.ArgumentParser) -> None:
@@ -212,45 +324,69 @@ def _add_bench_arguments(parser: argparse.ArgumentParser) -> None:
     tasks = parser.add_subparsers(dest="task", metavar="TASK", required=True)
     ints, floats = _comma_list(_positive_int, "positive integers"), _comma_list(_depth, "depths in [0, 1]")
     modes = ("query-aware", "query-agnostic")
+    max_new_tokens = _int_at_least(1, "--max-new-tokens")
     for name, help_text in (("needle", "needle in a haystack over lengths x depths (heatmap)"),
                             ("ruler", "RULER-style synthetic tasks, exact match"),
                             ("longbench", "LongBench from the official JSONL files (--data-dir)")):
         task = tasks.add_parser(name, help=help_text, description=help_text)
-        _add_sweep_arguments(task, _BENCH_RECIPES, "64,128", f"results/{name}.jsonl")
+        # LongBench prompts come from the data files: no seed to give.
+        _add_sweep_arguments(task, _BENCH_RECIPES, "64,128", f"results/{name}.jsonl", seed=name != "longbench")
         task.add_argument("--shard", type=_shard, default=(0, 1), help="run only cells with index %% n == i, given as i/n")
         task.add_argument("--mode", choices=modes, default="query-aware", help="compress the question too (default) or not")
         if name == "needle":
-            task.add_argument("--lengths", type=ints, default=[1024, 2048, 4096], help="prompt tokens (default 1024,2048,4096)")
+            task.add_argument("--lengths", type=ints, default=[1024, 2048, 4096],
+                              help="prompt tokens, each >= 64 (default 1024,2048,4096)")
             task.add_argument("--depths", type=floats, default=[0.0, 0.25, 0.5, 0.75, 1.0], help="needle depths in [0, 1]")
-            task.add_argument("--max-new-tokens", type=_positive_int, default=8)
+            task.add_argument("--max-new-tokens", type=max_new_tokens, default=8)
         elif name == "ruler":
             task.add_argument("--tasks", type=_comma_list(str, "task names"), default=list(RULER_TASKS),
                               help=f"some of {','.join(RULER_TASKS)} (default all)")
-            task.add_argument("--lengths", type=ints, default=[2048], help="context tokens (default 2048)")
-            task.add_argument("--samples", type=_positive_int, default=5, help="samples per task and length (default 5)")
-            task.add_argument("--max-new-tokens", type=_positive_int, help="cap on generated tokens (default: per task)")
+            task.add_argument("--lengths", type=ints, default=[2048], help="context tokens, each >= 32 (default 2048)")
+            task.add_argument("--samples", type=_int_at_least(1, "--samples"), default=5,
+                              help="samples per task and length (default 5)")
+            task.add_argument("--max-new-tokens", type=max_new_tokens, help="cap on generated tokens (default: per task)")
         else:
             task.add_argument("--data-dir", help="folder of the official <task>.jsonl files")
             task.add_argument("--tasks", type=_comma_list(str, "task names"), help="default: every task file present")
-            task.add_argument("--limit", type=_positive_int, help="first N records of each task")
-            task.add_argument("--max-length", type=_positive_int, default=4096,
+            task.add_argument("--limit", type=_int_at_least(1, "--limit"), help="first N records of each task")
+            task.add_argument("--max-length", type=_int_at_least(2, "--max-length"), default=4096,
                               help="prompt tokens; longer prompts are cut in the middle (default 4096)")
             task.add_argument("--chat", choices=("auto", "never"), default="auto",
                               help="auto: chat template where the official script uses one (default)")
-            task.add_argument("--max-new-tokens", type=_positive_int,
+            task.add_argument("--max-new-tokens", type=max_new_tokens,
                               help="cap on generated tokens (default: the official per-task length)")
     speed = tasks.add_parser("speed", help="prefill/decoding time, KV bytes and peak memory",
                              description="prefill/decoding time, KV bytes and peak memory")
     _add_sweep_arguments(speed, "full,pyramidkv,snapkv", "128", "results/speed.json")
     speed.add_argument("--lengths", type=ints, default=[2048, 4096], help="prompt tokens (default 2048,4096)")
-    speed.add_argument("--decode-steps", type=_positive_int, default=16)
-    speed.add_argument("--repeats", type=_positive_int, default=1, help="runs per row, median reported (default 1)")
+    speed.add_argument("--decode-steps", type=_int_at_least(1, "--decode-steps"), default=16)
+    speed.add_argument("--repeats", type=_int_at_least(1, "--repeats"), default=1,
+                       help="runs per row, median reported (default 1)")
+
+
+def _resolve_budgets(args: argparse.Namespace) -> None:
+    """``--budgets`` and ``--window`` do nothing when every recipe is ``full``: a usage error.
+
+    Otherwise fill in the default budgets where ``--budgets`` was not given.
+    """
+    from kvpress_lab.benchmarks.commands import UsageError
+
+    if all(name == "full" for name in args.recipes):
+        given = [flag for flag, value in (("--budgets", args.budgets), ("--window", getattr(args, "window", None)))
+                 if value is not None]
+        if given:
+            raise UsageError(f"{' and '.join(given)} {'do' if len(given) > 1 else 'does'} nothing with --recipes "
+                             f"{','.join(args.recipes)}: 'full' runs no compression; add a preset to --recipes "
+                             f"(e.g. full,snapkv) or drop {' '.join(given)}.")
+    if args.budgets is None:
+        args.budgets = list(args.default_budgets)
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
     """Run one benchmark task; see kvpress_lab.benchmarks.bench."""
     from kvpress_lab.benchmarks.bench import cmd_bench
 
+    _resolve_budgets(args)
     return cmd_bench(args)
 
 
@@ -263,11 +399,11 @@ def _add_demo_arguments(parser: argparse.ArgumentParser) -> None:
     from_list = _comma_list(_positive_int, "positive integers")
     parser.add_argument("--out-dir", default="results/demo", help="where the JSON and PNG go (default results/demo)")
     parser.add_argument("--lengths", type=from_list, default=list(demo.DEFAULT_LENGTHS),
-                        help=f"prompt tokens (default {listed(demo.DEFAULT_LENGTHS)})")
+                        help=f"prompt tokens, each >= 64 (default {listed(demo.DEFAULT_LENGTHS)})")
     parser.add_argument("--depths", type=_comma_list(_depth, "depths in [0, 1]"), default=list(demo.DEFAULT_DEPTHS),
                         help=f"needle depths (default {listed(demo.DEFAULT_DEPTHS)})")
-    parser.add_argument("--budgets", type=from_list, default=list(demo.DEFAULT_BUDGETS),
-                        help=f"entries per layer (default {listed(demo.DEFAULT_BUDGETS)})")
+    parser.add_argument("--budgets", type=from_list, help=f"entries per layer (default {listed(demo.DEFAULT_BUDGETS)})")
+    parser.set_defaults(default_budgets=list(demo.DEFAULT_BUDGETS))
     parser.add_argument("--recipes", type=_comma_list(str, "preset names"), default=list(demo.DEFAULT_RECIPES),
                         help=f"presets compared with the full cache (default {listed(demo.DEFAULT_RECIPES)})")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -278,6 +414,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     """Needle in a haystack: full cache vs compressed caches, table + heatmap + JSON."""
     from kvpress_lab.benchmarks.commands import cmd_demo
 
+    _resolve_budgets(args)
     return cmd_demo(args)
 
 
@@ -325,9 +462,7 @@ COMMANDS: dict[str, Command] = {
 
 def build_parser() -> argparse.ArgumentParser:
     """The ``kvpress-lab`` parser, one subparser per entry of :data:`COMMANDS`."""
-    parser = argparse.ArgumentParser(
-        prog="kvpress-lab", description="Composable KV-cache compression for transformers models."
-    )
+    parser = _Parser(prog="kvpress-lab", description="Composable KV-cache compression for transformers models.")
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name, command in COMMANDS.items():
@@ -340,15 +475,19 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run ``kvpress-lab`` with ``argv`` (default ``sys.argv[1:]``) and return the exit status.
 
-    Errors raised on purpose by kvpress_lab (unknown names, broken plugins) are printed as one
-    message on stderr with status 1; usage errors exit with status 2 (argparse).
+    Every user mistake is one line on stderr, ``kvpress-lab <command>: error: <message>``. Flag
+    values that do not parse exit with status 2 (argparse), as do flags that conflict or would do
+    nothing together (errors with ``exit_status = 2``, such as ``UsageError`` of
+    ``kvpress_lab.benchmarks.commands``). Other errors raised on purpose by
+    kvpress_lab (unknown names, missing files, unavailable devices, broken plugins) return status 1.
+    Any other exception is a bug and propagates with its traceback.
     """
     args = build_parser().parse_args(argv)
     try:
         return args.handler(args)
     except KVPressLabError as exc:
-        print(f"kvpress-lab {args.command}: error: {exc}", file=sys.stderr)
-        return 1
+        print(f"kvpress-lab {args.command}: error: {_one_line(exc)}", file=sys.stderr)
+        return int(getattr(exc, "exit_status", 1))
     except BrokenPipeError:  # output piped into a reader that stopped early (`| head`)
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit
         return 1

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import pathlib
 
 import torch
@@ -23,16 +24,38 @@ def add_calibrate_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--length", type=int, default=1024, help="tokens per prompt (synthetic: exact, file: at most)")
     parser.add_argument("--window", type=int, default=32, help="observation window W (default 32)")
     parser.add_argument("--statistic", choices=STATISTICS, default="entropy", help="per-layer statistic (default entropy)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the synthetic prompts")
-    parser.add_argument("--device", default="cpu", help="torch device (default cpu)")
+    parser.add_argument("--seed", type=int, help="seed of the synthetic prompts (default 0; not with --prompts-file)")
+    parser.add_argument("--device", type=_device, default="cpu", help="torch device: cpu (default), cuda, cuda:1, mps, ...")
     parser.add_argument("--out", required=True, help="where to write the profile JSON")
 
 
+def _device(text: str) -> str:
+    """argparse type of ``--device`` (shared with the other subcommands)."""
+    from kvpress_lab.benchmarks.commands import parse_device
+
+    try:
+        return parse_device(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def run_calibrate(args: argparse.Namespace) -> int:
-    """Handler of ``kvpress-lab calibrate``: fit a profile and write it to ``--out``."""
+    """Handler of ``kvpress-lab calibrate``: fit a profile and write it to ``--out``.
+
+    Every check that needs no model (flag values, ``--model`` path, device, output path) runs
+    before the model loads.
+    """
     from kvpress_lab.analysis.synthetic import synthetic_prompts
+    from kvpress_lab.benchmarks.commands import (
+        UsageError, check_device, check_model, check_output_file, looks_like_path, model_load_error,
+    )
+    from kvpress_lab.errors import KVPressLabError
     from kvpress_lab.models import load_model
 
+    if args.prompts_file and args.seed is not None:
+        raise UsageError("--seed does nothing with --prompts-file (it seeds the synthetic prompts); "
+                         "drop --seed, or use --synthetic N instead of --prompts-file.")
+    seed = 0 if args.seed is None else args.seed
     for flag, value, minimum in (("--length", args.length, 2), ("--window", args.window, 1), ("--synthetic", args.synthetic, 1)):
         if value is not None and value < minimum:
             raise ProfileError(f"calibrate {flag} must be >= {minimum}, got {value}.")
@@ -40,9 +63,18 @@ def run_calibrate(args: argparse.Namespace) -> int:
     if args.prompts_file:
         try:
             text = pathlib.Path(args.prompts_file).read_text(encoding="utf-8")
-        except OSError as exc:
+        except (OSError, UnicodeDecodeError) as exc:
             raise ProfileError(f"calibrate cannot read --prompts-file {args.prompts_file!r}: {exc}.") from None
-    model, tokenizer = load_model(args.model, device=args.device)
+    check_model(str(args.model))
+    check_device(args.device)
+    check_output_file("--out", args.out)
+    source = os.path.expanduser(args.model) if looks_like_path(str(args.model)) else args.model
+    try:
+        model, tokenizer = load_model(source, device=args.device)
+    except KVPressLabError:
+        raise
+    except OSError as exc:
+        raise model_load_error(args.model, exc) from exc
     if args.prompts_file:
         chunks = [c.strip() for c in text.split("\n\n") if c.strip()]
         prompts = [torch.tensor(tokenizer(c, add_special_tokens=False)["input_ids"][-args.length:]) for c in chunks]
@@ -52,8 +84,8 @@ def run_calibrate(args: argparse.Namespace) -> int:
         settings = {"source": str(args.prompts_file)}
     else:
         count = 8 if args.synthetic is None else args.synthetic
-        prompts = synthetic_prompts(tokenizer, count, args.length, seed=args.seed)
-        settings = {"source": "synthetic", "seed": args.seed}
+        prompts = synthetic_prompts(tokenizer, count, args.length, seed=seed)
+        settings = {"source": "synthetic", "seed": seed}
     profile = calibrate(model, prompts, window=args.window, statistic=args.statistic, model_name=str(args.model))
     profile = dataclasses.replace(profile, settings={**profile.settings, **settings})
     path = profile.save(args.out)
