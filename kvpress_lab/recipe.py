@@ -259,15 +259,20 @@ class Recipe:
         return CompressionSession(self, model, record_indices=record_indices)
 
     def prefill(
-        self, model: PreTrainedModel, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None
+        self,
+        model: PreTrainedModel,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        *,
+        chunk_size: int | None = None,
     ) -> Cache:
-        """Run the prompt once and return its compressed cache (query-agnostic evaluation).
+        """Run the prompt once (or in chunks of ``chunk_size``) and return its compressed cache.
 
         See :func:`kvpress_lab.engine.prefill.prefill`.
         """
         from kvpress_lab.engine.prefill import prefill  # lazy: importing a Recipe loads no engine
 
-        return prefill(self, model, input_ids, attention_mask)
+        return prefill(self, model, input_ids, attention_mask, chunk_size=chunk_size)
 
 
 def _frozen_json_mapping(value: Any, where: str) -> Mapping[str, Any]:

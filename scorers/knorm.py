@@ -29,6 +29,7 @@ class KNormScorer:
     """
 
     name: ClassVar[str] = "knorm"
+    chunked_prefill: ClassVar[bool] = True  # scores from the held entries and the current chunk's queries
 
     def score(self, view: LayerView) -> torch.Tensor:
         """``(B, Hkv, T)`` float32 negated key norms."""

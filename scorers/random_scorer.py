@@ -35,6 +35,7 @@ class RandomScorer:
     """
 
     name: ClassVar[str] = "random"
+    chunked_prefill: ClassVar[bool] = True  # scores from the held entries and the current chunk's queries
     seed: int = 0
 
     def __post_init__(self) -> None:

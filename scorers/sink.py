@@ -43,6 +43,7 @@ class SinkScorer:
     """
 
     name: ClassVar[str] = "sink"
+    chunked_prefill: ClassVar[bool] = True  # scores from the held entries and the current chunk's queries
     num_sinks: int = 4
 
     def __post_init__(self) -> None:

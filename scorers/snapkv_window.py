@@ -55,6 +55,7 @@ class SnapKVWindowScorer:
     """
 
     name: ClassVar[str] = "snapkv_window"
+    chunked_prefill: ClassVar[bool] = True  # scores from the held entries and the current chunk's queries
     kernel_size: int = 7
     pooling: str = "max"
     reduction: str = "sum"

@@ -34,6 +34,7 @@ class TOVAScorer:
     """
 
     name: ClassVar[str] = "tova"
+    chunked_prefill: ClassVar[bool] = True  # scores from the held entries and the current chunk's queries
 
     def score(self, view: LayerView) -> torch.Tensor:
         """``(B, Hkv, T)`` float32 attention of the last prompt query."""

@@ -59,13 +59,30 @@ def is_compressed(cache) -> bool:
         ({"cache_implementation": "offloaded"}, "cache_implementation='offloaded'"),
         ({"cache_implementation": "quantized"}, "cache_implementation='quantized'"),
         ({"use_cache": False}, "use_cache=False"),
-        ({"prefill_chunk_size": 8}, "prefill_chunk_size=8"),
     ],
 )
 def test_generate_options_that_would_skip_compression_are_refused(model, options, fragment):
     with pytest.raises(UnsupportedCacheError, match=fragment):
         with Recipe(budget=8, window=2).apply(model):
             model.generate(random_prompt(1, 30), **GENERATE, **options)
+    assert_clean(model)
+
+
+@pytest.mark.parametrize(
+    ("recipe", "fragment"),
+    [
+        (Recipe(budget=8, window=2, scorer="h2o"), "scorer 'h2o' does not declare chunked_prefill"),
+        (Recipe.preset("adaptive", budget=8, window=2), "allocator 'adaptive' has scope 'global'"),
+        (Recipe.preset("adakv", budget=8, window=2), "head_allocation='adaptive'"),
+    ],
+)
+def test_chunked_prefill_with_a_recipe_that_cannot_chunk_is_refused(model, recipe, fragment):
+    """Before chunked compression existed, only the first chunk was compressed, silently."""
+    with pytest.raises(UnsupportedCacheError, match=f"cannot compress during a chunked prefill: .*{fragment}"):
+        with recipe.apply(model):
+            model.generate(random_prompt(1, 30), prefill_chunk_size=8, **GENERATE)
+    with pytest.raises(UnsupportedCacheError, match=fragment):
+        recipe.prefill(model, random_prompt(1, 30), chunk_size=8)
     assert_clean(model)
 
 

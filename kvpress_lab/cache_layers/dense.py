@@ -93,6 +93,10 @@ class CompressedLayer(DynamicLayer):
         counts = self.slot_valid.sum(dim=-1).cpu()  # (B,)
         return counts[:, None].expand(-1, self.keys.shape[1]).contiguous()
 
+    def dense_entries(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``(B, Hkv, P, D)`` keys and values with ``(B, P)`` slot validity: what chunked prefill re-scores."""
+        return self.keys, self.values, self.slot_valid
+
     def head_entries(self, row: int, head: int) -> tuple[torch.Tensor, torch.Tensor]:
         """``(n, D)`` keys and values of ``(row, head)``, filler slots left out."""
         valid = self.slot_valid[row]

@@ -93,6 +93,7 @@ class ModelAdapter:
         values: torch.Tensor,
         valid: torch.Tensor,
         window: int,
+        queries_from: int = 0,
     ) -> LayerView:
         """The :class:`~kvpress_lab.LayerView` of layer ``idx``: the one place views are built.
 
@@ -107,9 +108,13 @@ class ModelAdapter:
         keys, values : torch.Tensor
             ``(B, Hkv, T, D)``, the layer's cache (rotary applied to keys).
         valid : torch.Tensor
-            ``(B, T)`` bool, ``False`` on left padding.
+            ``(B, T)`` bool, ``False`` on left padding (and on filler slots).
         window : int
-            ``W`` requested; clamped to ``T``.
+            ``W`` requested; clamped to the tokens whose queries exist.
+        queries_from : int
+            First cached entry whose query can be recomputed: ``hidden`` holds the inputs of entries
+            ``queries_from:T`` (a chunk of a chunked prefill; earlier entries were kept from earlier
+            chunks). Asking for earlier queries raises a ``ValueError`` naming the limit.
         """
         module = self.attention[idx]
         cos, sin = position_embeddings
@@ -121,7 +126,7 @@ class ModelAdapter:
             window=min(window, hidden.shape[1]),
             scaling=float(module.scaling),
             num_query_heads=self.num_query_heads,
-            query_fn=functools.partial(_slice_queries, module, hidden, cos, sin),
+            query_fn=functools.partial(_slice_queries, module, hidden, cos, sin, queries_from),
         )
 
     def layer_view_from_call(self, idx: int, args: tuple, kwargs: dict, layer: object, valid: torch.Tensor, window: int) -> LayerView:
@@ -160,5 +165,13 @@ class ModelAdapter:
         return q
 
 
-def _slice_queries(module: nn.Module, hidden: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, start: int, stop: int) -> torch.Tensor:
-    return ModelAdapter.queries(module, hidden[:, start:stop], cos[:, start:stop], sin[:, start:stop])
+def _slice_queries(
+    module: nn.Module, hidden: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, offset: int, start: int, stop: int
+) -> torch.Tensor:
+    if start < offset:
+        raise ValueError(
+            f"the queries of cached entries before {offset} are gone (they were kept from earlier chunks of a chunked "
+            f"prefill); asked for {start}:{stop}. A scorer that needs them cannot score chunked prefills."
+        )
+    a, b = start - offset, stop - offset
+    return ModelAdapter.queries(module, hidden[:, a:b], cos[:, a:b], sin[:, a:b])

@@ -6,8 +6,9 @@ from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
-from transformers.cache_utils import Cache
+from transformers.cache_utils import Cache, DynamicCache
 
+from kvpress_lab.engine.chunking import check_chunkable
 from kvpress_lab.engine.decoding import disable_compressed_decoding, enable_compressed_decoding, persistent_hooks
 from kvpress_lab.engine.padding import check_left_padding, padded_positions
 from kvpress_lab.engine.session import CompressionSession
@@ -19,7 +20,14 @@ __all__ = ["prefill", "padded_positions"]
 
 
 @torch.no_grad()
-def prefill(recipe: Recipe, model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> Cache:
+def prefill(
+    recipe: Recipe,
+    model: nn.Module,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor | None = None,
+    *,
+    chunk_size: int | None = None,
+) -> Cache:
     """Run ``input_ids`` through ``model`` once and return the compressed cache.
 
     Parameters
@@ -32,6 +40,10 @@ def prefill(recipe: Recipe, model: nn.Module, input_ids: torch.Tensor, attention
         ``(B, T)`` prompt tokens (left-padded when ``B > 1``).
     attention_mask : torch.Tensor or None
         ``(B, T)``, 0 on left padding.
+    chunk_size : int or None
+        Prefill in chunks of this many tokens, compressing after each
+        (:mod:`kvpress_lab.engine.chunking`): no layer ever holds more than its budget plus one
+        chunk. ``None`` (default): one pass.
 
     Returns
     -------
@@ -52,8 +64,11 @@ def prefill(recipe: Recipe, model: nn.Module, input_ids: torch.Tensor, attention
     had_hooks = persistent_hooks(model) is not None
     enable_compressed_decoding(model)
     try:
-        with CompressionSession(recipe, model):
-            output = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=True)
+        with CompressionSession(recipe, model) as session:
+            if chunk_size is None:
+                output = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=True)
+            else:
+                output = _chunked(session, model, input_ids, attention_mask, position_ids, chunk_size)
         cache = getattr(output, "cache", None) or getattr(output, "past_key_values", None)
         if cache is None:
             raise RuntimeError(f"{type(model).__name__} returned no cache; load it with use_cache enabled.")
@@ -62,6 +77,24 @@ def prefill(recipe: Recipe, model: nn.Module, input_ids: torch.Tensor, attention
             disable_compressed_decoding(model)
         raise
     return cache
+
+
+def _chunked(session, model, input_ids, attention_mask, position_ids, chunk_size: int):
+    """Run the prompt chunk by chunk into one cache; returns the last chunk's output."""
+    check_chunkable(session.recipe, chunk_size)
+    session.begin_chunked_prefill(input_ids, attention_mask)
+    cache = DynamicCache(config=model.config)
+    output = None
+    for start in range(0, input_ids.shape[1], chunk_size):
+        stop = min(start + chunk_size, input_ids.shape[1])
+        output = model(
+            input_ids=input_ids[:, start:stop],
+            attention_mask=None if attention_mask is None else attention_mask[:, :stop],
+            position_ids=None if position_ids is None else position_ids[:, start:stop],
+            cache=cache,
+            use_cache=True,
+        )
+    return output
 
 
 def _check_prompt(model: nn.Module, input_ids: object, attention_mask: object) -> None:

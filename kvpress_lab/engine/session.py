@@ -14,6 +14,7 @@ from transformers.cache_utils import DynamicLayer
 
 from kvpress_lab.budgets import BudgetPlan, check_forced_fit, plan_budgets
 from kvpress_lab.cache_layers import check_layer
+from kvpress_lab.engine.chunking import ChunkedPrefill, check_chunkable
 from kvpress_lab.engine.decoding import DecodingHooks, PaddingCapture, cache_from_kwargs, mark_compressed, persistent_hooks
 from kvpress_lab.engine.generate_guard import GenerateCall, guard_generate
 from kvpress_lab.errors import UnsupportedCacheError
@@ -39,6 +40,8 @@ class _ScoredLayer:
 
     idx: int
     cache: object
+    keys: torch.Tensor  # (B, Hkv, T, D): what the scores index
+    values: torch.Tensor  # (B, Hkv, T, D)
     scores: torch.Tensor  # (B, Hkv, T) float32
     forced: torch.Tensor  # (B, Hkv, T) bool
     valid: torch.Tensor  # (B, T) bool
@@ -60,8 +63,10 @@ class CompressionSession:
     model run as if no recipe were applied (a model holds one session at a time; a second ``with``
     block, in any thread, raises). What cannot be compressed is refused, never run uncompressed
     silently: ``use_cache=False``, a cache other than transformers' ``DynamicCache`` (static,
-    quantized, offloaded), ``prefill_chunk_size`` (chunked prefill). A session that is created
-    but never entered (``recipe.apply(model)`` without ``with``) warns when it is discarded.
+    quantized, offloaded). ``generate(..., prefill_chunk_size=C)`` compresses after every chunk
+    (:mod:`kvpress_lab.engine.chunking`) when the recipe can, and is refused when it cannot. A
+    session that is created but never entered (``recipe.apply(model)`` without ``with``) warns
+    when it is discarded.
 
     Parameters
     ----------
@@ -104,6 +109,7 @@ class CompressionSession:
         self._handles: list[torch.utils.hooks.RemovableHandle] = []
         self._unguard = None
         self._thread: int | None = None
+        self._chunking: ChunkedPrefill | None = None
         self._entered = False
 
     def __del__(self) -> None:
@@ -185,17 +191,34 @@ class CompressionSession:
                 f"generate(cache_implementation={implementation!r}) inside `with recipe.apply(model)`: kvpress_lab "
                 "compresses transformers' default DynamicCache only. Drop cache_implementation (or pass 'dynamic')."
             )
-        if call.option("prefill_chunk_size") is not None:
-            raise UnsupportedCacheError(
-                f"generate(prefill_chunk_size={call.option('prefill_chunk_size')}) inside `with recipe.apply(model)`: "
-                "compressing during chunked prefill is not supported yet (only the first chunk would be compressed). "
-                "Prefill in one pass (drop prefill_chunk_size)."
-            )
+        chunk_size = call.option("prefill_chunk_size")
+        if chunk_size is not None:
+            check_chunkable(self.recipe, chunk_size)
+            if call.input_ids is None or (call.cache is not None and call.cache.get_seq_length() > 0):
+                raise UnsupportedCacheError(
+                    f"generate(prefill_chunk_size={chunk_size}) inside `with recipe.apply(model)` compresses a chunked "
+                    "prefill of input_ids into an empty cache; got inputs_embeds or a cache that already holds tokens."
+                )
+            self.begin_chunked_prefill(call.input_ids, call.kwargs.get("attention_mask"))
         if call.cache is not None:
             _check_cache_type(call.cache)
             for idx in self.adapter.compressible:
                 if idx < len(call.cache.layers):
                     _check_layer_type(call.cache, idx)
+
+    def begin_chunked_prefill(self, input_ids: torch.Tensor | None, attention_mask: torch.Tensor | None = None) -> None:
+        """Announce that the next forwards prefill ``input_ids`` ``(B, T)`` in chunks (into an empty cache).
+
+        Each chunk's forward is then compressed down to the budgets of the whole prompt; decoding
+        forwards after the last chunk are left alone. Called by ``generate(prefill_chunk_size=...)``
+        inside the block and by :func:`~kvpress_lab.engine.prefill.prefill` with ``chunk_size``.
+        """
+        check_chunkable(self.recipe)
+        if attention_mask is None:
+            valid = torch.ones(input_ids.shape, dtype=torch.bool, device=input_ids.device)
+        else:
+            valid = check_left_padding(attention_mask)
+        self._chunking = ChunkedPrefill(input_ids=input_ids.detach().cpu(), valid=valid)
 
     # -- hooks -----------------------------------------------------------------------------
 
@@ -210,6 +233,8 @@ class CompressionSession:
                     _check_layer_type(cache, idx)
         self._padding = self._capture_padding(args, kwargs)
         self._input_ids = kwargs.get("input_ids", args[0] if args else None)
+        if self._chunking is not None and self._next_chunk(cache, args, kwargs):
+            return  # one more chunk of the prompt: the plan of the whole prompt stays
         self.plan = None  # budgets depend on this forward's prompt; planned at its first layer
         self._pending.clear()
         self._statistics.clear()
@@ -229,6 +254,9 @@ class CompressionSession:
                 "with use_cache=True, or outside the block."
             )
         _check_cache_type(cache)
+        if self._chunking is not None:
+            self._compress_chunk(idx, kwargs, cache, hidden)
+            return
         if idx >= len(cache.layers) or hasattr(cache.layers[idx], "prepare_decoding"):
             return  # already compressed: a decoding step, or a prompt continuing a compressed cache
         _check_layer_type(cache, idx)
@@ -240,7 +268,7 @@ class CompressionSession:
             view = self.adapter.layer_view_from_call(idx, args, kwargs, layer, valid, self.recipe.window)
             scores, forced = self._score(view)
             self._statistics.append(self.recipe.strategies.allocator.layer_statistic(view).float())
-            self._pending.append(_ScoredLayer(idx, cache, scores, forced, valid))
+            self._pending.append(_ScoredLayer(idx, cache, layer.keys, layer.values, scores, forced, valid))
             return
         if self.plan is None:
             self.plan = self._plan(valid)
@@ -248,9 +276,11 @@ class CompressionSession:
             return
         view = self.adapter.layer_view_from_call(idx, args, kwargs, layer, valid, self.recipe.window)
         scores, forced = self._score(view)
-        self._evict(_ScoredLayer(idx, cache, scores, forced, valid))
+        self._evict(_ScoredLayer(idx, cache, layer.keys, layer.values, scores, forced, valid))
 
     def _end_forward(self, module: nn.Module, args: tuple, kwargs: dict, output: object) -> None:
+        if self._mine() and self._chunking is not None and self._chunking.stop >= self._chunking.total:
+            self._chunking = None  # the last chunk ran: what follows is decoding
         if not self._mine() or not self._pending:
             return
         pending, self._pending = self._pending, []
@@ -278,7 +308,50 @@ class CompressionSession:
             )
         return check_left_padding(padding).to(hidden.device)
 
-    def _score(self, view: LayerView) -> tuple[torch.Tensor, torch.Tensor]:
+    # -- chunked prefill -------------------------------------------------------------------
+
+    def _next_chunk(self, cache: object, args: tuple, kwargs: dict) -> bool:
+        """Set the current chunk's token range; ``False`` once the whole prompt has been seen."""
+        chunk = self._chunking
+        past = 0 if cache is None else cache.get_seq_length()
+        inputs = kwargs.get("input_ids", args[0] if args else None)
+        inputs = kwargs.get("inputs_embeds") if inputs is None else inputs
+        if past >= chunk.total or inputs is None:
+            self._chunking = None
+            return False
+        chunk.start, chunk.stop = past, past + inputs.shape[1]
+        if past == 0:
+            self.plan = None
+        return True
+
+    def _compress_chunk(self, idx: int, kwargs: dict, cache: object, hidden: torch.Tensor) -> None:
+        """Cut layer ``idx`` back to the whole prompt's budget after one chunk's forward."""
+        chunk = self._chunking
+        layer = cache.layers[idx]
+        if type(layer) is DynamicLayer:  # nothing evicted yet: it holds every token so far
+            keys, values, valid = layer.keys, layer.values, chunk.valid[:, : chunk.stop].to(layer.keys.device)
+        elif hasattr(layer, "dense_entries"):
+            keys, values, valid = layer.dense_entries()  # (B, Hkv, P, D) x2, (B, P)
+        else:
+            raise UnsupportedCacheError(
+                f"Chunked prefill re-compresses layers that expose dense_entries(); layer {idx} is a "
+                f"{type(layer).__name__} (executor {self.recipe.executor!r}). Prefill in one pass."
+            )
+        if self.plan is None:
+            self.plan = plan_budgets(self.recipe.strategies.allocator, self.recipe.budget_spec, chunk.real_lengths,
+                                     len(self.adapter.compressible), self.adapter.num_kv_heads)
+        real = valid.sum(dim=-1).cpu()  # (B,) entries held per row
+        keep = torch.minimum(self.plan.keep[:, self._ordinal[idx]], real)
+        if bool((keep >= real).all()):
+            return  # still within budget
+        held, new = keys.shape[2], hidden.shape[1]
+        view = self.adapter.layer_view(idx, hidden, kwargs["position_embeddings"], keys, values, valid,
+                                       self.recipe.window, queries_from=held - new)
+        scores, forced = self._score(view, kept_window=min(self.recipe.window, held))
+        self._evict(_ScoredLayer(idx, cache, keys, values, scores, forced, valid), layer_keep=keep,
+                    tokens=chunk.tokens_so_far())
+
+    def _score(self, view: LayerView, kept_window: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         scorer = self.recipe.strategies.scorer
         scores = scorer.score(view)
         expected = (view.batch_size, view.num_kv_heads, view.seq_len)
@@ -292,14 +365,16 @@ class CompressionSession:
                 "scores must be finite (float16 overflow? compute scores in float32)."
             )
         positions = torch.arange(view.seq_len, device=view.device)
-        forced = (positions >= view.seq_len - view.window).expand(view.batch_size, view.num_kv_heads, -1)
+        window = view.window if kept_window is None else kept_window  # a chunk may hold fewer queries than W
+        forced = (positions >= view.seq_len - window).expand(view.batch_size, view.num_kv_heads, -1)
         extra = getattr(scorer, "forced_keep", None)
         extra = extra(view) if extra is not None else None
         return scores, forced if extra is None else forced | extra
 
-    def _evict(self, scored: _ScoredLayer) -> None:
+    def _evict(self, scored: _ScoredLayer, layer_keep: torch.Tensor | None = None, tokens: torch.Tensor | None = None) -> None:
         strategies = self.recipe.strategies
-        layer_keep = self.plan.keep[:, self._ordinal[scored.idx]]  # (B,) on the CPU
+        if layer_keep is None:
+            layer_keep = self.plan.keep[:, self._ordinal[scored.idx]]  # (B,) on the CPU
         forced = scored.forced & scored.valid[:, None, :]
         check_forced_fit(forced.sum(dim=-1), layer_keep[:, None])  # a scorer's forced entries fit every head
         if self.recipe.head_allocation == "adaptive":
@@ -308,10 +383,10 @@ class CompressionSession:
             keep = layer_keep[:, None].expand(-1, scored.scores.shape[1]).contiguous()  # (B, Hkv)
         selection = strategies.executor.select(scored.scores, keep, forced, scored.valid)
         layer = scored.cache.layers[scored.idx]
-        built = strategies.executor.build_layer(layer.keys, layer.values, selection, layer.get_seq_length())
+        built = strategies.executor.build_layer(scored.keys, scored.values, selection, layer.get_seq_length())
         check_layer(built, strategies.executor.name)
         scored.cache.layers[scored.idx] = built
-        mark_compressed(scored.cache, self._input_ids)
+        mark_compressed(scored.cache, self._input_ids if tokens is None else tokens)
         if self.record_indices:
             self.selections[scored.idx] = selection
 

@@ -45,7 +45,8 @@ def select_top_k(scores: torch.Tensor, keep: torch.Tensor, forced: torch.Tensor,
     scores : torch.Tensor
         ``(B, Hkv, T)`` float32.
     keep : torch.Tensor
-        ``(B, Hkv)`` int64 on the CPU: entries to keep per row and head.
+        ``(B, Hkv)`` int64 on the CPU: entries to keep per row and head (0 for a row that holds no
+        real token yet, such as a left-padded row in the first chunk of a chunked prefill).
     forced : torch.Tensor
         ``(B, Hkv, T)`` bool: entries kept whatever their score.
     candidates : torch.Tensor
@@ -72,8 +73,11 @@ def select_top_k(scores: torch.Tensor, keep: torch.Tensor, forced: torch.Tensor,
         raise ValueError(f"keep must be (B, Hkv)={(batch, heads)}, got {tuple(keep.shape)}.")
     if keep.device.type != "cpu":
         raise ValueError("keep must be a CPU tensor (budgets are decided on the host, before any gather).")
-    if int(keep.min()) < 1 or int(keep.max()) > length:
-        raise ValueError(f"keep must lie in [1, T={length}], got values in [{int(keep.min())}, {int(keep.max())}].")
+    if int(keep.min()) < 0 or int(keep.max()) > length or int(keep.max()) < 1:
+        raise ValueError(
+            f"keep must lie in [0, T={length}] with at least one entry kept somewhere, got values in "
+            f"[{int(keep.min())}, {int(keep.max())}]."
+        )
     device = scores.device
     keep_dev = keep.to(device)
     forced = forced & candidates[:, None, :]

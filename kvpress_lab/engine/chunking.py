@@ -1,0 +1,90 @@
+"""Chunked prefill with compression: the prompt arrives in chunks, every layer is cut back after each.
+
+A prompt of ``T`` tokens prefilled in chunks of ``C`` (transformers' ``generate(...,
+prefill_chunk_size=C)``, or :func:`~kvpress_lab.engine.prefill.prefill` with ``chunk_size``)
+is compressed after every chunk: each full-attention layer then holds at most its budget plus
+one chunk, instead of the whole prompt. Budgets refer to the final prompt length, known when
+the chunked prefill starts, so the last chunk leaves exactly what one-shot compression would
+keep in number (not necessarily in which entries: a chunk's scorer sees only the queries of
+that chunk, never those of later tokens).
+
+What can be scored from a chunk: a scorer declares ``chunked_prefill = True`` when it needs only
+the keys and values held and the queries of the current chunk (window attention, recency, key
+norms, ...). Scorers that need every prompt query (``h2o``), allocators of scope ``"global"``
+and per-head (ragged) budgets are refused with a clear error.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from kvpress_lab.errors import UnsupportedCacheError
+
+__all__ = ["ChunkedPrefill", "check_chunkable"]
+
+
+@dataclass
+class ChunkedPrefill:
+    """The chunked prefill a session is running.
+
+    Parameters
+    ----------
+    input_ids : torch.Tensor or None
+        ``(B, T)`` ids of the whole prompt (``None`` when it runs on embeddings).
+    valid : torch.Tensor
+        ``(B, T)`` bool padding of the whole prompt (left padding only).
+    start, stop : int
+        Token range of the chunk being run.
+    """
+
+    input_ids: torch.Tensor | None
+    valid: torch.Tensor
+
+    def __post_init__(self) -> None:
+        self.start = 0
+        self.stop = 0
+
+    @property
+    def total(self) -> int:
+        """``T``, the whole prompt's length (padding included)."""
+        return self.valid.shape[1]
+
+    @property
+    def real_lengths(self) -> list[int]:
+        """Real tokens of each row of the whole prompt."""
+        return [int(n) for n in self.valid.sum(dim=-1).tolist()]
+
+    def tokens_so_far(self) -> torch.Tensor | None:
+        """``(B, stop)`` ids consumed up to the end of the current chunk."""
+        return None if self.input_ids is None else self.input_ids[:, : self.stop]
+
+
+def check_chunkable(recipe: object, chunk_size: int | None = None) -> None:
+    """Refuse a recipe that cannot compress during a chunked prefill, naming what and why.
+
+    Raises
+    ------
+    UnsupportedCacheError
+        For a scorer that does not declare ``chunked_prefill``, a ``"global"`` allocator, per-head
+        budgets, or a chunk size below 1.
+    """
+    if chunk_size is not None and (isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1):
+        raise UnsupportedCacheError(f"prefill chunk size must be an integer >= 1, got {chunk_size!r}.")
+    strategies = recipe.strategies
+    reasons = []
+    if not getattr(strategies.scorer, "chunked_prefill", False):
+        reasons.append(
+            f"scorer {recipe.scorer!r} does not declare chunked_prefill = True (it may need the queries of every prompt "
+            "token, which a chunk no longer has)"
+        )
+    if strategies.allocator.scope != "static":
+        reasons.append(f"allocator {recipe.allocator!r} has scope {strategies.allocator.scope!r} (it needs every layer of the whole prompt)")
+    if recipe.head_allocation != "uniform":
+        reasons.append("head_allocation='adaptive' (per-head layers are not re-compressed between chunks yet)")
+    if reasons:
+        raise UnsupportedCacheError(
+            "This recipe cannot compress during a chunked prefill: " + "; ".join(reasons) + ". Prefill in one pass "
+            "(drop prefill_chunk_size / chunk_size), or pick a chunkable recipe (snapkv, pyramidkv, streamingllm, ...)."
+        )
