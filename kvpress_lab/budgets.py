@@ -67,6 +67,7 @@ def check_minimum_kept(
     source: BudgetSource,
     prompt_length: int | None = None,
     scorer: str = "",
+    field: str = "budget",
 ) -> None:
     """The budget rule: a budget that compresses must hold the ``min_kept`` entries every layer keeps.
 
@@ -87,6 +88,8 @@ def check_minimum_kept(
         always passes. ``None``: the prompt is not known yet (checked for every length).
     scorer : str
         Named in the message.
+    field : str
+        The recipe field named in the message (``"budget"``, ``"decode_budget"``).
 
     Raises
     ------
@@ -110,12 +113,12 @@ def check_minimum_kept(
         )
     if min_kept == window:
         raise ValueError(
-            f"Recipe.budget must be >= window={window} (the observation window is always kept and counts inside the "
-            f"budget), got budget={budget}. Raise the budget or shrink the window."
+            f"Recipe.{field} must be >= window={window} (the observation window is always kept and counts inside the "
+            f"budget), got {field}={budget}. Raise the budget or shrink the window."
         )
     raise ValueError(
-        f"Recipe.budget must be >= {min_kept} for scorer {scorer!r} (its forced entries plus the window of {window}), "
-        f"got budget={budget}."
+        f"Recipe.{field} must be >= {min_kept} for scorer {scorer!r} (its forced entries plus the window of {window}), "
+        f"got {field}={budget}."
     )
 
 

@@ -8,11 +8,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, NamedTuple
 
-from kvpress_lab.budgets import BudgetSpec, minimum_kept
+from kvpress_lab.budgets import BudgetSpec, check_minimum_kept, minimum_kept
 from kvpress_lab.frozen_mapping import FrozenMapping
 from kvpress_lab.head_allocation import HEAD_ALLOCATIONS
 from kvpress_lab.registry import Role, get_registry
-from kvpress_lab.validation import check_choice, check_float, check_int
+from kvpress_lab.validation import check_bool, check_choice, check_float, check_int
 
 if TYPE_CHECKING:
     import torch
@@ -75,6 +75,16 @@ class Recipe:
         Hyperparameters of each strategy (its dataclass fields). Must be JSON-serialisable.
     preset_name : str or None
         Name of the preset this recipe came from, recorded for reports; informational only.
+    decode_budget : int or None
+        Decoding-time compression: every ``compress_every`` generated tokens, each layer that
+        holds ``decode_budget + compress_every`` entries or more is cut back to ``decode_budget``
+        (per-layer budgets from the allocator), scored with the queries of the most recent
+        tokens (kvpress's DecodingPress). ``None`` (default): decoding is never compressed.
+    compress_every : int
+        ``N``, tokens generated between two decoding-time compressions (default 16).
+    compress_prefill : bool
+        Compress the prefill (default ``True``); ``False`` with ``decode_budget`` compresses the
+        generation only.
 
     Examples
     --------
@@ -101,6 +111,9 @@ class Recipe:
     scorer_kwargs: Mapping[str, Any] = field(default_factory=dict)
     executor_kwargs: Mapping[str, Any] = field(default_factory=dict)
     preset_name: str | None = None
+    decode_budget: int | None = None
+    compress_every: int = 16
+    compress_prefill: bool = True
 
     def __post_init__(self) -> None:
         check_int("Recipe", "window", self.window, minimum=1)
@@ -120,6 +133,15 @@ class Recipe:
         object.__setattr__(self, "head_floor", check_float("Recipe", "head_floor", self.head_floor, minimum=0.0, maximum=1.0))
         if self.executor is None:
             object.__setattr__(self, "executor", "ragged" if self.head_allocation == "adaptive" else "gather")
+        check_int("Recipe", "compress_every", self.compress_every, minimum=1)
+        check_bool("Recipe", "compress_prefill", self.compress_prefill)
+        if self.decode_budget is not None:
+            check_int("Recipe", "decode_budget", self.decode_budget, minimum=1)
+            if self.head_allocation != "uniform":
+                raise ValueError("Recipe.decode_budget does not combine with head_allocation='adaptive' yet (per-head "
+                                 "layers are not re-compressed during decoding); use head_allocation='uniform'.")
+        elif not self.compress_prefill:
+            raise ValueError("Recipe.compress_prefill=False compresses nothing unless decode_budget is set; set decode_budget.")
         if self.preset_name is not None and not isinstance(self.preset_name, str):
             raise TypeError(f"Recipe.preset_name must be a string or None, got {type(self.preset_name).__name__}.")
         built = Strategies(
@@ -136,6 +158,9 @@ class Recipe:
             )
         spec = BudgetSpec(self.budget, self.compression_ratio, self.window, minimum_kept(self.window, built.scorer), self.scorer)
         object.__setattr__(self, "_budget_spec", spec)
+        if self.decode_budget is not None:
+            check_minimum_kept(self.decode_budget, spec.min_kept, window=self.window, source="recipe", scorer=self.scorer,
+                               field="decode_budget")
 
     def _build(self, role: Role, name: Any, kwargs_field: str) -> Any:
         if not isinstance(name, str):
@@ -163,6 +188,14 @@ class Recipe:
     def budget_spec(self) -> BudgetSpec:
         """The budget numbers the engine plans with (see :mod:`kvpress_lab.budgets`)."""
         return self._budget_spec  # type: ignore[attr-defined]
+
+    @property
+    def decode_spec(self) -> BudgetSpec | None:
+        """The budget numbers of decoding-time compression, or ``None`` when it is off."""
+        if self.decode_budget is None:
+            return None
+        spec = self.budget_spec
+        return BudgetSpec(self.decode_budget, None, spec.window, spec.min_kept, spec.scorer)
 
     @property
     def minimum_budget(self) -> int:

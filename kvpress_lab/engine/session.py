@@ -20,6 +20,7 @@ from kvpress_lab.engine.generate_guard import GenerateCall, guard_generate
 from kvpress_lab.errors import UnsupportedCacheError
 from kvpress_lab.engine.families import ModelAdapter
 from kvpress_lab.engine.padding import check_left_padding
+from kvpress_lab.engine.recent_inputs import RecentInputs
 from kvpress_lab.head_allocation import adaptive_head_budgets
 from kvpress_lab.layer_view import LayerView
 from kvpress_lab.protocols import Selection
@@ -110,6 +111,8 @@ class CompressionSession:
         self._unguard = None
         self._thread: int | None = None
         self._chunking: ChunkedPrefill | None = None
+        self._recent = {idx: RecentInputs(recipe.window) for idx in self.adapter.compressible}  # decoding compression
+        self._decode_plan: BudgetPlan | None = None
         self._entered = False
 
     def __del__(self) -> None:
@@ -236,6 +239,7 @@ class CompressionSession:
         if self._chunking is not None and self._next_chunk(cache, args, kwargs):
             return  # one more chunk of the prompt: the plan of the whole prompt stays
         self.plan = None  # budgets depend on this forward's prompt; planned at its first layer
+        self._decode_plan = None
         self._pending.clear()
         self._statistics.clear()
 
@@ -257,12 +261,19 @@ class CompressionSession:
         if self._chunking is not None:
             self._compress_chunk(idx, kwargs, cache, hidden)
             return
-        if idx >= len(cache.layers) or hasattr(cache.layers[idx], "prepare_decoding"):
-            return  # already compressed: a decoding step, or a prompt continuing a compressed cache
+        if idx >= len(cache.layers):
+            return
         _check_layer_type(cache, idx)
         layer = cache.layers[idx]
-        if layer.get_seq_length() != length or length < 2:
-            return  # not a prefill of an empty cache (decoding step or continued prefill)
+        if hasattr(layer, "prepare_decoding") or layer.get_seq_length() != length or length < 2:
+            # not a prefill of an empty cache: a decoding step, or a prompt continuing a cache
+            if self.recipe.decode_budget is not None:
+                self._compress_decoding(idx, kwargs, cache, hidden)
+            return
+        self._recent[idx].reset()
+        self._recent[idx].add(hidden, kwargs["position_embeddings"])
+        if not self.recipe.compress_prefill:
+            return
         valid = self._valid_mask(hidden, length)
         if self._global:
             view = self.adapter.layer_view_from_call(idx, args, kwargs, layer, valid, self.recipe.window)
@@ -350,6 +361,41 @@ class CompressionSession:
         scores, forced = self._score(view, kept_window=min(self.recipe.window, held))
         self._evict(_ScoredLayer(idx, cache, keys, values, scores, forced, valid), layer_keep=keep,
                     tokens=chunk.tokens_so_far())
+
+    # -- decoding-time compression ---------------------------------------------------------
+
+    def _compress_decoding(self, idx: int, kwargs: dict, cache: object, hidden: torch.Tensor) -> None:
+        """Cut layer ``idx`` back to its decoding budget once a row holds ``compress_every`` entries more."""
+        recent = self._recent[idx]
+        recent.add(hidden, kwargs["position_embeddings"])
+        layer = cache.layers[idx]
+        if type(layer) is DynamicLayer:  # never compressed: every token is held
+            held = layer.keys.shape[2]
+            padding = self._padding
+            valid = (padding[:, -held:] if padding is not None and padding.shape[-1] >= held
+                     else torch.ones(hidden.shape[0], held, dtype=torch.bool, device=hidden.device))
+            keys, values, valid = layer.keys, layer.values, valid.to(layer.keys.device)
+        elif hasattr(layer, "dense_entries"):
+            keys, values, valid = layer.dense_entries()
+        else:
+            raise UnsupportedCacheError(
+                f"Decoding-time compression re-compresses layers that expose dense_entries(); layer {idx} is a "
+                f"{type(layer).__name__} (executor {self.recipe.executor!r})."
+            )
+        real = valid.sum(dim=-1).cpu()  # (B,)
+        if self._decode_plan is None:  # once per forward: budgets for the tokens seen so far
+            seen = layer.get_seq_length()
+            lengths = ([seen] * hidden.shape[0] if self._padding is None
+                       else [int(n) for n in self._padding.sum(dim=-1).tolist()])
+            self._decode_plan = plan_budgets(self.recipe.strategies.allocator, self.recipe.decode_spec, lengths,
+                                             len(self.adapter.compressible), self.adapter.num_kv_heads)
+        keep = torch.minimum(self._decode_plan.keep[:, self._ordinal[idx]], real)
+        if not bool((real >= keep + self.recipe.compress_every).any()):
+            return
+        view = self.adapter.layer_view(idx, recent.hidden, (recent.cos, recent.sin), keys, values, valid,
+                                       self.recipe.window, queries_from=keys.shape[2] - len(recent))
+        scores, forced = self._score(view, kept_window=min(self.recipe.window, keys.shape[2]))
+        self._evict(_ScoredLayer(idx, cache, keys, values, scores, forced, valid), layer_keep=keep)
 
     def _score(self, view: LayerView, kept_window: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         scorer = self.recipe.strategies.scorer
