@@ -14,6 +14,7 @@ from transformers.cache_utils import DynamicLayer
 
 from kvpress_lab.budgets import BudgetPlan, check_forced_fit, plan_budgets
 from kvpress_lab.cache_layers import check_layer
+from kvpress_lab.engine.cache_checks import check_cache, check_generate_options, held_entries
 from kvpress_lab.engine.chunking import ChunkedPrefill, check_chunkable
 from kvpress_lab.engine.decoding import DecodingHooks, PaddingCapture, cache_from_kwargs, mark_compressed, persistent_hooks
 from kvpress_lab.engine.generate_guard import GenerateCall, guard_generate
@@ -32,7 +33,6 @@ __all__ = ["CompressionSession"]
 
 _ACTIVE_ATTR = "_kvpress_lab_session"
 _ATTACH_LOCK = threading.Lock()  # makes "is a session applied? then apply mine" atomic across threads
-_DEFAULT_CACHES = (None, "dynamic")
 
 
 @dataclass
@@ -180,34 +180,13 @@ class CompressionSession:
         return threading.get_ident() == self._thread
 
     def _check_generate(self, call: GenerateCall) -> None:
-        """Refuse ``generate`` options under which the prefill would not be compressed."""
+        """Refuse ``generate`` options under which the prefill would not be compressed; arm chunked prefill."""
         if not self._mine():
             return
-        if call.option("use_cache") is False:
-            raise UnsupportedCacheError(
-                "generate(use_cache=False) inside `with recipe.apply(model)`: without a KV cache there is nothing to "
-                "compress, and the run would be uncompressed. Drop use_cache=False, or generate outside the block."
-            )
-        implementation = call.option("cache_implementation")
-        if implementation not in _DEFAULT_CACHES:
-            raise UnsupportedCacheError(
-                f"generate(cache_implementation={implementation!r}) inside `with recipe.apply(model)`: kvpress_lab "
-                "compresses transformers' default DynamicCache only. Drop cache_implementation (or pass 'dynamic')."
-            )
-        chunk_size = call.option("prefill_chunk_size")
+        chunk_size = check_generate_options(call, self.adapter.compressible)
         if chunk_size is not None:
             check_chunkable(self.recipe, chunk_size)
-            if call.input_ids is None or (call.cache is not None and call.cache.get_seq_length() > 0):
-                raise UnsupportedCacheError(
-                    f"generate(prefill_chunk_size={chunk_size}) inside `with recipe.apply(model)` compresses a chunked "
-                    "prefill of input_ids into an empty cache; got inputs_embeds or a cache that already holds tokens."
-                )
             self.begin_chunked_prefill(call.input_ids, call.kwargs.get("attention_mask"))
-        if call.cache is not None:
-            _check_cache_type(call.cache)
-            for idx in self.adapter.compressible:
-                if idx < len(call.cache.layers):
-                    _check_layer_type(call.cache, idx)
 
     def begin_chunked_prefill(self, input_ids: torch.Tensor | None, attention_mask: torch.Tensor | None = None) -> None:
         """Announce that the next forwards prefill ``input_ids`` ``(B, T)`` in chunks (into an empty cache).
@@ -230,10 +209,7 @@ class CompressionSession:
             return
         cache = cache_from_kwargs(kwargs)
         if cache is not None:  # refuse before the model runs (an offloaded cache prefetches layers first)
-            _check_cache_type(cache)
-            for idx in self.adapter.compressible:
-                if idx < len(cache.layers):
-                    _check_layer_type(cache, idx)
+            check_cache(cache, self.adapter.compressible)
         self._padding = self._capture_padding(args, kwargs)
         self._input_ids = kwargs.get("input_ids", args[0] if args else None)
         if self._chunking is not None and self._next_chunk(cache, args, kwargs):
@@ -257,13 +233,12 @@ class CompressionSession:
                 "`with recipe.apply(model)`: there is nothing to compress, and the run would be uncompressed. Call it "
                 "with use_cache=True, or outside the block."
             )
-        _check_cache_type(cache)
+        check_cache(cache, (idx,))
         if self._chunking is not None:
             self._compress_chunk(idx, kwargs, cache, hidden)
             return
         if idx >= len(cache.layers):
             return
-        _check_layer_type(cache, idx)
         layer = cache.layers[idx]
         if hasattr(layer, "prepare_decoding") or layer.get_seq_length() != length or length < 2:
             # not a prefill of an empty cache: a decoding step, or a prompt continuing a cache
@@ -338,64 +313,47 @@ class CompressionSession:
     def _compress_chunk(self, idx: int, kwargs: dict, cache: object, hidden: torch.Tensor) -> None:
         """Cut layer ``idx`` back to the whole prompt's budget after one chunk's forward."""
         chunk = self._chunking
-        layer = cache.layers[idx]
-        if type(layer) is DynamicLayer:  # nothing evicted yet: it holds every token so far
-            keys, values, valid = layer.keys, layer.values, chunk.valid[:, : chunk.stop].to(layer.keys.device)
-        elif hasattr(layer, "dense_entries"):
-            keys, values, valid = layer.dense_entries()  # (B, Hkv, P, D) x2, (B, P)
-        else:
-            raise UnsupportedCacheError(
-                f"Chunked prefill re-compresses layers that expose dense_entries(); layer {idx} is a "
-                f"{type(layer).__name__} (executor {self.recipe.executor!r}). Prefill in one pass."
-            )
+        keys, values, valid = held_entries(cache.layers[idx], chunk.valid[:, : chunk.stop], "Chunked prefill")
         if self.plan is None:
             self.plan = plan_budgets(self.recipe.strategies.allocator, self.recipe.budget_spec, chunk.real_lengths,
                                      len(self.adapter.compressible), self.adapter.num_kv_heads)
-        real = valid.sum(dim=-1).cpu()  # (B,) entries held per row
-        keep = torch.minimum(self.plan.keep[:, self._ordinal[idx]], real)
-        if bool((keep >= real).all()):
-            return  # still within budget
-        held, new = keys.shape[2], hidden.shape[1]
-        view = self.adapter.layer_view(idx, hidden, kwargs["position_embeddings"], keys, values, valid,
-                                       self.recipe.window, queries_from=held - new)
-        scores, forced = self._score(view, kept_window=min(self.recipe.window, held))
-        self._evict(_ScoredLayer(idx, cache, keys, values, scores, forced, valid), layer_keep=keep,
-                    tokens=chunk.tokens_so_far())
-
-    # -- decoding-time compression ---------------------------------------------------------
+        keep = torch.minimum(self.plan.keep[:, self._ordinal[idx]], valid.sum(dim=-1).cpu())
+        self._recompress(idx, cache, keys, values, valid, keep, 0, hidden, kwargs["position_embeddings"],
+                         tokens=chunk.tokens_so_far())
 
     def _compress_decoding(self, idx: int, kwargs: dict, cache: object, hidden: torch.Tensor) -> None:
         """Cut layer ``idx`` back to its decoding budget once a row holds ``compress_every`` entries more."""
         recent = self._recent[idx]
         recent.add(hidden, kwargs["position_embeddings"])
         layer = cache.layers[idx]
-        if type(layer) is DynamicLayer:  # never compressed: every token is held
-            held = layer.keys.shape[2]
-            padding = self._padding
-            valid = (padding[:, -held:] if padding is not None and padding.shape[-1] >= held
+        held = layer.keys.shape[2] if type(layer) is DynamicLayer else 0
+        padding = self._padding
+        all_valid = (padding[:, -held:] if padding is not None and padding.shape[-1] >= held
                      else torch.ones(hidden.shape[0], held, dtype=torch.bool, device=hidden.device))
-            keys, values, valid = layer.keys, layer.values, valid.to(layer.keys.device)
-        elif hasattr(layer, "dense_entries"):
-            keys, values, valid = layer.dense_entries()
-        else:
-            raise UnsupportedCacheError(
-                f"Decoding-time compression re-compresses layers that expose dense_entries(); layer {idx} is a "
-                f"{type(layer).__name__} (executor {self.recipe.executor!r})."
-            )
-        real = valid.sum(dim=-1).cpu()  # (B,)
+        keys, values, valid = held_entries(layer, all_valid, "Decoding-time compression")
         if self._decode_plan is None:  # once per forward: budgets for the tokens seen so far
-            seen = layer.get_seq_length()
-            lengths = ([seen] * hidden.shape[0] if self._padding is None
-                       else [int(n) for n in self._padding.sum(dim=-1).tolist()])
+            lengths = ([layer.get_seq_length()] * hidden.shape[0] if padding is None
+                       else [int(n) for n in padding.sum(dim=-1).tolist()])
             self._decode_plan = plan_budgets(self.recipe.strategies.allocator, self.recipe.decode_spec, lengths,
                                              len(self.adapter.compressible), self.adapter.num_kv_heads)
-        keep = torch.minimum(self._decode_plan.keep[:, self._ordinal[idx]], real)
-        if not bool((real >= keep + self.recipe.compress_every).any()):
-            return
-        view = self.adapter.layer_view(idx, recent.hidden, (recent.cos, recent.sin), keys, values, valid,
-                                       self.recipe.window, queries_from=keys.shape[2] - len(recent))
-        scores, forced = self._score(view, kept_window=min(self.recipe.window, keys.shape[2]))
-        self._evict(_ScoredLayer(idx, cache, keys, values, scores, forced, valid), layer_keep=keep)
+        keep = torch.minimum(self._decode_plan.keep[:, self._ordinal[idx]], valid.sum(dim=-1).cpu())
+        self._recompress(idx, cache, keys, values, valid, keep, self.recipe.compress_every, recent.hidden,
+                         (recent.cos, recent.sin))
+
+    def _recompress(self, idx, cache, keys, values, valid, keep, slack: int, hidden, position_embeddings, tokens=None) -> None:
+        """Evict layer ``idx``'s held entries down to ``keep`` ``(B,)`` once some row holds ``keep + slack`` or more.
+
+        ``hidden`` / ``position_embeddings`` are the inputs of the *last* held entries (a chunk, or the
+        latest decoded tokens): the only queries a scorer gets. The last ``W`` entries stay.
+        """
+        real = valid.sum(dim=-1).cpu()  # (B,) entries held per row
+        if not bool((real >= keep + max(slack, 1)).any()):
+            return  # within budget (+ slack)
+        held = keys.shape[2]
+        view = self.adapter.layer_view(idx, hidden, position_embeddings, keys, values, valid, self.recipe.window,
+                                       queries_from=held - hidden.shape[1])
+        scores, forced = self._score(view, kept_window=min(self.recipe.window, held))
+        self._evict(_ScoredLayer(idx, cache, keys, values, scores, forced, valid), layer_keep=keep, tokens=tokens)
 
     def _score(self, view: LayerView, kept_window: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         scorer = self.recipe.strategies.scorer
@@ -435,23 +393,3 @@ class CompressionSession:
         mark_compressed(scored.cache, self._input_ids if tokens is None else tokens)
         if self.record_indices:
             self.selections[scored.idx] = selection
-
-
-
-def _check_cache_type(cache: object) -> None:
-    """Refuse caches whose layers the engine cannot compress or that move layers behind its back."""
-    if getattr(cache, "offloading", False):
-        raise UnsupportedCacheError(
-            f"This {type(cache).__name__} offloads its layers (offloading=True, cache_implementation='offloaded'); "
-            "kvpress_lab cannot compress an offloaded cache. Use the default DynamicCache."
-        )
-
-
-def _check_layer_type(cache: object, idx: int) -> None:
-    """Refuse a full-attention layer that is neither a DynamicLayer nor already compressed (static, quantized)."""
-    layer = cache.layers[idx]
-    if type(layer) is not DynamicLayer and not hasattr(layer, "prepare_decoding"):
-        raise UnsupportedCacheError(
-            f"Layer {idx} of the {type(cache).__name__} is a {type(layer).__name__}; kvpress_lab compresses "
-            "transformers' DynamicLayer (the default DynamicCache of generate). Use the default cache."
-        )
