@@ -86,7 +86,7 @@ def _bench_needle(args: argparse.Namespace) -> int:
                   prepare=lambda tokenizer: check_needle_lengths(args.lengths, args.depths, tokenizer, seed=args.seed))
     print(needle_table(needle_summary(rows)))
     png = pathlib.Path(args.out or "results/needle.jsonl").expanduser().with_suffix(".png")
-    print(f"Wrote {plot_needle_heatmap(rows, png)}")
+    print(f"Wrote {plot_needle_heatmap(rows, png, model=args.model)}")
     return 0
 
 

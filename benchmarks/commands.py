@@ -26,8 +26,8 @@ from kvpress_lab.errors import KVPressLabError
 __all__ = [
     "BenchmarkInputError", "UsageError", "DEVICE_TYPES", "parse_device", "resolve_device", "check_device",
     "looks_like_path", "check_model", "check_model_arguments", "check_output_file", "check_output_dir",
-    "check_needle_lengths", "load", "model_load_error", "recipe_entries", "run_recipe", "cmd_run", "cmd_demo", "cmd_plot",
-    "full_cache_nbytes",
+    "check_needle_lengths", "load", "model_load_error", "recipe_entries", "run_recipe", "run_result", "cmd_run", "cmd_demo",
+    "cmd_plot",
 ]
 
 #: Device types ``--device`` accepts (besides ``auto``).
@@ -299,18 +299,6 @@ def _preset_with_overrides(name: str, overrides: dict[str, Any], echo: Any) -> A
     return recipe
 
 
-def full_cache_nbytes(model: Any, prompt_tokens: int) -> int:
-    """Bytes an uncompressed cache of ``prompt_tokens`` tokens holds (sliding-window layers capped)."""
-    config = model.config
-    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
-    kv_heads = getattr(config, "num_key_value_heads", None) or config.num_attention_heads
-    element = next(model.parameters()).element_size()
-    kinds = getattr(config, "layer_types", None) or ["full_attention"] * config.num_hidden_layers
-    window = getattr(config, "sliding_window", None)
-    tokens = [min(prompt_tokens, window) if kind == "sliding_attention" and window else prompt_tokens for kind in kinds]
-    return sum(2 * kv_heads * t * head_dim * element for t in tokens)
-
-
 def cmd_run(args: argparse.Namespace) -> int:
     """One recipe on one prompt: answer, cache size before/after, timings."""
     from kvpress_lab.benchmarks.generation import generate_answer
@@ -340,19 +328,52 @@ def cmd_run(args: argparse.Namespace) -> int:
         raise BenchmarkInputError("--mode query-agnostic needs --question (the part appended after compression).")
     result = generate_answer(model, tokenizer, recipe, prompt, question, mode=args.mode,
                              max_new_tokens=args.max_new_tokens)
-    before = full_cache_nbytes(model, result.prompt_tokens)
+    if getattr(args, "json", False):
+        print(json.dumps(run_result(args, recipe, result), indent=2))
+        return 0
+    report = result.cache
     print(result.text.strip())
     print("-" * 60, file=sys.stderr)
     label = "full cache" if recipe is None else (recipe.preset_name or f"{recipe.allocator}+{recipe.scorer}")
     print(f"recipe        {label}: {'-' if recipe is None else recipe.to_json()}", file=sys.stderr)
     print(f"prompt        {result.prompt_tokens} tokens, {args.mode}", file=sys.stderr)
-    print(f"KV cache      {human_bytes(before)} before -> {human_bytes(result.kv_bytes)} after "
-          f"({100 * result.kv_bytes / before:.1f}%)", file=sys.stderr)
+    if report is not None:
+        print(f"KV cache      {human_bytes(report.uncompressed_bytes)} before -> {human_bytes(report.total_bytes)} "
+              f"after ({100 * report.ratio:.1f}%, uncompressed size computed from the shapes)", file=sys.stderr)
     print(f"prefill       {result.prefill_s:.2f} s" + (" (compression included)" if recipe else ""), file=sys.stderr)
     if args.mode == "query-agnostic":
         print(f"question      {result.question_s:.2f} s", file=sys.stderr)
     print(f"decoding      {1000 * result.decode_step_s:.1f} ms/token over {result.new_tokens} tokens", file=sys.stderr)
+    if report is not None:
+        print("", file=sys.stderr)
+        print(report.table(), file=sys.stderr)
     return 0
+
+
+def run_result(args: argparse.Namespace, recipe: Any, result: Any) -> dict[str, Any]:
+    """The JSON document of ``kvpress-lab run --json``: answer, recipe, cache report and timings.
+
+    ``recipe`` is ``null`` for ``--full``; ``cache`` is :meth:`CacheReport.to_dict
+    <kvpress_lab.cache_reports.CacheReport.to_dict>` of the cache right after prefill; times are
+    seconds (``decode_step_s`` is ``null`` when no decoding step ran).
+    """
+    import math
+
+    decode = result.decode_step_s
+    return {
+        "answer": result.text.strip(),
+        "model": args.model,
+        "mode": args.mode,
+        "recipe": None if recipe is None else json.loads(recipe.to_json()),
+        "prompt_tokens": result.prompt_tokens,
+        "new_tokens": result.new_tokens,
+        "cache": None if result.cache is None else result.cache.to_dict(),
+        "timings": {
+            "prefill_s": result.prefill_s,
+            "question_s": result.question_s,
+            "decode_step_s": None if decode is None or math.isnan(decode) else decode,
+        },
+    }
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -375,15 +396,17 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def cmd_plot(args: argparse.Namespace) -> int:
     """Result files -> one PNG (needle heatmap or budget-vs-score curves)."""
     from kvpress_lab.benchmarks.plot import plot_rows
-    from kvpress_lab.benchmarks.results import read_rows
+    from kvpress_lab.benchmarks.results import read_meta, read_rows
 
     rows: list[dict[str, Any]] = []
+    models: list[str] = []
     for name in args.files:
         path = pathlib.Path(name)
         if not path.is_file():
             raise BenchmarkInputError(f"result file {path} does not exist.")
         try:
             rows += read_rows(path)
+            models += [str(meta["model"]) for meta in read_meta(path) if meta.get("model")]
         except json.JSONDecodeError as exc:
             raise BenchmarkInputError(f"{path} is not JSON: {exc}") from exc
         except (ValueError, KeyError, AttributeError) as exc:  # JSON, but not a result file (or not text)
@@ -393,7 +416,7 @@ def cmd_plot(args: argparse.Namespace) -> int:
         rows = [r for r in rows if r.get("task") == args.task]
     out = check_output_file("--out", args.out) if args.out else pathlib.Path(args.files[0]).with_suffix(".png")
     try:
-        written = plot_rows(rows, out, title=args.title)
+        written = plot_rows(rows, out, title=args.title, model=", ".join(dict.fromkeys(models)) or None)
     except ValueError as exc:
         raise BenchmarkInputError(str(exc)) from exc
     print(f"Wrote {written} from {len(rows)} rows.")

@@ -98,7 +98,7 @@ def run_demo(
     )
     json_path = write_result_file(out / "needle.json", meta, rows, summary)
     heatmap = plot_needle_heatmap(rows, out / "needle_heatmap.png",
-                                  title=f"Needle in a haystack, {model_name} (query-aware)")
+                                  title="Needle in a haystack", model=str(model_name))
     seconds = time.perf_counter() - start
     if echo:
         print()

@@ -20,30 +20,15 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 
+from kvpress_lab.cache_reports import CacheReport, cache_report
+
 if TYPE_CHECKING:
     from kvpress_lab import Recipe
 
-__all__ = ["MODES", "GenerationResult", "ForwardTimer", "cache_nbytes", "generate_answer"]
+__all__ = ["MODES", "GenerationResult", "ForwardTimer", "generate_answer"]
 
 Mode = Literal["query-aware", "query-agnostic"]
 MODES: tuple[str, ...] = ("query-aware", "query-agnostic")
-
-
-def cache_nbytes(cache: Any) -> int:
-    """Bytes held by a cache's keys and values, summed over layers.
-
-    Uses ``layer.nbytes()`` where a layer provides it (:class:`~kvpress_lab.cache_layers.dense.CompressedLayer`,
-    which also counts its slot-validity mask), else ``keys`` + ``values``.
-    """
-    total = 0
-    for layer in getattr(cache, "layers", ()):
-        if callable(getattr(layer, "nbytes", None)):
-            total += int(layer.nbytes())
-            continue
-        for tensor in (getattr(layer, "keys", None), getattr(layer, "values", None)):
-            if isinstance(tensor, torch.Tensor):
-                total += tensor.numel() * tensor.element_size()
-    return total
 
 
 def _synchronize(device: torch.device) -> None:
@@ -56,13 +41,15 @@ class ForwardTimer:
     """Times every top-level forward of ``model`` while attached; records the cache after the first.
 
     ``durations[0]`` is the prefill of a ``generate`` call (compression included when a recipe is
-    applied), the others are decoding steps. ``first_cache_bytes`` is :func:`cache_nbytes` of the
-    cache returned by the first forward, i.e. what decoding starts from.
+    applied), the others are decoding steps. ``first_cache`` is the
+    ``cache_report`` of the cache returned by the first forward, i.e. what
+    decoding starts from (``None`` when that forward returned no cache).
     """
 
     model: torch.nn.Module
     durations: list[float] = field(default_factory=list)
-    first_cache_bytes: int | None = None
+    first_cache: CacheReport | None = None
+    _seen_first: bool = False
     _start: float = 0.0
     _handles: list[Any] = field(default_factory=list)
 
@@ -76,9 +63,10 @@ class ForwardTimer:
         def after(module: torch.nn.Module, args: tuple, output: Any) -> None:
             _synchronize(device)
             self.durations.append(time.perf_counter() - self._start)
-            if self.first_cache_bytes is None:
+            if not self._seen_first:
+                self._seen_first = True
                 cache = getattr(output, "cache", None) or getattr(output, "past_key_values", None)
-                self.first_cache_bytes = cache_nbytes(cache) if cache is not None else 0
+                self.first_cache = cache_report(cache) if cache is not None else None
 
         self._handles = [self.model.register_forward_pre_hook(before), self.model.register_forward_hook(after)]
         return self
@@ -106,7 +94,13 @@ class GenerationResult:
     decode_step_s : float
         Mean seconds per decoding step (forward of one token), NaN when no step ran.
     kv_bytes : int
-        Cache bytes right after prefill (query-agnostic: after the context's prefill).
+        Cache bytes right after prefill (query-agnostic: after the context's prefill), i.e.
+        ``cache.total_bytes``.
+    new_tokens : int
+        Tokens generated.
+    cache : CacheReport or None
+        ``kvpress_lab.cache_report`` of the cache right after prefill (the same moment as
+        ``kv_bytes``): per-layer entries and bytes, and the ratio to the uncompressed cache.
     """
 
     text: str
@@ -116,6 +110,7 @@ class GenerationResult:
     decode_step_s: float
     kv_bytes: int
     new_tokens: int = 0
+    cache: CacheReport | None = None
 
 
 def _mean(values: list[float]) -> float:
@@ -166,7 +161,7 @@ def generate_answer(
             else:
                 with recipe.apply(model):
                     output = model.generate(full_ids, **options)
-        prefill_s, steps, kv_bytes = timer.durations[0], timer.durations[1:], timer.first_cache_bytes or 0
+        prefill_s, steps, report = timer.durations[0], timer.durations[1:], timer.first_cache
     else:
         _synchronize(device)
         start = time.perf_counter()
@@ -175,7 +170,7 @@ def generate_answer(
         else:
             cache = recipe.prefill(model, context_ids)
         _synchronize(device)
-        prefill_s, kv_bytes = time.perf_counter() - start, cache_nbytes(cache)
+        prefill_s, report = time.perf_counter() - start, cache_report(cache)
         with ForwardTimer(model) as timer:
             output = model.generate(full_ids, cache=copy.deepcopy(cache), **options)
         question_s, steps = timer.durations[0], timer.durations[1:]
@@ -186,6 +181,7 @@ def generate_answer(
         prefill_s=prefill_s,
         question_s=question_s,
         decode_step_s=_mean(steps),
-        kv_bytes=kv_bytes,
+        kv_bytes=0 if report is None else report.total_bytes,
         new_tokens=int(new.numel()),
+        cache=report,
     )

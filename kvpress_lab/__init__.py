@@ -2,12 +2,16 @@
 
 A compression method is a :class:`Recipe` of three roles, each a plugin registered by name:
 an *allocator* (entries per layer), a *scorer* (which entries matter) and an *executor*
-(selection and gather). Importing this package patches nothing and loads no model.
+(selection and gather). Importing this package patches nothing and loads no model; the names
+whose modules need torch (:class:`Recipe`, :class:`LayerView`, the protocols) are imported on
+first use. :func:`cache_report` describes what a (compressed) KV cache holds.
 """
 
 from __future__ import annotations
 
+import importlib
 from importlib.metadata import PackageNotFoundError, version
+from typing import TYPE_CHECKING
 
 from kvpress_lab.errors import (
     CacheReuseError,
@@ -19,11 +23,9 @@ from kvpress_lab.errors import (
     UnsupportedCacheError,
     UnsupportedModelError,
 )
+from kvpress_lab.cache_reports import CacheReport, LayerReport, cache_report
 from kvpress_lab.hookspecs import hookimpl
-from kvpress_lab.layer_view import LayerView
 from kvpress_lab.presets import Preset
-from kvpress_lab.protocols import Allocator, BudgetRequest, Executor, Scorer, Selection
-from kvpress_lab.recipe import Recipe
 from kvpress_lab.registry import (
     available,
     get_registry,
@@ -34,6 +36,40 @@ from kvpress_lab.registry import (
     unregister_plugin,
 )
 
+if TYPE_CHECKING:
+    from kvpress_lab.layer_view import LayerView
+    from kvpress_lab.protocols import Allocator, BudgetRequest, Executor, Scorer, Selection
+    from kvpress_lab.ask import Answer, ask
+    from kvpress_lab.recipe import Recipe
+
+#: Public names whose modules import torch: loaded on first access (PEP 562), so that importing
+#: ``kvpress_lab`` (and ``kvpress-lab --help``) stays light.
+_LAZY = {
+    "Recipe": "kvpress_lab.recipe",
+    "LayerView": "kvpress_lab.layer_view",
+    "BudgetRequest": "kvpress_lab.protocols",
+    "Selection": "kvpress_lab.protocols",
+    "Allocator": "kvpress_lab.protocols",
+    "Scorer": "kvpress_lab.protocols",
+    "Executor": "kvpress_lab.protocols",
+    "ask": "kvpress_lab.ask",
+    "Answer": "kvpress_lab.ask",
+}
+
+
+def __getattr__(name: str) -> object:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'kvpress_lab' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value  # later look-ups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_LAZY})
+
+
 try:
     __version__ = version("kvpress-lab")
 except PackageNotFoundError:  # running from a source tree that was never installed
@@ -43,6 +79,11 @@ __all__ = [
     "__version__",
     "Recipe",
     "Preset",
+    "cache_report",
+    "CacheReport",
+    "LayerReport",
+    "ask",
+    "Answer",
     "hookimpl",
     "available",
     "get_registry",

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import json
 import os
 import re
@@ -70,11 +71,63 @@ class Command:
         Adds the subcommand's options to its parser.
     run : Callable[[argparse.Namespace], int]
         The handler; returns the process exit status.
+    examples : tuple of str
+        Command lines shown under "examples:" at the end of the subcommand's ``--help``.
     """
 
     help: str
     add_arguments: Callable[[argparse.ArgumentParser], None]
     run: Callable[[argparse.Namespace], int]
+    examples: tuple[str, ...] = ()
+
+
+class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Every option's default in its help line; descriptions and example epilogs kept as written.
+
+    An option whose help already states its default (``... (default 128)``) is left alone, as
+    are defaults that mean "not given" (``None``, ``False``).
+    """
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help
+        default = action.default
+        if (text is None or text is argparse.SUPPRESS or not action.option_strings or default in (None, False)
+                or default is argparse.SUPPRESS or "default" in text or isinstance(action, argparse._VersionAction)):
+            return text
+        return f"{text} (default: {_shown_default(default)})"
+
+
+def _shown_default(value: Any) -> str:
+    """A default as it would be typed on the command line (lists comma-separated), ``%``-escaped for argparse."""
+    if isinstance(value, (list, tuple)):
+        value = ",".join(f"{v:g}" if isinstance(v, float) else str(v) for v in value)
+    return str(value).replace("%", "%%")
+
+
+def _epilog(examples: Sequence[str]) -> str | None:
+    """The ``examples:`` block of a ``--help``."""
+    if not examples:
+        return None
+    return "examples:\n" + "\n".join(f"  {line}" for line in examples)
+
+
+class _LazySubParsers(argparse._SubParsersAction):
+    """Subparsers whose options are added only when their command is the one being parsed.
+
+    ``kvpress-lab --help``, ``--version`` and ``list`` then never run the other commands'
+    ``add_arguments`` (which import torch, transformers and the benchmarks).
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.pending: dict[str, Callable[[], None]] = {}
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any,
+                 option_string: str | None = None) -> None:
+        fill = self.pending.pop(values[0], None) if values else None
+        if fill is not None:
+            fill()
+        super().__call__(parser, namespace, values, option_string)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -83,7 +136,7 @@ class Command:
 
 
 def _add_list_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--role", choices=ROLES, help="show only this role")
+    parser.add_argument("--role", choices=ROLES, help="show only this role (default: every role)")
     parser.add_argument("--json", action="store_true", help="print a JSON list instead of a table")
 
 
@@ -269,9 +322,14 @@ def _add_run_arguments(parser: argparse.ArgumentParser) -> None:
     size.add_argument("--budget", type=_int_at_least(1, "--budget"), help="cache entries kept per layer (default 128)")
     size.add_argument("--ratio", type=_ratio, help="fraction of the prompt's entries to remove, in [0, 1)")
     parser.add_argument("--window", type=_int_at_least(1, "--window"), help="observation window W (default: the recipe's)")
-    parser.add_argument("--mode", choices=("query-aware", "query-agnostic"), default="query-aware")
+    parser.add_argument("--mode", choices=("query-aware", "query-agnostic"), default="query-aware",
+                        help="query-aware: compress prompt + question; query-agnostic: compress the prompt, then append "
+                             "--question")
     parser.add_argument("--chat", action="store_true", help="wrap prompt + question in the tokenizer's chat template")
-    parser.add_argument("--max-new-tokens", type=_int_at_least(1, "--max-new-tokens"), default=64)
+    parser.add_argument("--max-new-tokens", type=_int_at_least(1, "--max-new-tokens"), default=64,
+                        help="greedy-decoded tokens at most")
+    parser.add_argument("--json", action="store_true",
+                        help="print one JSON object on stdout (answer, recipe, cache report, timings) instead of text")
     _add_model_arguments(parser, seed=False)  # greedy decoding of the user's prompt: nothing is seeded
 
 
@@ -318,6 +376,16 @@ def _add_sweep_arguments(parser: argparse.ArgumentParser, recipes: str, budgets:
     _add_model_arguments(parser, seed=seed)
 
 
+#: ``kvpress-lab bench <task> --help`` examples.
+_BENCH_EXAMPLES: dict[str, tuple[str, ...]] = {
+    "needle": ("kvpress-lab bench needle --lengths 1024,2048 --budgets 64,128",
+               "kvpress-lab bench needle --recipes full,snapkv --shard 0/2 --out results/needle-0.jsonl"),
+    "ruler": ("kvpress-lab bench ruler --tasks niah_single,variable_tracking --lengths 2048 --samples 5",),
+    "longbench": ("kvpress-lab bench longbench --data-dir data/longbench --tasks qasper --limit 20",),
+    "speed": ("kvpress-lab bench speed --lengths 2048,4096 --budgets 128 --repeats 3",),
+}
+
+
 def _add_bench_arguments(parser: argparse.ArgumentParser) -> None:
     from kvpress_lab.benchmarks.ruler import TASKS as RULER_TASKS
 
@@ -328,16 +396,18 @@ def _add_bench_arguments(parser: argparse.ArgumentParser) -> None:
     for name, help_text in (("needle", "needle in a haystack over lengths x depths (heatmap)"),
                             ("ruler", "RULER-style synthetic tasks, exact match"),
                             ("longbench", "LongBench from the official JSONL files (--data-dir)")):
-        task = tasks.add_parser(name, help=help_text, description=help_text)
+        task = tasks.add_parser(name, help=help_text, description=help_text, formatter_class=parser.formatter_class,
+                                epilog=_epilog(_BENCH_EXAMPLES[name]))
         # LongBench prompts come from the data files: no seed to give.
         _add_sweep_arguments(task, _BENCH_RECIPES, "64,128", f"results/{name}.jsonl", seed=name != "longbench")
-        task.add_argument("--shard", type=_shard, default=(0, 1), help="run only cells with index %% n == i, given as i/n")
+        task.add_argument("--shard", type=_shard, default=(0, 1),
+                          help="run only cells with index %% n == i, given as i/n (default 0/1: every cell)")
         task.add_argument("--mode", choices=modes, default="query-aware", help="compress the question too (default) or not")
         if name == "needle":
             task.add_argument("--lengths", type=ints, default=[1024, 2048, 4096],
                               help="prompt tokens, each >= 64 (default 1024,2048,4096)")
             task.add_argument("--depths", type=floats, default=[0.0, 0.25, 0.5, 0.75, 1.0], help="needle depths in [0, 1]")
-            task.add_argument("--max-new-tokens", type=max_new_tokens, default=8)
+            task.add_argument("--max-new-tokens", type=max_new_tokens, default=8, help="greedy-decoded tokens at most")
         elif name == "ruler":
             task.add_argument("--tasks", type=_comma_list(str, "task names"), default=list(RULER_TASKS),
                               help=f"some of {','.join(RULER_TASKS)} (default all)")
@@ -356,10 +426,12 @@ def _add_bench_arguments(parser: argparse.ArgumentParser) -> None:
             task.add_argument("--max-new-tokens", type=max_new_tokens,
                               help="cap on generated tokens (default: the official per-task length)")
     speed = tasks.add_parser("speed", help="prefill/decoding time, KV bytes and peak memory",
-                             description="prefill/decoding time, KV bytes and peak memory")
+                             description="prefill/decoding time, KV bytes and peak memory",
+                             formatter_class=parser.formatter_class, epilog=_epilog(_BENCH_EXAMPLES["speed"]))
     _add_sweep_arguments(speed, "full,pyramidkv,snapkv", "128", "results/speed.json")
     speed.add_argument("--lengths", type=ints, default=[2048, 4096], help="prompt tokens (default 2048,4096)")
-    speed.add_argument("--decode-steps", type=_int_at_least(1, "--decode-steps"), default=16)
+    speed.add_argument("--decode-steps", type=_int_at_least(1, "--decode-steps"), default=16,
+                       help="decoding steps timed per run")
     speed.add_argument("--repeats", type=_int_at_least(1, "--repeats"), default=1,
                        help="runs per row, median reported (default 1)")
 
@@ -422,7 +494,7 @@ def _add_plot_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("files", nargs="+", help="result files (.json from demo/speed, .jsonl from bench)")
     parser.add_argument("--out", help="PNG to write (default: the first file with .png)")
     parser.add_argument("--task", help="keep only rows of this task (ruler/longbench files)")
-    parser.add_argument("--title", help="figure title")
+    parser.add_argument("--title", help="figure title (default: model, mode and budget of the rows)")
 
 
 def _cmd_plot(args: argparse.Namespace) -> int:
@@ -451,24 +523,51 @@ def _cmd_calibrate(args: argparse.Namespace) -> int:
 
 #: Subcommands by name, in ``--help`` order.
 COMMANDS: dict[str, Command] = {
-    "list": Command("list registered allocators, scorers, executors and presets", _add_list_arguments, _cmd_list),
-    "run": Command("compress one prompt's cache: answer, cache size before/after, timings", _add_run_arguments, _cmd_run),
-    "bench": Command("benchmarks: needle | ruler | longbench | speed", _add_bench_arguments, _cmd_bench),
-    "demo": Command("needle in a haystack on the embedded model: full cache vs compressed", _add_demo_arguments, _cmd_demo),
-    "plot": Command("result files -> PNG (needle heatmap or budget-vs-score curves)", _add_plot_arguments, _cmd_plot),
-    "calibrate": Command("fit a per-layer budget profile for the `learned` allocator", _add_calibrate_arguments, _cmd_calibrate),
+    "list": Command("list registered allocators, scorers, executors and presets", _add_list_arguments, _cmd_list,
+                    ("kvpress-lab list", "kvpress-lab list --role scorer", "kvpress-lab list --role preset --json")),
+    "run": Command("compress one prompt's cache: answer, cache size before/after, timings", _add_run_arguments, _cmd_run,
+                   ("kvpress-lab run 'The capital of France is'",
+                    "kvpress-lab run --prompt-file doc.txt --question ' Who wrote it?' --preset snapkv --budget 64",
+                    "kvpress-lab run --prompt-file doc.txt --mode query-agnostic --question ' Summary:' --ratio 0.75",
+                    "kvpress-lab run --prompt-file doc.txt --full --json > full.json")),
+    "bench": Command("benchmarks: needle | ruler | longbench | speed", _add_bench_arguments, _cmd_bench,
+                     tuple(line for lines in _BENCH_EXAMPLES.values() for line in lines[:1])),
+    "demo": Command("needle in a haystack on the embedded model: full cache vs compressed", _add_demo_arguments, _cmd_demo,
+                    ("kvpress-lab demo", "kvpress-lab demo --lengths 1024 --budgets 64 --recipes snapkv,pyramidkv")),
+    "plot": Command("result files -> PNG (needle heatmap or budget-vs-score curves)", _add_plot_arguments, _cmd_plot,
+                    ("kvpress-lab plot results/demo/needle.json",
+                     "kvpress-lab plot results/ruler.jsonl --task variable_tracking --out ruler-vt.png")),
+    "calibrate": Command("fit a per-layer budget profile for the `learned` allocator", _add_calibrate_arguments,
+                         _cmd_calibrate,
+                         ("kvpress-lab calibrate --out profile.json",
+                          "kvpress-lab calibrate --prompts-file prompts.txt --length 2048 --out profile.json")),
 }
 
+#: ``kvpress-lab --help`` examples.
+_EXAMPLES = ("kvpress-lab list", "kvpress-lab demo", "kvpress-lab run --prompt-file doc.txt --preset pyramidkv --budget 128",
+             "kvpress-lab <command> --help")
 
-def build_parser() -> argparse.ArgumentParser:
-    """The ``kvpress-lab`` parser, one subparser per entry of :data:`COMMANDS`."""
-    parser = _Parser(prog="kvpress-lab", description="Composable KV-cache compression for transformers models.")
+
+def build_parser(*, lazy: bool = False) -> argparse.ArgumentParser:
+    """The ``kvpress-lab`` parser, one subparser per entry of :data:`COMMANDS`.
+
+    With ``lazy=True`` (what :func:`main` uses) a subcommand's options are added only when that
+    subcommand is parsed, so ``--help``, ``--version`` and ``list`` import nothing heavy; the
+    default builds every subparser in full (for the docs and for introspection).
+    """
+    parser = _Parser(prog="kvpress-lab", description="Composable KV-cache compression for transformers models.",
+                     formatter_class=_HelpFormatter, epilog=_epilog(_EXAMPLES))
+    parser.register("action", "parsers", _LazySubParsers)
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name, command in COMMANDS.items():
-        sub = subparsers.add_parser(name, help=command.help, description=command.help)
-        command.add_arguments(sub)
+        sub = subparsers.add_parser(name, help=command.help, description=command.help, formatter_class=_HelpFormatter,
+                                    epilog=_epilog(command.examples))
         sub.set_defaults(handler=command.run)
+        if lazy:
+            subparsers.pending[name] = functools.partial(command.add_arguments, sub)
+        else:
+            command.add_arguments(sub)
     return parser
 
 
@@ -482,7 +581,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     kvpress_lab (unknown names, missing files, unavailable devices, broken plugins) return status 1.
     Any other exception is a bug and propagates with its traceback.
     """
-    args = build_parser().parse_args(argv)
+    args = build_parser(lazy=True).parse_args(argv)
     try:
         return args.handler(args)
     except KVPressLabError as exc:

@@ -1,4 +1,8 @@
-"""Plot an attention funnel: entropy and coverage against depth (needs matplotlib, ``kvpress-lab[bench]``)."""
+"""Plot an attention funnel: entropy and coverage against depth (needs matplotlib, ``kvpress-lab[bench]``).
+
+Colours are from the colour-blind-safe Okabe-Ito palette (blue, orange); the title names the model,
+the prompt length and the observation window (the funnel is measured on the full cache: no budget).
+"""
 
 from __future__ import annotations
 
@@ -41,12 +45,12 @@ def plot_funnel(report: FunnelReport, path: str | os.PathLike[str]) -> pathlib.P
     length = sum(report.prompt_lengths) / max(len(report.prompt_lengths), 1)
     fig, (top, bottom) = plt.subplots(2, 1, sharex=True, figsize=(7, 6))
     try:
-        top.plot(report.layers, report.entropy, marker="o", color="tab:blue")
-        top.axhline(math.log(max(length, 1)), color="tab:blue", linestyle="--", linewidth=1, label="uniform (log T)")
+        top.plot(report.layers, report.entropy, marker="o", color="#0072B2")
+        top.axhline(math.log(max(length, 1)), color="#0072B2", linestyle="--", linewidth=1, label="uniform (log T)")
         top.set_ylabel("entropy (nats)")
         top.legend(loc="best")
-        bottom.plot(report.layers, report.coverage, marker="o", color="tab:orange")
-        bottom.axhline(report.mass * length, color="tab:orange", linestyle="--", linewidth=1, label=f"uniform ({report.mass:g} T)")
+        bottom.plot(report.layers, report.coverage, marker="o", color="#E69F00")
+        bottom.axhline(report.mass * length, color="#E69F00", linestyle="--", linewidth=1, label=f"uniform ({report.mass:g} T)")
         bottom.set_yscale("log")  # a few wide layers would otherwise flatten the rest
         bottom.set_ylabel(f"tokens holding {100 * report.mass:g}% of the mass")
         bottom.set_xlabel("layer")

@@ -7,7 +7,6 @@ import json
 import pytest
 
 from kvpress_lab import Recipe
-from kvpress_lab.benchmarks.commands import full_cache_nbytes
 from kvpress_lab.benchmarks.demo import run_demo
 from kvpress_lab.benchmarks.generation import generate_answer
 from kvpress_lab.benchmarks.speed import measure_speed
@@ -26,7 +25,11 @@ def test_compressed_cache_is_smaller_and_a_large_budget_is_the_identity(tiny_lla
     prompt_tokens = len(CONTEXT) + len(QUESTION)
     assert full.prompt_tokens == small.prompt_tokens == prompt_tokens
     context_tokens = prompt_tokens if mode == "query-aware" else len(CONTEXT)
-    assert full.kv_bytes == full_cache_nbytes(tiny_llama, context_tokens)
+    config = tiny_llama.config  # the full cache: 2 (K, V) x Hkv x T x D float32 entries per layer
+    full_bytes = config.num_hidden_layers * 2 * config.num_key_value_heads * context_tokens * config.head_dim * 4
+    assert full.kv_bytes == full_bytes == full.cache.total_bytes == full.cache.uncompressed_bytes
+    assert full.cache.ratio == 1.0 and small.cache.uncompressed_bytes == full_bytes
+    assert small.kv_bytes == small.cache.total_bytes and small.cache.ratio < 0.25
     assert small.kv_bytes < full.kv_bytes / 4
     assert huge.text == full.text and full.new_tokens == 5
     assert full.prefill_s > 0 and full.decode_step_s > 0

@@ -40,6 +40,10 @@ def test_embedded_name_matching(name: str, expected: bool) -> None:
         ({"attn_implementation": ""}, TypeError),
         ({"device": "not-a-device"}, ValueError),
         ({"device": 0.5}, TypeError),
+        ({"dtype": "automatic"}, ValueError),
+        ({"device_map": 1.5}, TypeError),
+        ({"device_map": True}, TypeError),
+        ({"device": "cpu", "device_map": "cpu"}, ValueError),
     ],
 )
 def test_load_model_rejects_bad_arguments(kwargs: dict[str, object], error: type[Exception]) -> None:
@@ -50,6 +54,54 @@ def test_load_model_rejects_bad_arguments(kwargs: dict[str, object], error: type
 # ---------------------------------------------------------------------------------------
 # The real model (converted once per machine, loaded once per module)
 # ---------------------------------------------------------------------------------------
+
+
+def test_device_map_needs_accelerate(monkeypatch: pytest.MonkeyPatch) -> None:
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "accelerate" else real(name, *a))
+    with pytest.raises(ValueError, match="accelerate"):
+        load_model(device_map="auto")
+
+
+@pytest.fixture()
+def bf16_checkpoint(tmp_path: pathlib.Path, converted_checkpoint: pathlib.Path) -> pathlib.Path:
+    """A tiny random Llama saved in bfloat16, with the embedded model's tokenizer files."""
+    import shutil
+
+    from helpers.tiny_models import tiny_model
+
+    tiny_model("llama").to(torch.bfloat16).save_pretrained(tmp_path)
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        shutil.copy(converted_checkpoint / name, tmp_path / name)
+    return tmp_path
+
+
+def test_auto_dtype_is_the_checkpoints_own(bf16_checkpoint: pathlib.Path) -> None:
+    model, _ = load_model(str(bf16_checkpoint), dtype="auto")
+    assert model.dtype == torch.bfloat16
+    model, _ = load_model(str(bf16_checkpoint))  # the default stays float32
+    assert model.dtype == torch.float32
+
+
+def test_device_map_and_other_options_reach_from_pretrained(bf16_checkpoint: pathlib.Path, monkeypatch) -> None:
+    from transformers import AutoModelForCausalLM
+
+    seen: dict[str, object] = {}
+    real = AutoModelForCausalLM.from_pretrained
+
+    def spy(*args, **kwargs):
+        seen.update(kwargs)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(AutoModelForCausalLM, "from_pretrained", spy)
+    model, _ = load_model(str(bf16_checkpoint), dtype="auto", device_map="cpu", revision="main")
+    assert (seen["dtype"], seen["device_map"], seen["revision"]) == ("auto", "cpu", "main")
+    assert model.device.type == "cpu" and model.dtype == torch.bfloat16 and not model.training
+    seen.clear()
+    load_model(str(bf16_checkpoint))
+    assert "device_map" not in seen  # without device_map the model is moved with .to(device)
 
 
 @pytest.fixture(scope="module")
@@ -93,3 +145,12 @@ def test_other_names_go_to_from_pretrained(converted_checkpoint: pathlib.Path) -
     assert model.dtype == torch.bfloat16
     assert model.config._attn_implementation == "eager"
     assert tokenizer.padding_side == "left"
+
+
+@pytest.mark.slow
+def test_embedded_model_honours_auto_dtype_and_device_map(converted_checkpoint: pathlib.Path) -> None:
+    model, tokenizer = load_model("embedded", dtype="auto", device_map="cpu")
+    assert model.dtype == torch.float32  # the converted checkpoint is float32
+    assert model.device.type == "cpu" and tokenizer.padding_side == "left"
+    model, _ = load_model("embedded", dtype="bfloat16", device_map="auto")
+    assert model.dtype == torch.bfloat16
