@@ -67,3 +67,16 @@ def test_the_offline_example_runs_as_written(converted_checkpoint, tmp_path):
     assert len(summary) == 1, result.stdout
     assert re.fullmatch(r"KV cache: [\d.]+ \w?i?B of [\d.]+ \w?i?B uncompressed \([\d.]+%\), 30 layers "
                         r"\(\d+ compressed\), 1 row", summary[0]), summary[0]
+
+
+def test_the_ask_many_example_runs_as_written_and_prints_what_the_readme_says(converted_checkpoint, tmp_path):
+    text = section("Using it from Python")
+    code = next(block for block in python_blocks(text) if "ask(" in block)
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600, cwd=tmp_path,
+                            env=env, check=False)
+    assert result.returncode == 0, result.stderr[-3000:]
+    documented = text[text.index("```python\n" + code):]
+    documented = documented[documented.index("```text\n") + len("```text\n"):]
+    documented = documented[: documented.index("```")].strip().splitlines()
+    assert result.stdout.strip().splitlines() == documented  # greedy decoding: the README shows the real output
