@@ -17,7 +17,8 @@ import json
 import pathlib
 import platform
 import sys
-from collections.abc import Mapping, Sequence
+import warnings
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 __all__ = ["REQUIRED_META", "model_settings", "run_metadata", "write_result_file", "read_rows", "read_meta"]
@@ -128,13 +129,37 @@ def _jsonable(value: Any) -> Any:
     return repr(value)
 
 
+def read_jsonl(path: str | pathlib.Path, on_bad_line: Callable[[str], None] | None = None) -> list[dict[str, Any]]:
+    """The records of a JSON Lines result file; a line that is not valid JSON is skipped, and reported.
+
+    Such a line is one a killed job cut short (its cell simply runs again on resume). ``on_bad_line``
+    receives ``"path:line"``; by default a :class:`UserWarning` names it, so nothing disappears
+    silently. A missing file has no records.
+    """
+    path = pathlib.Path(path)
+    if not path.exists():
+        return []
+    records = []
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            if on_bad_line is not None:
+                on_bad_line(f"{path}:{number}")
+            else:
+                warnings.warn(f"{path}:{number} is not valid JSON (a write cut short?); that line is skipped and its "
+                              "cell runs again on resume.", UserWarning, stacklevel=2)
+    return records
+
+
 def _load(path: pathlib.Path) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    text = path.read_text(encoding="utf-8")
     if path.suffix == ".jsonl":
-        records = [json.loads(line) for line in text.splitlines() if line.strip()]
+        records = read_jsonl(path)
         metas = [r for r in records if r.get("type") == "meta"]
         return metas, [r for r in records if r.get("type") == "result"]
-    payload = json.loads(text)
+    payload = json.loads(path.read_text(encoding="utf-8"))
     if not isinstance(payload, dict) or "rows" not in payload:
         raise ValueError(f"{path} is not a kvpress_lab result file: expected a JSON object with 'meta' and 'rows'.")
     return [payload.get("meta", {})], list(payload["rows"])

@@ -22,6 +22,8 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from kvpress_lab.benchmarks.results import read_jsonl
+
 __all__ = ["FULL", "Cell", "make_recipe", "plan_cells", "parse_shard", "select_shard", "finished_keys", "check_sweep_file",
            "run_sweep", "aggregate"]
 
@@ -85,17 +87,10 @@ def select_shard(cells: Sequence[Cell], shard: tuple[int, int]) -> list[Cell]:
 
 
 def _records(path: pathlib.Path) -> list[dict[str, Any]]:
-    if not path.exists():
-        return []
-    out = []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            out.append(json.loads(line))
-        except json.JSONDecodeError:  # a line cut by a crash: its cell simply runs again
-            print(f"warning: {path}:{number} is not valid JSON (interrupted write?); that cell will be rerun.")
-    return out
+    def rerun(where: str) -> None:  # a line cut by a crash: its cell simply runs again
+        print(f"warning: {where} is not valid JSON (interrupted write?); that cell will be rerun.")
+
+    return read_jsonl(path, on_bad_line=rerun)
 
 
 def finished_keys(path: str | pathlib.Path) -> set[str]:
@@ -164,7 +159,10 @@ def run_sweep(
 
     def opened() -> Any:
         path.parent.mkdir(parents=True, exist_ok=True)
+        cut = path.exists() and path.stat().st_size > 0 and not path.read_bytes().endswith(b"\n")
         file = path.open("a", encoding="utf-8")
+        if cut:  # a killed job left its last line unterminated: never glue the next record onto it
+            file.write("\n")
         file.write(json.dumps({"type": "meta", **meta, "shard": f"{shard[0]}/{shard[1]}"}) + "\n")
         file.flush()
         return file

@@ -106,3 +106,21 @@ def test_aggregate_means_per_recipe_and_budget():
             {"recipe": "b", "budget": None, "score": 5.0}]
     assert aggregate(rows, "score") == [{"recipe": "a", "budget": 1, "score": 2.0, "n": 2},
                                         {"recipe": "b", "budget": None, "score": 5.0, "n": 1}]
+
+
+def test_a_cut_last_line_is_not_glued_to_the_next_record_and_the_file_stays_readable(tmp_path, capsys):
+    """A killed job leaves an unterminated line; resuming used to append the next meta record onto it."""
+    from kvpress_lab.benchmarks.results import read_meta, read_rows
+
+    out = tmp_path / "sweep.jsonl"
+    cells = plan_cells(["snapkv"], [64], ["a", "b", "c"])
+    run_sweep(cells[:2], FakeRunner(), out, META, progress=False)
+    text = out.read_text()
+    out.write_text(text[: text.rindex('{"type": "result"') + 20])  # killed in the middle of the last write
+    run_sweep(cells, FakeRunner(), out, META, progress=False)
+    lines = out.read_text().splitlines()
+    assert sum(line.startswith('{"type": "meta"') for line in lines) == 2  # the second meta record is intact
+    with pytest.warns(UserWarning, match=r"sweep.jsonl:3 is not valid JSON .* runs again on resume"):
+        rows = read_rows(out)
+    assert sorted(row["cell"] for row in rows) == sorted(c.key for c in cells) and len(read_meta(out)) == 2
+    assert "will be rerun" in capsys.readouterr().out
