@@ -40,6 +40,7 @@ if TYPE_CHECKING:
     from kvpress_lab.layer_view import LayerView
     from kvpress_lab.protocols import Allocator, BudgetRequest, Executor, Scorer, Selection
     from kvpress_lab.ask import Answer, ask
+    from kvpress_lab.engine.shared_prefill import compress_many
     from kvpress_lab.recipe import Recipe
 
 #: Public names whose modules import torch: loaded on first access (PEP 562), so that importing
@@ -53,6 +54,7 @@ _LAZY = {
     "Scorer": "kvpress_lab.protocols",
     "Executor": "kvpress_lab.protocols",
     "ask": "kvpress_lab.ask",
+    "compress_many": "kvpress_lab.engine.shared_prefill",
     "Answer": "kvpress_lab.ask",
 }
 
@@ -84,6 +86,7 @@ __all__ = [
     "LayerReport",
     "ask",
     "Answer",
+    "compress_many",
     "hookimpl",
     "available",
     "get_registry",

@@ -59,7 +59,7 @@ def prefill(
     attention mask; this function therefore leaves lightweight hooks on ``model`` (inert for
     ordinary caches). Remove them with :func:`kvpress_lab.engine.decoding.disable_compressed_decoding`.
     """
-    _check_prompt(model, input_ids, attention_mask)
+    check_prompt(model, input_ids, attention_mask)
     position_ids = None if attention_mask is None else padded_positions(attention_mask)
     had_hooks = persistent_hooks(model) is not None
     enable_compressed_decoding(model)
@@ -97,7 +97,7 @@ def _chunked(session, model, input_ids, attention_mask, position_ids, chunk_size
     return output
 
 
-def _check_prompt(model: nn.Module, input_ids: object, attention_mask: object) -> None:
+def check_prompt(model: nn.Module, input_ids: object, attention_mask: object) -> None:
     """Validate a prompt before anything touches the model: types, shapes, device, padding side."""
     if not isinstance(input_ids, torch.Tensor):
         raise TypeError(f"input_ids must be a torch.Tensor of token ids (B, T), got {type(input_ids).__name__}.")

@@ -202,6 +202,22 @@ class CompressionSession:
             valid = check_left_padding(attention_mask)
         self._chunking = ChunkedPrefill(input_ids=input_ids.detach().cpu(), valid=valid)
 
+    def run_prefill_hooks(self, cache: object, inputs: dict[int, dict], input_ids: torch.Tensor,
+                          attention_mask: torch.Tensor | None = None) -> None:
+        """Compress ``cache``, filled by a prefill that already ran, exactly as the hooks would have during it.
+
+        ``inputs[idx]`` holds what full-attention layer ``idx`` received (``hidden_states`` and
+        ``position_embeddings``). Used by :func:`~kvpress_lab.engine.shared_prefill.compress_many`
+        to compress one prefill with several recipes; nothing is attached to the model.
+        """
+        self._entered = True
+        self._thread = threading.get_ident()
+        decoder = self.adapter.decoder
+        self._new_forward(decoder, (), {"input_ids": input_ids, "attention_mask": attention_mask, "cache": cache})
+        for idx in self.adapter.compressible:
+            self._compress_layer(idx, self.adapter.attention[idx], (), {**inputs[idx], "cache": cache}, None)
+        self._end_forward(decoder, (), {"cache": cache}, None)
+
     # -- hooks -----------------------------------------------------------------------------
 
     def _new_forward(self, module: nn.Module, args: tuple, kwargs: dict) -> None:

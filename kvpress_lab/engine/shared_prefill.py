@@ -1,0 +1,119 @@
+"""One prefill, many compressed caches: the prompt runs once and every recipe compresses its output.
+
+Compression acts on a layer's cache *after* that layer's forward, and the next layer's input does
+not depend on it, so a prefill's hidden states are the same whatever the recipe. This module
+runs the prompt once with the full cache, keeping each full-attention layer's input (hidden
+states and rotary tables), then replays exactly the hooks a :class:`CompressionSession` runs
+during a prefill — the same code, on the same tensors — once per recipe. Each recipe's cache is
+therefore bit-identical to compressing it alone.
+
+Memory held at once: the full cache and every full-attention layer's input ``(B, T, hidden)``
+during the pass (about the size of the full cache again), then one compressed cache per recipe;
+``max_recipes`` bounds how many recipes share one pass (more recipes run more passes).
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+import torch
+from torch import nn
+
+from kvpress_lab.engine.decoding import disable_compressed_decoding, enable_compressed_decoding, persistent_hooks
+from kvpress_lab.engine.families import ModelAdapter
+from kvpress_lab.engine.padding import padded_positions
+from kvpress_lab.engine.prefill import check_prompt
+from kvpress_lab.engine.session import CompressionSession
+
+if TYPE_CHECKING:
+    from transformers.cache_utils import Cache
+
+    from kvpress_lab.recipe import Recipe
+
+__all__ = ["compress_many"]
+
+
+@torch.no_grad()
+def compress_many(
+    model: nn.Module,
+    input_ids: torch.Tensor,
+    recipes: Sequence[Recipe],
+    attention_mask: torch.Tensor | None = None,
+    *,
+    max_recipes: int | None = None,
+) -> list[Cache]:
+    """The compressed cache of every recipe from one prefill of ``input_ids``.
+
+    Parameters
+    ----------
+    model : transformers.PreTrainedModel
+        A causal LM of a supported family.
+    input_ids : torch.Tensor
+        ``(B, T)`` prompt tokens (left-padded when ``B > 1``).
+    recipes : sequence of Recipe
+        What to compress with; a recipe may appear twice.
+    attention_mask : torch.Tensor or None
+        ``(B, T)``, 0 on left padding.
+    max_recipes : int or None
+        At most this many recipes per prefill pass (``None``: all in one pass).
+
+    Returns
+    -------
+    list[transformers.Cache]
+        One cache per recipe, in order, each equal to ``recipe.prefill(model, input_ids,
+        attention_mask)``: pass ``copy.deepcopy`` of one to ``generate`` per question. Decoding
+        hooks stay on ``model`` as after :func:`~kvpress_lab.engine.prefill.prefill`.
+    """
+    from kvpress_lab.recipe import Recipe
+
+    recipes = list(recipes)
+    if not recipes or not all(isinstance(r, Recipe) for r in recipes):
+        raise TypeError(f"recipes must be one or more kvpress_lab.Recipe, got {[type(r).__name__ for r in recipes]}.")
+    if max_recipes is not None and (isinstance(max_recipes, bool) or not isinstance(max_recipes, int) or max_recipes < 1):
+        raise ValueError(f"max_recipes must be an integer >= 1 or None, got {max_recipes!r}.")
+    check_prompt(model, input_ids, attention_mask)
+    step = max_recipes or len(recipes)
+    had_hooks = persistent_hooks(model) is not None
+    enable_compressed_decoding(model)
+    try:
+        caches: list[Cache] = []
+        for start in range(0, len(recipes), step):
+            caches += _one_pass(model, input_ids, attention_mask, recipes[start : start + step])
+        return caches
+    except BaseException:
+        if not had_hooks:
+            disable_compressed_decoding(model)
+        raise
+
+
+def _one_pass(model, input_ids, attention_mask, recipes) -> list[Cache]:
+    adapter = ModelAdapter.for_model(model)
+    sessions = [CompressionSession(recipe, model) for recipe in recipes]  # validates every recipe before the pass
+    inputs: dict[int, dict] = {}
+
+    def capture(idx: int, module: nn.Module, args: tuple, kwargs: dict) -> None:
+        inputs[idx] = {"hidden_states": adapter.hidden_states(args, kwargs), "position_embeddings": kwargs["position_embeddings"]}
+
+    handles = [adapter.attention[idx].register_forward_pre_hook(lambda m, a, k, idx=idx: capture(idx, m, a, k), with_kwargs=True)
+               for idx in adapter.compressible]
+    try:
+        position_ids = None if attention_mask is None else padded_positions(attention_mask)
+        output = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=True)
+    finally:
+        for handle in handles:
+            handle.remove()
+    full = getattr(output, "cache", None) or getattr(output, "past_key_values", None)
+    return [_replay(session, adapter, full, inputs, input_ids, attention_mask) for session in sessions]
+
+
+def _replay(session: CompressionSession, adapter: ModelAdapter, full: Cache, inputs: dict, input_ids, attention_mask) -> Cache:
+    """Run ``session``'s prefill hooks on the captured pass, into a cache of its own."""
+    cache = copy.copy(full)
+    cache.layers = list(full.layers)  # replaced layers are this recipe's; the full ones are only read
+    session.run_prefill_hooks(cache, inputs, input_ids, attention_mask)
+    for idx, layer in enumerate(cache.layers):
+        if layer is full.layers[idx]:  # kept whole (sliding, or nothing to evict): decoding must not share it
+            cache.layers[idx] = copy.deepcopy(layer)
+    return cache
