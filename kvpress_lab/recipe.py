@@ -59,8 +59,9 @@ class Recipe:
         Mean cache entries kept per layer and KV head, observation window included. Default 128
         when ``compression_ratio`` is not given either.
     compression_ratio : float or None
-        Fraction of the prompt's entries to *remove*, in ``[0, 1)`` (kvpress's convention):
-        the budget becomes ``round((1 - ratio) * T)`` for each prompt. Excludes ``budget``.
+        Fraction of the prompt's entries to *remove*, in ``[0, 1)`` (kvpress's meaning): the
+        budget becomes ``round((1 - ratio) * T)`` for each prompt, halves rounding up (kvpress
+        truncates: one entry fewer on half-way and higher fractions). Excludes ``budget``.
     window : int
         ``W``, the observation window: the last ``W`` prompt tokens, always kept, whose queries
         score the rest. Default 8 (the PyramidKV paper's LongBench setting).

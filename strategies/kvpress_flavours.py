@@ -4,6 +4,14 @@ kvpress (``SnapKVPress``, ``PyramidKVPress``) uses a 64-token observation window
 budget, average pooling of width 5 and the *mean* of the window's attention rows. The budget keeps
 this project's meaning (entries per layer, window included), so these presets need a budget of at
 least 64 (the default 128 is fine).
+
+What these presets share with kvpress is the *scoring* (window, pooling, reduction). The per-layer
+budgets of ``pyramidkv-kvpress`` are this project's pyramid schedule (:mod:`kvpress_lab.allocators.pyramid`),
+not kvpress's ``PyramidKVPress`` formula: a side-by-side run reported that kvpress builds its pyramid
+over the kept count *including* the window and falls back to a uniform budget when its smallest layer
+would drop below the window, so the two keep different per-layer counts. ``snapkv-kvpress`` kept the
+same positions as ``SnapKVPress`` in that run. With ``compression_ratio``, the kept count is rounded
+here and truncated in kvpress (see the budget semantics page of the docs).
 """
 
 from __future__ import annotations
