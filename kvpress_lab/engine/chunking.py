@@ -51,11 +51,6 @@ class ChunkedPrefill:
         """``T``, the whole prompt's length (padding included)."""
         return self.valid.shape[1]
 
-    @property
-    def real_lengths(self) -> list[int]:
-        """Real tokens of each row of the whole prompt."""
-        return [int(n) for n in self.valid.sum(dim=-1).tolist()]
-
     def tokens_so_far(self) -> torch.Tensor | None:
         """``(B, stop)`` ids consumed up to the end of the current chunk."""
         return None if self.input_ids is None else self.input_ids[:, : self.stop]

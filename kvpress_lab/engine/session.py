@@ -228,7 +228,7 @@ class CompressionSession:
             check_cache(cache, self.adapter.compressible)
         self._padding = self._capture_padding(args, kwargs)
         self._input_ids = kwargs.get("input_ids", args[0] if args else None)
-        if self._chunking is not None and self._next_chunk(cache, args, kwargs):
+        if self._chunking is not None and self._next_chunk(cache, kwargs):
             return  # one more chunk of the prompt: the plan of the whole prompt stays
         self.plan = None  # budgets depend on this forward's prompt; planned at its first layer
         self._decode_plan = None
@@ -249,8 +249,7 @@ class CompressionSession:
                 "`with recipe.apply(model)`: there is nothing to compress, and the run would be uncompressed. Call it "
                 "with use_cache=True, or outside the block."
             )
-        check_cache(cache, (idx,))
-        if self._chunking is not None:
+        if self._chunking is not None:  # (the cache's layer types were checked when the decoder's forward began)
             self._compress_chunk(idx, kwargs, cache, hidden)
             return
         if idx >= len(cache.layers):
@@ -312,12 +311,11 @@ class CompressionSession:
 
     # -- chunked prefill -------------------------------------------------------------------
 
-    def _next_chunk(self, cache: object, args: tuple, kwargs: dict) -> bool:
+    def _next_chunk(self, cache: object, kwargs: dict) -> bool:
         """Set the current chunk's token range; ``False`` once the whole prompt has been seen."""
         chunk = self._chunking
         past = 0 if cache is None else cache.get_seq_length()
-        inputs = kwargs.get("input_ids", args[0] if args else None)
-        inputs = kwargs.get("inputs_embeds") if inputs is None else inputs
+        inputs = self._input_ids if self._input_ids is not None else kwargs.get("inputs_embeds")
         if past >= chunk.total or inputs is None:
             self._chunking = None
             return False
@@ -331,8 +329,7 @@ class CompressionSession:
         chunk = self._chunking
         keys, values, valid = held_entries(cache.layers[idx], chunk.valid[:, : chunk.stop], "Chunked prefill")
         if self.plan is None:
-            self.plan = plan_budgets(self.recipe.strategies.allocator, self.recipe.budget_spec, chunk.real_lengths,
-                                     len(self.adapter.compressible), self.adapter.num_kv_heads)
+            self.plan = self._plan(chunk.valid)  # the whole prompt's budgets
         keep = torch.minimum(self.plan.keep[:, self._ordinal[idx]], valid.sum(dim=-1).cpu())
         self._recompress(idx, cache, keys, values, valid, keep, 0, hidden, kwargs["position_embeddings"],
                          tokens=chunk.tokens_so_far())
