@@ -24,7 +24,8 @@ import sys
 
 import pytest
 import torch
-from helpers.tiny_models import VOCAB, tiny_model
+from helpers.char_tokenizer import CharTokenizer  # one id per character: the needle question alone takes 70 tokens
+from helpers.tiny_models import tiny_model
 
 import kvpress_lab.models
 from kvpress_lab.benchmarks import bench, commands
@@ -46,23 +47,6 @@ def refuse_loading(monkeypatch):
     monkeypatch.setattr(commands, "load", refuse)
     monkeypatch.setattr(bench, "load", refuse)
     monkeypatch.setattr(kvpress_lab.models, "load_model", refuse)  # calibrate and commands.load call it
-
-
-class CharTokenizer:
-    """One id per character, no chat template: the needle question alone takes 70 tokens."""
-
-    pad_token_id = 0
-    eos_token_id = 2
-    chat_template = None
-
-    def __call__(self, text, add_special_tokens=True, return_tensors=None, truncation=False):
-        ids = [3 + ord(ch) % (VOCAB - 3) for ch in text]
-        if return_tensors == "pt":
-            ids = torch.tensor([ids], dtype=torch.long)
-        return type("Encoding", (), {"input_ids": ids})()
-
-    def decode(self, ids, skip_special_tokens=True):
-        return "".join(chr(ord("0") + (i - 3) % 10) for i in ids.tolist() if i >= 3)
 
 
 @pytest.fixture

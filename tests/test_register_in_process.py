@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 import pytest
+from helpers.malformed_strategies import NoName, NoScope, NotADataclass
 
 import kvpress_lab
 import kvpress_lab.registry as registry_module
@@ -195,33 +196,6 @@ def test_an_unknown_role_is_refused():
 
 
 # -- the same validation as entry-point plugins ----------------------------------------------------
-
-
-class NotADataclass:
-    """Not a dataclass."""
-
-    name: ClassVar[str] = "test_plain"
-
-    def score(self, view):  # pragma: no cover
-        raise NotImplementedError
-
-
-@dataclass(frozen=True)
-class NoName:
-    """No name."""
-
-    def score(self, view):  # pragma: no cover
-        raise NotImplementedError
-
-
-@dataclass(frozen=True)
-class NoScope:
-    """An allocator without scope."""
-
-    name: ClassVar[str] = "test_no_scope"
-
-    def allocate(self, request):  # pragma: no cover
-        raise NotImplementedError
 
 
 @pytest.mark.parametrize(

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 import pytest
+from helpers.malformed_strategies import ExecutorWithoutBuildLayer, NoName, NoScore, NotADataclass
 
 import kvpress_lab
 from kvpress_lab import DuplicateStrategyError, PluginError, Preset, UnknownStrategyError, hookimpl
@@ -311,40 +312,6 @@ def test_a_plugin_that_fails_to_import_is_named_and_can_be_switched_off(tmp_path
 
 
 # -- plugins registering wrong things ------------------------------------------------------------
-
-
-class NotADataclass:
-    """Not a dataclass."""
-
-    name: ClassVar[str] = "test_plain"
-
-    def score(self, view):  # pragma: no cover
-        raise NotImplementedError
-
-
-@dataclass(frozen=True)
-class NoName:
-    """No name attribute."""
-
-    def score(self, view):  # pragma: no cover
-        raise NotImplementedError
-
-
-@dataclass(frozen=True)
-class NoScore:
-    """Has a name, lacks score()."""
-
-    name: ClassVar[str] = "test_no_score"
-
-
-@dataclass(frozen=True)
-class ExecutorWithoutBuildLayer:
-    """Has select(), lacks build_layer()."""
-
-    name: ClassVar[str] = "test_half_executor"
-
-    def select(self, scores, keep, forced, candidates):  # pragma: no cover
-        raise NotImplementedError
 
 
 def allocator_class(scope: object) -> type:
