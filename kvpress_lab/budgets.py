@@ -41,9 +41,34 @@ __all__ = [
     "checked_allocation",
     "check_forced_fit",
     "plan_budgets",
+    "RATIO_ROUNDINGS",
+    "kept_from_ratio",
 ]
 
+#: How a compression ratio becomes an integer count: ``"half_up"`` (this project's default,
+#: ``floor((1 - r) * T + 0.5)``) or ``"kvpress"`` (NVIDIA kvpress's ``ScorerPress``,
+#: ``max(1, int(T * (1 - r)))``: truncation, in the same float expression).
+RATIO_ROUNDINGS = ("half_up", "kvpress")
+
 BudgetSource = Literal["recipe", "request"]
+
+
+def kept_from_ratio(prompt_length: int, compression_ratio: float, rounding: str = "half_up") -> int:
+    """Entries a ratio keeps of ``prompt_length``: rounded half up, or truncated as kvpress does.
+
+    ``"kvpress"`` evaluates kvpress's own expression, float error included (``int(10 * (1 - 0.9))``
+    is 0, clamped to 1), so its counts are reproduced exactly, not approximately.
+
+    >>> kept_from_ratio(4009, 0.5), kept_from_ratio(4009, 0.5, "kvpress")
+    (2005, 2004)
+    >>> kept_from_ratio(1000, 0.9), kept_from_ratio(1000, 0.9, "kvpress")
+    (100, 99)
+    """
+    if rounding == "kvpress":
+        return max(1, int(prompt_length * (1 - compression_ratio)))
+    if rounding == "half_up":
+        return int(math.floor((1.0 - compression_ratio) * prompt_length + 0.5))
+    raise ValueError(f"ratio rounding must be one of {RATIO_ROUNDINGS}, got {rounding!r}.")
 
 
 def minimum_kept(window: int, scorer: Any) -> int:
@@ -145,6 +170,10 @@ class BudgetRequest:
     layer_statistics : torch.Tensor or None
         ``(L,)`` float32 per-layer statistics (e.g. attention entropy) for allocators whose
         scope is ``"global"``; ``None`` for static allocators.
+    compression_ratio : float or None
+        The recipe's ratio when it used one (``budget`` is then already resolved from it), for
+        allocators whose published formula works on the ratio itself (``pyramid_kvpress``);
+        ``None`` when the recipe gave an absolute budget.
 
     Raises
     ------
@@ -164,6 +193,7 @@ class BudgetRequest:
     budget: int
     min_kept: int
     layer_statistics: torch.Tensor | None = None
+    compression_ratio: float | None = None
 
     def __init__(
         self,
@@ -175,6 +205,7 @@ class BudgetRequest:
         layer_statistics: torch.Tensor | None = None,
         *,
         window: int | None = None,
+        compression_ratio: float | None = None,
     ):
         if window is not None:
             if min_kept is not None:
@@ -190,6 +221,7 @@ class BudgetRequest:
             "budget": check_int("BudgetRequest", "budget", budget, minimum=1),
             "min_kept": check_int("BudgetRequest", "min_kept", min_kept, minimum=0),
             "layer_statistics": layer_statistics,
+            "compression_ratio": _optional_ratio(compression_ratio),
         }
         for name, value in values.items():
             object.__setattr__(self, name, value)
@@ -200,6 +232,14 @@ class BudgetRequest:
         """Deprecated name of ``min_kept``."""
         warnings.warn("BudgetRequest.window is deprecated; read BudgetRequest.min_kept.", DeprecationWarning, stacklevel=2)
         return self.min_kept
+
+
+def _optional_ratio(value: float | None) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value < 1.0:
+        raise ValueError(f"BudgetRequest.compression_ratio must be None or a float in [0, 1), got {value!r}.")
+    return float(value)
 
 
 def check_budget_request(owner: str, request: BudgetRequest) -> tuple[int, int, int, int]:
@@ -229,6 +269,8 @@ class BudgetSpec:
         ``W`` plus the scorer's forced entries (:func:`minimum_kept`).
     scorer : str
         The scorer's name, for messages.
+    ratio_rounding : {"half_up", "kvpress"}
+        How a ratio becomes a count (:func:`kept_from_ratio`).
     """
 
     budget: int | None
@@ -236,20 +278,23 @@ class BudgetSpec:
     window: int
     min_kept: int
     scorer: str = ""
+    ratio_rounding: str = "half_up"
 
     def __post_init__(self) -> None:
+        if self.ratio_rounding not in RATIO_ROUNDINGS:
+            raise ValueError(f"BudgetSpec.ratio_rounding must be one of {RATIO_ROUNDINGS}, got {self.ratio_rounding!r}.")
         if self.budget is not None:
             check_minimum_kept(self.budget, self.min_kept, window=self.window, source="recipe", scorer=self.scorer)
 
     def resolve(self, prompt_length: int) -> int:
-        """The integer budget for a prompt of ``prompt_length`` real tokens (ratio rounded half up).
+        """The integer budget for a prompt of ``prompt_length`` real tokens (:func:`kept_from_ratio`).
 
         >>> BudgetSpec(None, 0.75, 8, 8).resolve(1000), BudgetSpec(64, None, 8, 8).resolve(10)
         (250, 64)
         """
         if self.compression_ratio is None:
             return int(self.budget)  # type: ignore[arg-type]
-        return int(math.floor((1.0 - self.compression_ratio) * prompt_length + 0.5))
+        return kept_from_ratio(prompt_length, self.compression_ratio, self.ratio_rounding)
 
     def request(self, num_layers: int, num_kv_heads: int, prompt_length: int, statistics: torch.Tensor | None = None) -> BudgetRequest:
         """The :class:`BudgetRequest` for one prompt.
@@ -271,7 +316,8 @@ class BudgetSpec:
                 stacklevel=2,
             )
             budget = self.min_kept
-        return BudgetRequest(num_layers, num_kv_heads, prompt_length, budget, min(self.min_kept, prompt_length), statistics)
+        return BudgetRequest(num_layers, num_kv_heads, prompt_length, budget, min(self.min_kept, prompt_length), statistics,
+                             compression_ratio=self.compression_ratio)
 
     def _shortest_unclamped(self) -> int:
         """Smallest prompt length whose resolved ratio budget holds the minimum kept."""

@@ -8,7 +8,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, NamedTuple
 
-from kvpress_lab.budgets import BudgetSpec, check_minimum_kept, minimum_kept
+from kvpress_lab.budgets import RATIO_ROUNDINGS, BudgetSpec, check_minimum_kept, minimum_kept
 from kvpress_lab.frozen_mapping import FrozenMapping
 from kvpress_lab.head_allocation import HEAD_ALLOCATIONS
 from kvpress_lab.registry import Role, get_registry
@@ -60,8 +60,12 @@ class Recipe:
         when ``compression_ratio`` is not given either.
     compression_ratio : float or None
         Fraction of the prompt's entries to *remove*, in ``[0, 1)`` (kvpress's meaning): the
-        budget becomes ``round((1 - ratio) * T)`` for each prompt, halves rounding up (kvpress
-        truncates: one entry fewer on half-way and higher fractions). Excludes ``budget``.
+        budget becomes ``round((1 - ratio) * T)`` for each prompt, halves rounding up, or kvpress's
+        truncation with ``ratio_rounding="kvpress"``. Excludes ``budget``.
+    ratio_rounding : {"half_up", "kvpress"}
+        How ``compression_ratio`` becomes a count: ``"half_up"`` (default, ``floor((1 - r) T + 0.5)``)
+        or ``"kvpress"``, NVIDIA kvpress's ``max(1, int(T * (1 - r)))`` evaluated as kvpress does
+        (``compression_ratio=0.5`` at ``T=4009``: 2005 vs 2004). The ``*-kvpress`` presets use it.
     window : int
         ``W``, the observation window: the last ``W`` prompt tokens, always kept, whose queries
         score the rest. Default 8 (the PyramidKV paper's LongBench setting).
@@ -115,6 +119,7 @@ class Recipe:
     decode_budget: int | None = None
     compress_every: int = 16
     compress_prefill: bool = True
+    ratio_rounding: str = "half_up"
 
     def __post_init__(self) -> None:
         check_int("Recipe", "window", self.window, minimum=1)
@@ -131,6 +136,7 @@ class Recipe:
                 object.__setattr__(self, "budget", DEFAULT_BUDGET)
             check_int("Recipe", "budget", self.budget, minimum=1)
         check_choice("Recipe", "head_allocation", self.head_allocation, HEAD_ALLOCATIONS)
+        check_choice("Recipe", "ratio_rounding", self.ratio_rounding, RATIO_ROUNDINGS)
         object.__setattr__(self, "head_floor", check_float("Recipe", "head_floor", self.head_floor, minimum=0.0, maximum=1.0))
         if self.executor is None:
             object.__setattr__(self, "executor", "ragged" if self.head_allocation == "adaptive" else "gather")
@@ -157,7 +163,8 @@ class Recipe:
                 "executor cannot store (it does not declare per_head_budgets); use executor='ragged' (the default "
                 "for adaptive head allocation)."
             )
-        spec = BudgetSpec(self.budget, self.compression_ratio, self.window, minimum_kept(self.window, built.scorer), self.scorer)
+        spec = BudgetSpec(self.budget, self.compression_ratio, self.window, minimum_kept(self.window, built.scorer), self.scorer,
+                          self.ratio_rounding)
         object.__setattr__(self, "_budget_spec", spec)
         if self.decode_budget is not None:
             check_minimum_kept(self.decode_budget, spec.min_kept, window=self.window, source="recipe", scorer=self.scorer,

@@ -8,6 +8,7 @@ from helpers.tiny_models import tiny_model
 
 from kvpress_lab import BudgetRequest, Preset, Recipe, get_registry
 from kvpress_lab.allocators.pyramid import PyramidAllocator
+from kvpress_lab.allocators.pyramid_kvpress import KvpressPyramidAllocator
 from kvpress_lab.scorers.h2o import H2OScorer
 from kvpress_lab.scorers.sink import SinkScorer
 from kvpress_lab.scorers.snapkv_window import SnapKVWindowScorer
@@ -17,7 +18,7 @@ EXPECTED = {
     "snapkv": ("uniform", None, SnapKVWindowScorer(7, "max", "sum"), 8),
     "h2o": ("uniform", None, H2OScorer(), 8),
     "streamingllm": ("uniform", None, SinkScorer(num_sinks=4), 8),
-    "pyramidkv-kvpress": ("pyramid", PyramidAllocator(beta=20), SnapKVWindowScorer(5, "avg", "mean"), 64),
+    "pyramidkv-kvpress": ("pyramid_kvpress", KvpressPyramidAllocator(beta=20), SnapKVWindowScorer(5, "avg", "mean"), 64),
     "snapkv-kvpress": ("uniform", None, SnapKVWindowScorer(5, "avg", "mean"), 64),
 }
 
