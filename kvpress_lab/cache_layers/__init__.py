@@ -4,6 +4,8 @@
   executor's layer follows, and the :class:`DecodingStep` / :class:`LayerAttention` it exchanges
   with the engine's decoding hooks;
 * :mod:`~kvpress_lab.cache_layers.dense` — :class:`CompressedLayer`, dense per layer (``gather``);
+* :mod:`~kvpress_lab.cache_layers.quantized` — :class:`QuantizedLayer`, the dense layer with 8/4-bit
+  storage (``gather`` with ``kv_bits``);
 * :mod:`~kvpress_lab.cache_layers.ragged` — :class:`RaggedLayer`, per-head storage (``ragged``);
 * :mod:`~kvpress_lab.cache_layers.varlen_attention` — variable-length attention over ragged layers.
 
@@ -20,6 +22,7 @@ from kvpress_lab.cache_layers.protocol import (
     causal_layer_attention,
     check_layer,
 )
+from kvpress_lab.cache_layers.quantized import QuantizedLayer
 from kvpress_lab.cache_layers.ragged import RaggedLayer
 
 __all__ = [
@@ -29,5 +32,6 @@ __all__ = [
     "causal_layer_attention",
     "check_layer",
     "CompressedLayer",
+    "QuantizedLayer",
     "RaggedLayer",
 ]

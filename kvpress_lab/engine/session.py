@@ -273,7 +273,7 @@ class CompressionSession:
             return
         if self.plan is None:
             self.plan = self._plan(valid)
-        if not self.plan.evicts(self._ordinal[idx]):
+        if not self.plan.evicts(self._ordinal[idx]) and not self._stores_every_layer():
             return
         view = self.adapter.layer_view_from_call(idx, args, kwargs, layer, valid, self.recipe.window)
         scores, forced = self._score(view)
@@ -288,7 +288,7 @@ class CompressionSession:
         statistics = torch.stack([s.to(pending[0].scores.device) for s in self._statistics], dim=1)  # (B, L)
         self.plan = self._plan(pending[0].valid, statistics)
         for scored in pending:
-            if self.plan.evicts(self._ordinal[scored.idx]):
+            if self.plan.evicts(self._ordinal[scored.idx]) or self._stores_every_layer():
                 self._evict(scored)
 
     # -- steps -----------------------------------------------------------------------------
@@ -297,6 +297,10 @@ class CompressionSession:
         real_lengths = [int(n) for n in valid.sum(dim=-1).tolist()]
         return plan_budgets(self.recipe.strategies.allocator, self.recipe.budget_spec, real_lengths,
                             len(self.adapter.compressible), self.adapter.num_kv_heads, statistics)
+
+    def _stores_every_layer(self) -> bool:
+        """The executor rebuilds layers that lose nothing (quantized storage): the prefill builds every one."""
+        return bool(getattr(self.recipe.strategies.executor, "stores_every_layer", False))
 
     def _valid_mask(self, hidden: torch.Tensor, length: int) -> torch.Tensor:
         """``(B, T)`` bool padding of this prefill, from the mask the decoder received (all real when none)."""

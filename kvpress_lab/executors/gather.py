@@ -8,8 +8,10 @@ from typing import ClassVar
 import torch
 
 from kvpress_lab.budgets import check_forced_fit
-from kvpress_lab.cache_layers import CompressedLayer
+from kvpress_lab.cache_layers import CompressedLayer, QuantizedLayer
+from kvpress_lab.cache_layers.quantized_storage import QUANT_BITS
 from kvpress_lab.protocols import Selection
+from kvpress_lab.validation import check_int
 
 __all__ = ["GatherExecutor", "select_top_k", "rank_entries"]
 
@@ -99,10 +101,45 @@ class GatherExecutor:
     Every head of a row keeps the same number of entries (the layer's budget); rows of a padded
     batch that keep fewer entries get masked filler slots. Ties between equal scores go to the
     earlier token; kept entries stay in their original order.
+
+    Parameters
+    ----------
+    kv_bits : {None, 8, 4}
+        ``None`` (default): keep the kept entries in the model's dtype. ``8`` or ``4``: store them
+        as integers, KIVI-style (https://arxiv.org/abs/2402.02750): keys per channel, values per
+        token, asymmetric, in blocks of ``group_size`` tokens
+        (:class:`~kvpress_lab.cache_layers.quantized.QuantizedLayer`). Every compressible layer is
+        then stored quantized after a one-shot prefill, even one whose budget covers the prompt.
+    group_size : int
+        Tokens per quantized block (KIVI's ``G``, default 32).
+    residual_length : int
+        Tokens generated during decoding kept in full precision until this many accumulate
+        (KIVI's ``R``, default 32).
+
+    Examples
+    --------
+    >>> GatherExecutor(kv_bits=3)
+    Traceback (most recent call last):
+    ...
+    ValueError: GatherExecutor.kv_bits must be None (no quantization), 8 or 4, got 3.
     """
 
     name: ClassVar[str] = "gather"
     per_head_budgets: ClassVar[bool] = False
+    kv_bits: int | None = None
+    group_size: int = 32
+    residual_length: int = 32
+
+    def __post_init__(self) -> None:
+        if self.kv_bits is not None and (isinstance(self.kv_bits, bool) or self.kv_bits not in QUANT_BITS):
+            raise ValueError(f"GatherExecutor.kv_bits must be None (no quantization), 8 or 4, got {self.kv_bits!r}.")
+        check_int("GatherExecutor", "group_size", self.group_size, minimum=1)
+        check_int("GatherExecutor", "residual_length", self.residual_length, minimum=1)
+
+    @property
+    def stores_every_layer(self) -> bool:
+        """Whether layers are rebuilt even when nothing is evicted (quantized storage)."""
+        return self.kv_bits is not None
 
     def select(self, scores: torch.Tensor, keep: torch.Tensor, forced: torch.Tensor, candidates: torch.Tensor) -> Selection:
         """See :func:`select_top_k`; all heads of a row must keep the same count."""
@@ -114,8 +151,12 @@ class GatherExecutor:
         return select_top_k(scores, keep, forced, candidates)
 
     def build_layer(self, keys: torch.Tensor, values: torch.Tensor, selection: Selection, logical_length: int) -> CompressedLayer:
-        """Gather ``(B, Hkv, T, D)`` into a :class:`CompressedLayer` of ``(B, Hkv, K, D)``."""
+        """Gather ``(B, Hkv, T, D)`` into a :class:`CompressedLayer` of ``(B, Hkv, K, D)`` (quantized with ``kv_bits``)."""
         index = selection.indices[..., None].expand(-1, -1, -1, keys.shape[-1])  # (B, Hkv, K, D)
+        if self.kv_bits is not None:
+            return QuantizedLayer(torch.gather(keys, 2, index), torch.gather(values, 2, index), selection.valid[:, 0, :],
+                                  logical_length, bits=self.kv_bits, group_size=self.group_size,
+                                  residual_length=self.residual_length)
         return CompressedLayer(
             keys=torch.gather(keys, 2, index),
             values=torch.gather(values, 2, index),
