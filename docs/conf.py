@@ -5,9 +5,11 @@ Build (from the repository root)::
     .venv/bin/sphinx-build -W -b html docs docs/_build/html
     .venv/bin/sphinx-build -W -b doctest docs docs/_build/doctest
 
-No network is needed: intersphinx reads inventories written by ``_ext/offline_inventories.py``,
-and the reference pages for strategies, hooks, the CLI and the API are generated from the code
-by ``_ext/kvpress_docs.py`` on every build.
+No network is needed: intersphinx reads inventories written by ``_ext/offline_inventories.py``
+(into a per-user temporary folder), the reference pages for strategies, hooks and the API are
+generated from the code by ``_ext/kvpress_docs.py`` on every build (into the build folder), and
+sphinx-argparse renders the CLI page from the parser. Nothing is written into the source tree,
+so the docs build from a read-only checkout.
 """
 
 from __future__ import annotations
@@ -33,17 +35,17 @@ version = ".".join(release.split(".")[:2])
 
 extensions = [
     "sphinx.ext.autodoc",
-    "sphinx.ext.napoleon",
     "sphinx.ext.intersphinx",
     "sphinx.ext.viewcode",
     "sphinx.ext.doctest",
-    "numpy_docstrings",  # _ext/numpy_docstrings.py: napoleon, NumPy style only (see its docstring)
+    "numpydoc",  # NumPy-style docstrings (parameter types shown as written; see numpydoc_* below)
+    "sphinxarg.ext",  # sphinx-argparse: the command-line reference, rendered from the parser
     "kvpress_docs",  # _ext/kvpress_docs.py: reference pages generated from the registry and the CLI
 ]
-exclude_patterns = ["_build", "_intersphinx", "Thumbs.db", ".DS_Store"]
+exclude_patterns = ["_build", "Thumbs.db", ".DS_Store"]
 nitpicky = True  # every cross-reference must resolve: a dangling one fails the -W build
 
-# -- autodoc / napoleon --------------------------------------------------------------------------
+# -- autodoc / numpydoc --------------------------------------------------------------------------
 
 autodoc_member_order = "bysource"
 # Type hints go into the parameter lists (where each is parsed on its own) rather than into
@@ -52,14 +54,24 @@ autodoc_typehints = "description"
 autodoc_typehints_description_target = "documented_params"
 autodoc_default_options = {"show-inheritance": True}
 autodoc_inherit_docstrings = False  # inherited transformers docstrings are not ours to check
-napoleon_google_docstring = False
-napoleon_numpy_docstring = True
-napoleon_preprocess_types = False  # Sphinx's own type-field parsing handles Mapping[str, Any]
+# numpydoc renders a parameter's type as written ("{'max', 'avg'}", "int, optional", "torch.Tensor
+# or None"); it cross-references only the names listed here, so free-form types never dangle.
+numpydoc_show_class_members = False  # autodoc's :members: lists them already
+numpydoc_class_members_toctree = False
+numpydoc_xref_param_type = True
+numpydoc_xref_ignore = "all"
+numpydoc_xref_aliases = {
+    "torch.Tensor": "torch.Tensor", "Tensor": "torch.Tensor", "torch.device": "torch.device", "torch.dtype": "torch.dtype",
+    "torch.nn.Module": "torch.nn.Module", "int": "int", "float": "float", "str": "str", "bool": "bool", "dict": "dict",
+    "list": "list", "tuple": "tuple", "sequence": "sequence", "iterable": "iterable", "mapping": "mapping",
+    "Recipe": "kvpress_lab.Recipe", "LayerView": "kvpress_lab.LayerView", "BudgetRequest": "kvpress_lab.BudgetRequest",
+    "Selection": "kvpress_lab.protocols.Selection", "CacheReport": "kvpress_lab.cache_reports.CacheReport",
+}
 
 # -- intersphinx (offline) -----------------------------------------------------------------------
 # Each project maps to its online docs (the links in the HTML) and to a local inventory written
 # here on every build, so nothing is downloaded; see _ext/offline_inventories.py.
-intersphinx_mapping = offline_inventories.write_all(DOCS / "_intersphinx")
+intersphinx_mapping = offline_inventories.write_all(offline_inventories.inventory_dir())
 
 # -- doctest -------------------------------------------------------------------------------------
 

@@ -182,6 +182,15 @@ def _write_if_changed(path: Path, data: bytes) -> None:
     os.replace(tmp, path)  # atomic: two builds running at once never read half a file
 
 
+def inventory_dir() -> Path:
+    """A per-user folder outside the source tree for the inventories (``$KVPRESS_LAB_DOCS_CACHE`` if set)."""
+    override = os.environ.get("KVPRESS_LAB_DOCS_CACHE")
+    if override:
+        return Path(override)
+    user = os.getuid() if hasattr(os, "getuid") else os.environ.get("USERNAME", "user")
+    return Path(tempfile.gettempdir()) / f"kvpress_lab-docs-{user}" / "intersphinx"
+
+
 def write_all(directory: Path) -> dict[str, tuple[str, str]]:
     """Write one ``<project>.inv`` per entry of :data:`INVENTORIES` and return ``intersphinx_mapping``.
 

@@ -6,7 +6,7 @@ in blocks of ``group_size`` tokens. Tokens appended while decoding stay in full 
 ``residual_length`` of them have accumulated, then become one more quantized block. Attention reads
 the dequantized keys and values (``keys``/``values`` dequantize on access), so one layer's float copy
 exists transiently during its attention call; what the cache *holds* is the integers, their scales
-and zero points, and the float residual (:meth:`QuantizedLayer.nbytes`).
+and zero points, and the float residual (:meth:`~kvpress_lab.cache_layers.QuantizedLayer.nbytes`).
 """
 
 from __future__ import annotations
