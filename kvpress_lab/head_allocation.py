@@ -34,7 +34,8 @@ def adaptive_head_budgets(
     forced : torch.Tensor
         ``(B, Hkv, T)`` bool: entries every head keeps anyway (window, sinks).
     candidates : torch.Tensor
-        ``(B, T)`` bool, ``False`` on padding.
+        ``(B, T)`` bool, ``False`` on padding; or ``(B, Hkv, T)``, per head (a per-head layer's
+        held entries, right-aligned with filler, re-compressed during a chunked prefill).
     alpha : float
         Safeguard: each head keeps at least ``floor(alpha * k_free)`` of the entries it may choose,
         where ``k_free`` is the per-head average left after its forced entries.
@@ -42,8 +43,8 @@ def adaptive_head_budgets(
     Returns
     -------
     torch.Tensor
-        ``(B, Hkv)`` int64 on the CPU; row sums equal ``keep[b] * Hkv``; each entry lies in
-        ``[forced count, real tokens]``.
+        ``(B, Hkv)`` int64 on the CPU; row sums equal ``min(keep[b] * Hkv, candidates of the row)``;
+        each entry lies in ``[forced count, the head's candidates]``.
 
     Examples
     --------
@@ -53,20 +54,22 @@ def adaptive_head_budgets(
     [[4, 2]]
     """
     batch, heads, _ = scores.shape
-    forced = forced & candidates[:, None, :]
+    if candidates.dim() == 2:
+        candidates = candidates[:, None, :].expand(-1, heads, -1)  # (B, Hkv, T): the same for every head
+    forced = forced & candidates
     forced_count = forced.sum(dim=-1).cpu()  # (B, Hkv)
     check_forced_fit(forced_count, keep[:, None])
-    real = candidates.sum(dim=-1).cpu()  # (B,)
+    real = candidates.sum(dim=-1).cpu()  # (B, Hkv) candidates per head
     out = torch.empty(batch, heads, dtype=torch.int64)
     for b in range(batch):
         k = int(keep[b])
-        if k >= int(real[b]):
-            out[b] = int(real[b])
+        if k * heads >= int(real[b].sum()):
+            out[b] = real[b]
             continue
         free = forced_count[b].neg() + k  # (Hkv,) per-head choosable entries at uniform split
-        floor = torch.floor(free.double() * alpha).long()  # (Hkv,)
+        floor = torch.minimum(torch.floor(free.double() * alpha).long(), real[b] - forced_count[b])  # (Hkv,) never beyond a head's entries
         pool = scores[b].float().nan_to_num(nan=float("-inf"), posinf=float("inf"), neginf=float("-inf"))  # NaN ranks lowest, as in the executors
-        pool = pool.masked_fill(forced[b] | ~candidates[b][None, :], float("-inf"))  # (Hkv, T)
+        pool = pool.masked_fill(forced[b] | ~candidates[b], float("-inf"))  # (Hkv, T)
         ranked = torch.sort(pool, dim=-1, descending=True, stable=True).values  # (Hkv, T)
         positions = torch.arange(ranked.shape[-1], device=ranked.device)
         guaranteed = positions[None, :] < floor.to(ranked.device)[:, None]  # each head's top-`floor`
@@ -79,6 +82,6 @@ def adaptive_head_budgets(
                 raise ValueError(f"Row {b}: not enough candidate entries to spend a budget of {k} per head.")
             picked = torch.bincount(order.indices[:remaining].cpu() // ranked.shape[-1], minlength=heads)
         out[b] = forced_count[b] + floor + picked
-    if not math.isclose(float(out.sum()), float(sum(min(int(keep[b]), int(real[b])) for b in range(batch)) * heads)):
+    if not math.isclose(float(out.sum()), float(sum(min(int(keep[b]) * heads, int(real[b].sum())) for b in range(batch)))):
         raise RuntimeError(f"internal error: head budgets {out.tolist()} do not sum to the layer budget.")
     return out

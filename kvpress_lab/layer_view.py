@@ -49,6 +49,11 @@ class LayerView:
         ``query_fn(start, stop)`` recomputes the queries of prompt tokens ``start:stop`` from the
         attention module's own input: ``(B, Hq, stop - start, D)``, rotary applied. Queries are
         recomputed on demand so that a scorer needing all of them (H2O) can work in chunks.
+    output_projection : torch.Tensor or None
+        ``(hidden_size, Hq * D)``: the weight of the attention's output projection ``W_o`` (an
+        ``nn.Linear`` weight, query head ``h`` reads columns ``h*D:(h+1)*D``), for scorers that
+        weigh entries by what their values contribute to the layer's output (CriticalKV).
+        ``None`` when the view was built without it; scorers that do not need it never read it.
 
     Examples
     --------
@@ -70,6 +75,7 @@ class LayerView:
     scaling: float
     num_query_heads: int
     query_fn: QueryFn = field(repr=False)
+    output_projection: torch.Tensor | None = field(default=None, repr=False)
 
     @property
     def batch_size(self) -> int:

@@ -92,7 +92,11 @@ class Scorer(Protocol):
         ``forced_keep(view) -> (B, Hkv, T) bool | None`` for entries that must survive whatever
         their score (attention sinks), and then ``minimum_budget(window) -> int``, the smallest
         budget holding them plus the window, which :class:`~kvpress_lab.Recipe` checks; the
-        observation window is always kept by the engine.
+        observation window is always kept by the engine. A two-stage scorer (CriticalKV) also
+        defines ``staged_scores(view) -> (first, final)`` and ``first_stage_ratio``: the engine
+        then keeps the best ``floor(first_stage_ratio * k)`` entries by ``first`` before the
+        executor fills the budget by ``final``
+        (:func:`~kvpress_lab.executors.two_stage.first_stage_entries`).
         """
         ...
 

@@ -90,6 +90,10 @@ class Recipe:
     compress_prefill : bool
         Compress the prefill (default ``True``); ``False`` with ``decode_budget`` compresses the
         generation only.
+    rerotate_keys : bool
+        Re-rotate the kept keys of every compressed layer to contiguous positions (StreamingLLM,
+        Finch, kvpress's KeyRerotationPress), RoPE families only; default ``False`` (kept keys keep
+        their true positions). See :mod:`kvpress_lab.engine.rerotation`.
 
     Examples
     --------
@@ -120,6 +124,7 @@ class Recipe:
     compress_every: int = 16
     compress_prefill: bool = True
     ratio_rounding: str = "half_up"
+    rerotate_keys: bool = False
 
     def __post_init__(self) -> None:
         check_int("Recipe", "window", self.window, minimum=1)
@@ -142,6 +147,10 @@ class Recipe:
             object.__setattr__(self, "executor", "ragged" if self.head_allocation == "adaptive" else "gather")
         check_int("Recipe", "compress_every", self.compress_every, minimum=1)
         check_bool("Recipe", "compress_prefill", self.compress_prefill)
+        check_bool("Recipe", "rerotate_keys", self.rerotate_keys)
+        if self.rerotate_keys and self.decode_budget is not None:
+            raise ValueError("Recipe.rerotate_keys re-rotates the keys kept by the prefill's compression only; it does not "
+                             "combine with decode_budget (decoding-time compression) yet.")
         if self.decode_budget is not None:
             check_int("Recipe", "decode_budget", self.decode_budget, minimum=1)
             if self.head_allocation != "uniform":
@@ -163,6 +172,9 @@ class Recipe:
                 "executor cannot store (it does not declare per_head_budgets); use executor='ragged' (the default "
                 "for adaptive head allocation)."
             )
+        if self.decode_budget is not None and getattr(built.scorer, "needs", None) == "reconstruction":
+            raise ValueError(f"Recipe.decode_budget does not combine with scorer {self.scorer!r}: it is scored by a reconstruction "
+                             "pass after the prefill, which decoding-time compression cannot rerun; drop decode_budget.")
         spec = BudgetSpec(self.budget, self.compression_ratio, self.window, minimum_kept(self.window, built.scorer), self.scorer,
                           self.ratio_rounding)
         object.__setattr__(self, "_budget_spec", spec)

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from kvpress_lab.hookspecs import hookimpl
 from kvpress_lab.scorers.compactor import CompactorScorer
+from kvpress_lab.scorers.critical import CriticalScorer
 from kvpress_lab.scorers.cur import CURScorer
 from kvpress_lab.scorers.expected_attention import ExpectedAttentionScorer
 from kvpress_lab.scorers.h2o import H2OScorer
 from kvpress_lab.scorers.keydiff import KeyDiffScorer
 from kvpress_lab.scorers.knorm import KNormScorer
+from kvpress_lab.scorers.kvzip import KVzipScorer
 from kvpress_lab.scorers.lagkv import LagKVScorer
 from kvpress_lab.scorers.leverage import LeverageScorer
 from kvpress_lab.scorers.non_causal import NonCausalAttentionScorer
@@ -30,7 +32,9 @@ __all__ = [
     "NonCausalAttentionScorer",
     "CompactorScorer",
     "CURScorer",
+    "CriticalScorer",
     "ExpectedAttentionScorer",
+    "KVzipScorer",
     "kvpress_lab_register_scorers",
 ]
 
@@ -41,5 +45,6 @@ def kvpress_lab_register_scorers() -> list[type]:
     return [
         SnapKVWindowScorer, H2OScorer, SinkScorer, KNormScorer, RandomScorer, TOVAScorer,
         KeyDiffScorer, LagKVScorer, LeverageScorer, NonCausalAttentionScorer, CompactorScorer, CURScorer,
-        ExpectedAttentionScorer,
+        ExpectedAttentionScorer, KVzipScorer,
+        CriticalScorer,
     ]

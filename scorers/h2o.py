@@ -1,4 +1,4 @@
-"""H2O scoring: attention accumulated over every prompt query, computed in chunks of queries."""
+"""H2O scoring: attention accumulated over every prompt query, computed in causal blocks of queries."""
 
 from __future__ import annotations
 
@@ -7,11 +7,10 @@ from typing import ClassVar
 
 import torch
 
-from kvpress_lab.attention import attention_probs, reduce_groups
 from kvpress_lab.layer_view import LayerView
 from kvpress_lab.validation import check_int
 
-__all__ = ["H2OScorer"]
+__all__ = ["H2OScorer", "attention_received"]
 
 
 @dataclass(frozen=True)
@@ -24,14 +23,22 @@ class H2OScorer:
     ----------
     chunk_size : int
         Queries per block, ``>= 1``. Default 256. The ``T x T`` attention matrix is never held:
-        each block needs ``(B, Hq, chunk_size, T)`` float32, i.e. memory ``O(T * chunk_size)``
-        per head; the result does not depend on the block size (up to float rounding).
+        the block of queries ``s:e`` needs ``(B, Hq, e - s, e)`` float32 (causal: keys after the
+        block's last query are never computed), i.e. memory ``O(T * chunk_size)`` per head; the
+        result does not depend on the block size (up to float rounding).
 
     Notes
     -----
     Causal softmax in float32, padding never attended, padded queries contribute nothing.
-    Query heads of a GQA group are averaged onto their KV head. Every query is recomputed from
-    the layer's input by ``view.queries`` (one projection per block).
+    Query heads of a GQA group are averaged onto their KV head. Each block's queries come from
+    ``view.queries`` (one projection per block, so every query is projected once).
+
+    **Chunked prefill** (:mod:`kvpress_lab.engine.chunking`): H2O accumulates across chunks as
+    the original method does during generation. After each chunk the engine calls
+    :meth:`score_chunk` for the attention the chunk's queries give to the entries held (kept ones
+    and the chunk's own, causally) and adds it to the running score of every kept entry
+    (``accumulates_scores``); an evicted entry's score is dropped with it. A kept entry's score is
+    thus the attention it received from every query that ran while it was in the cache.
 
     Examples
     --------
@@ -43,6 +50,8 @@ class H2OScorer:
     """
 
     name: ClassVar[str] = "h2o"
+    chunked_prefill: ClassVar[bool] = True  # scores a chunk's queries; the engine accumulates across chunks
+    accumulates_scores: ClassVar[bool] = True  # the engine adds score_chunk() to the kept entries' running scores
     chunk_size: int = 256
 
     def __post_init__(self) -> None:
@@ -50,10 +59,47 @@ class H2OScorer:
 
     def score(self, view: LayerView) -> torch.Tensor:
         """``(B, Hkv, T)`` float32 attention received from all prompt queries."""
-        keys = view.keys.float()  # (B, Hkv, T, D), converted once for every block
-        total = keys.new_zeros(view.batch_size, view.num_query_heads, view.seq_len)  # (B, Hq, T)
-        for start in range(0, view.seq_len, self.chunk_size):
-            stop = min(start + self.chunk_size, view.seq_len)
-            probs = attention_probs(view.queries(start, stop), keys, view.valid, start, view.scaling)  # (B, Hq, Q, T)
-            total += probs.sum(dim=2)
-        return reduce_groups(total, view.num_kv_heads, "mean")  # (B, Hkv, T)
+        return attention_received(view, 0, self.chunk_size)
+
+    def score_chunk(self, view: LayerView, query_start: int) -> torch.Tensor:
+        """``(B, Hkv, T)`` float32 attention received from the queries of entries ``query_start:T`` only.
+
+        The view holds the entries kept from earlier chunks followed by the current chunk's,
+        whose queries start at ``query_start``; each query sees the entries before it.
+        """
+        return attention_received(view, query_start, self.chunk_size)
+
+
+def attention_received(view: LayerView, query_start: int, block: int) -> torch.Tensor:
+    """Attention each entry receives from the queries of entries ``query_start:T``, summed: ``(B, Hkv, T)`` float32.
+
+    Causal (query ``i`` sees entries ``<= i``), padding never attended, padded queries give
+    nothing; query heads averaged per GQA group. Blocks of ``block`` queries: for queries
+    ``s:e`` only the ``(B, Hkv, G * (e - s), e)`` logits they can see are computed, the causal
+    mask is applied to the diagonal block only, and the softmax's column sums are added.
+    """
+    keys = view.keys.float()  # (B, Hkv, T, D), converted once for every block
+    batch, heads, length, head_dim = keys.shape
+    groups = view.num_groups
+    valid = view.valid.to(keys.device)  # (B, T)
+    padded = ~valid
+    any_padding = bool(padded.any())
+    lowest = torch.finfo(torch.float32).min  # finite: a fully masked row (a padded query) stays NaN-free
+    total = keys.new_zeros(batch, heads, length)  # (B, Hkv, T): summed over the group's query heads
+    for start in range(query_start, length, block):
+        stop = min(start + block, length)
+        width = stop - start
+        queries = view.queries(start, stop).float() * view.scaling  # (B, Hq, Q, D)
+        queries = queries.reshape(batch, heads, groups * width, head_dim)  # Hq = (Hkv G): rows (g, q)
+        logits = torch.matmul(queries, keys[:, :, :stop].transpose(-1, -2))  # (B, Hkv, G*Q, stop)
+        future = torch.ones(width, width, dtype=torch.bool, device=keys.device).triu(1)  # (Q, Q) keys after the query
+        logits[..., start:stop].view(batch, heads, groups, width, width).masked_fill_(future, lowest)
+        if any_padding:
+            logits.masked_fill_(padded[:, None, None, :stop], lowest)
+        probs = torch.softmax(logits, dim=-1)  # (B, Hkv, G*Q, stop)
+        del logits
+        if any_padding:  # padded queries attend nothing
+            query_valid = valid[:, start:stop].repeat(1, groups)  # (B, G*Q), rows (g, q)
+            probs.mul_(query_valid[:, None, :, None])
+        total[..., :stop] += probs.sum(dim=-2)
+    return total / groups  # (B, Hkv, T): mean over the group

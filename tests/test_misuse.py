@@ -71,9 +71,8 @@ def test_generate_options_that_would_skip_compression_are_refused(model, options
 @pytest.mark.parametrize(
     ("recipe", "fragment"),
     [
-        (Recipe(budget=8, window=2, scorer="h2o"), "scorer 'h2o' does not declare chunked_prefill"),
+        (Recipe(budget=8, window=2, scorer="keydiff"), "scorer 'keydiff' does not declare chunked_prefill"),
         (Recipe.preset("adaptive", budget=8, window=2), "allocator 'adaptive' has scope 'global'"),
-        (Recipe.preset("adakv", budget=8, window=2), "head_allocation='adaptive'"),
     ],
 )
 def test_chunked_prefill_with_a_recipe_that_cannot_chunk_is_refused(model, recipe, fragment):

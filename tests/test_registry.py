@@ -404,5 +404,5 @@ def test_source_tree_without_metadata_falls_back_to_the_builtin_modules(monkeypa
     monkeypatch.setattr(importlib.metadata, "entry_points", without_kvpress_lab)
     registry = Registry(autoload=False)
     assert set(registry.plugins()) == {f"kvpress-lab:{short}" for short in registry_module.BUILTIN_MODULES}
-    assert registry.names("executor") == ["gather", "ragged"]
+    assert registry.names("executor") == ["chunk", "gather", "merge", "merge_ragged", "ragged"]
     assert "pyramidkv" in registry.names("preset") and "snapkv_window" in registry.names("scorer")

@@ -16,7 +16,7 @@ from __future__ import annotations
 import torch
 from transformers.cache_utils import DynamicLayer
 
-from kvpress_lab.cache_layers.protocol import DecodingStep, LayerAttention, causal_layer_attention
+from kvpress_lab.cache_layers.protocol import DecodingStep, LayerAttention, causal_layer_attention, no_padding_attention
 
 __all__ = ["CompressedLayer"]
 
@@ -37,6 +37,12 @@ class CompressedLayer(DynamicLayer):
     -----
     New tokens appended by :meth:`update` take their validity from the step announced by
     :meth:`prepare_decoding` (padding inside the new tokens stays masked); without one, they are real.
+
+    Decoding builds no mask for a layer without filler slots when no new token is padding (one
+    new token under ``sdpa``/``eager``: none at all; otherwise one per step and distinct length,
+    shared through the step's :class:`~kvpress_lab.cache_layers.protocol.StepMemo`). Whether the layer has
+    filler slots is read from the device once, at its first decoding step, then followed
+    on the host; appended real columns of :attr:`slot_valid` are materialised only when read.
     """
 
     is_croppable = False
@@ -60,7 +66,24 @@ class CompressedLayer(DynamicLayer):
         self.values = values
         self.slot_valid = slot_valid.to(dtype=torch.bool, device=keys.device)
         self.logical_length = int(logical_length)
-        self._pending_valid: torch.Tensor | None = None  # (B, q) bool, from prepare_decoding
+        self._pending_valid: torch.Tensor | None = None  # (B, q) bool, from prepare_decoding; None: all real
+
+    # slot validity: (B, P) bool, with appended all-real columns kept as a count until read
+    @property
+    def slot_valid(self) -> torch.Tensor:
+        """``(B, P)`` bool: ``False`` on filler slots (and on padded tokens appended by decoding)."""
+        if self._real_tail:
+            tail = torch.ones(self._slot_valid.shape[0], self._real_tail, dtype=torch.bool, device=self._slot_valid.device)
+            self._slot_valid = torch.cat([self._slot_valid, tail], dim=-1)
+            self._real_tail = 0
+        return self._slot_valid
+
+    @slot_valid.setter
+    def slot_valid(self, value: torch.Tensor) -> None:
+        self._slot_valid = value
+        self._real_tail = 0
+        self._filler: bool | None = None  # any False slot; None until the first decoding step reads it
+        self._signature: tuple | None = None  # (slot validity bytes, logical length then), for shared masks
 
     @property
     def physical_length(self) -> int:
@@ -71,12 +94,15 @@ class CompressedLayer(DynamicLayer):
         """Append ``(B, Hkv, q, D)`` new entries and return the full ``(B, Hkv, P + q, D)`` states."""
         new = key_states.shape[-2]
         valid = self._pending_valid
-        if valid is None or valid.shape != (self.slot_valid.shape[0], new):
-            valid = torch.ones(self.slot_valid.shape[0], new, dtype=torch.bool, device=self.slot_valid.device)
         self._pending_valid = None
         self.keys = torch.cat([self.keys, key_states], dim=-2)
         self.values = torch.cat([self.values, value_states], dim=-2)
-        self.slot_valid = torch.cat([self.slot_valid, valid.to(self.slot_valid.device)], dim=-1)
+        if valid is None or valid.shape != (self._slot_valid.shape[0], new):
+            self._real_tail += new  # all real: appended when slot_valid is next read
+        else:
+            # announced as not all real: the layer now has a masked slot (its signature stays valid, see prepare_decoding)
+            self._slot_valid = torch.cat([self.slot_valid, valid.to(self._slot_valid.device)], dim=-1)
+            self._filler = True
         self.logical_length += new
         return self.keys, self.values
 
@@ -103,10 +129,24 @@ class CompressedLayer(DynamicLayer):
         return self.keys[row, head][valid], self.values[row, head][valid]
 
     def prepare_decoding(self, step: DecodingStep) -> LayerAttention:
-        """transformers' causal mask over the held slots: filler slots and padded new tokens masked."""
-        new_valid = step.new_tokens_valid()
-        self._pending_valid = new_valid
-        return causal_layer_attention(step, self.virtual_padding_mask(new_valid))
+        """transformers' causal mask over the held slots: filler slots and padded new tokens masked.
+
+        Without filler slots and padded new tokens this is :func:`~kvpress_lab.cache_layers.protocol.no_padding_attention`
+        (no mask at all for one new token under sdpa/eager); otherwise the mask over
+        :meth:`virtual_padding_mask`, shared with the step's other layers of the same slot validity.
+        """
+        all_real = step.new_tokens_all_real()
+        self._pending_valid = None if all_real else step.new_tokens_valid()
+        if self._filler is None:
+            self._filler = not bool(self._slot_valid.all())  # read once; then followed on the host
+        if not self._filler and all_real:
+            return no_padding_attention(step)
+        if self._signature is None:
+            self._signature = (self.slot_valid.cpu().numpy().tobytes(), self.logical_length)
+        # layers of one cache append the same tokens: equal validity at one length stays equal
+        return causal_layer_attention(
+            step, lambda: self.virtual_padding_mask(step.new_tokens_valid()), padding_key=("dense", *self._signature)
+        )
 
     def virtual_padding_mask(self, new_valid: torch.Tensor) -> torch.Tensor:
         """A 2-D mask in the logical frame that transformers' mask builders read correctly.

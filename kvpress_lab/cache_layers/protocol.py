@@ -12,7 +12,7 @@ Shape legend: :mod:`kvpress_lab.layer_view`; ``q`` is the number of new tokens o
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Hashable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
@@ -25,9 +25,41 @@ from kvpress_lab.errors import PluginError
 if TYPE_CHECKING:
     from kvpress_lab.cache_layers.varlen_attention import VarlenKernel
 
-__all__ = ["DecodingStep", "LayerAttention", "CompressedCacheLayer", "causal_layer_attention", "check_layer"]
+__all__ = [
+    "StepMemo", "DecodingStep", "LayerAttention", "CompressedCacheLayer", "causal_layer_attention", "no_padding_attention",
+    "NO_MASK", "check_layer",
+]
 
 _PROTOCOL_METHODS = ("update", "get_seq_length", "get_mask_sizes", "kept_counts", "head_entries", "nbytes", "prepare_decoding")
+
+
+class StepMemo:
+    """Values computed once per forward and shared by every layer of it (masks, new-token validity).
+
+    The decoding hooks make one per decoder forward and hand it to every layer's
+    :class:`DecodingStep`, so layers whose masks are equal (same length, same filler pattern) build
+    one between them: :meth:`get` builds the value of a key the first time it is asked in the step.
+    A key must name everything the value depends on, beyond what is common to the whole forward
+    (the padding mask, the new tokens, the cache). Values are shared: never modify them in place.
+
+    >>> memo = StepMemo()
+    >>> memo.get(("mask", 129), lambda: "built"), memo.get(("mask", 129), lambda: "again"), memo.built
+    ('built', 'built', 1)
+    """
+
+    def __init__(self) -> None:
+        self._values: dict[Hashable, object] = {}
+        self.built = 0
+        """How many values were built (keys asked for the first time) in this step."""
+
+    def get(self, key: Hashable, build: Callable[[], Any]) -> Any:
+        """The value of ``key`` in this step, built by ``build()`` the first time it is asked."""
+        try:
+            return self._values[key]
+        except KeyError:
+            value = self._values[key] = build()
+            self.built += 1
+            return value
 
 
 @dataclass(frozen=True, eq=False)
@@ -52,6 +84,8 @@ class DecodingStep:
     varlen_kernel : VarlenKernel or None
         A variable-length kernel the user asked ragged layers to attend with
         (``enable_compressed_decoding(model, ragged_kernel=...)``), or ``None``.
+    memo : StepMemo
+        Shared by the layers of one forward (see :class:`StepMemo`); a fresh one by default.
     """
 
     config: Any
@@ -61,6 +95,7 @@ class DecodingStep:
     padding_mask: torch.Tensor | None
     num_query_heads: int
     varlen_kernel: VarlenKernel | None = None
+    memo: StepMemo = field(default_factory=StepMemo, repr=False)
 
     @property
     def query_length(self) -> int:
@@ -68,12 +103,34 @@ class DecodingStep:
         return self.hidden_states.shape[1]
 
     def new_tokens_valid(self) -> torch.Tensor:
-        """``(B, q)`` bool: which new tokens are real (the last ``q`` columns of the padding mask)."""
+        """``(B, q)`` bool: which new tokens are real (the last ``q`` columns of the padding mask).
+
+        Computed once per step (shared by the layers: do not modify it in place).
+        """
         batch, new = self.hidden_states.shape[:2]
-        mask = self.padding_mask
-        if mask is not None and mask.shape[-1] >= new:
-            return mask[:, -new:].to(torch.bool)
-        return torch.ones(batch, new, dtype=torch.bool, device=self.hidden_states.device)
+        device = self.hidden_states.device
+
+        def build() -> torch.Tensor:
+            mask = self.padding_mask
+            if mask is not None and mask.shape[-1] >= new:
+                return mask[:, -new:].to(device=device, dtype=torch.bool)
+            return torch.ones(batch, new, dtype=torch.bool, device=device)
+
+        return self.memo.get(("new_tokens_valid", batch, new, device), build)
+
+    def new_tokens_all_real(self) -> bool:
+        """Whether every new token is real: ``True`` without a look at the device when there is no padding mask.
+
+        With a padding mask this reads :meth:`new_tokens_valid` on the host, once per step.
+        """
+        if self.padding_mask is None:
+            return True
+        return self.memo.get(("new_tokens_all_real", self.query_length), lambda: bool(self.new_tokens_valid().all()))
+
+    def mask_key(self) -> tuple:
+        """What every mask of this step depends on besides the layer: kernel, dtype, device, ``B``, ``q``."""
+        hidden = self.hidden_states
+        return (self.config._attn_implementation, hidden.dtype, hidden.device, hidden.shape[0], hidden.shape[1])
 
 
 @dataclass(frozen=True)
@@ -131,19 +188,75 @@ class CompressedCacheLayer(Protocol):
         ...
 
 
-def causal_layer_attention(step: DecodingStep, padding_mask: torch.Tensor | None = None) -> LayerAttention:
+NO_MASK = LayerAttention(None)
+"""The call attends to every entry its layer holds, with no mask (immutable, shared)."""
+
+_STEP_PADDING = object()  # the step's own padding mask: the same for every layer of the step
+
+
+def causal_layer_attention(
+    step: DecodingStep,
+    padding_mask: torch.Tensor | Callable[[], torch.Tensor] | None = None,
+    *,
+    padding_key: Hashable | None = None,
+) -> LayerAttention:
     """transformers' own causal mask for ``step``'s layer, sized from that layer's ``get_mask_sizes``.
 
     ``padding_mask`` is ``(B, S)`` bool in the layer's *logical* frame (``S`` its logical length plus
-    ``q``); default: the step's own. Used by dense layers and by uncompressed layers of a compressed
-    cache (whose mask the decoder sized for another layer).
+    ``q``), or a function returning it (called only when the mask is built); default: the step's
+    own. Used by dense layers and by uncompressed layers of a compressed cache (whose mask the
+    decoder sized for another layer).
+
+    The mask is built once per step for each distinct ``(query offset, kv length, kv offset)`` of
+    the layers asking and each padding: with the step's own padding mask, layers of equal sizes
+    share one mask; a layer passing its own ``padding_mask`` shares only when it gives a
+    ``padding_key`` that identifies that mask's content among the step's layers (``None``: never
+    shared).
     """
-    mask = step.padding_mask if padding_mask is None else padding_mask
-    return LayerAttention(
-        create_causal_mask(
-            config=step.config, inputs_embeds=step.hidden_states, attention_mask=mask, cache=step.cache, layer_idx=step.layer_idx
+    if padding_mask is None:
+        mask, padding_key = step.padding_mask, _STEP_PADDING
+    else:
+        mask = padding_mask
+
+    def build() -> LayerAttention:
+        padding = mask() if callable(mask) else mask
+        return LayerAttention(
+            create_causal_mask(
+                config=step.config, inputs_embeds=step.hidden_states, attention_mask=padding, cache=step.cache, layer_idx=step.layer_idx
+            )
         )
-    )
+
+    if padding_key is None:
+        step.memo.built += 1
+        return build()
+    return step.memo.get(("causal", step.mask_key(), _mask_sizes(step), padding_key), build)
+
+
+def no_padding_attention(step: DecodingStep) -> LayerAttention:
+    """The causal mask of ``step``'s layer when none of its slots nor new tokens is padding.
+
+    Nothing is built for a single new token under ``sdpa`` or ``eager`` (attending to every held
+    entry needs no mask); otherwise transformers' mask from the layer's sizes, once per step and
+    distinct size (:func:`causal_layer_attention` with no padding).
+    """
+    if step.query_length == 1 and step.config._attn_implementation in ("sdpa", "eager"):
+        return NO_MASK
+
+    def build() -> LayerAttention:
+        return LayerAttention(
+            create_causal_mask(
+                config=step.config, inputs_embeds=step.hidden_states, attention_mask=None, cache=step.cache, layer_idx=step.layer_idx
+            )
+        )
+
+    return step.memo.get(("causal", step.mask_key(), _mask_sizes(step), None), build)
+
+
+def _mask_sizes(step: DecodingStep) -> tuple[int, int, int]:
+    """``(query offset, kv length, kv offset)`` of the step's layer: what transformers sizes its mask from."""
+    cache, idx = step.cache, step.layer_idx
+    offset = cache.get_query_offset(idx) if hasattr(cache, "get_query_offset") else cache.get_seq_length(idx)
+    return (int(offset), *cache.get_mask_sizes(step.query_length, idx))
 
 
 def check_layer(layer: object, executor: str) -> None:

@@ -4,11 +4,18 @@ Storage is flat: all kept entries of all ``(row, head)`` segments, back to back,
 the segment lengths on the side (the layout flash-attention's variable-length kernel reads).
 For attention, :meth:`RaggedLayer.update <kvpress_lab.cache_layers.ragged.RaggedLayer.update>` returns either
 
-* a transient dense ``(B, Hkv, Lmax, D)`` view with each head's entries right-aligned, for
+* a padded ``(B, Hkv, Lmax, D)`` view with each head's entries right-aligned, for
   ``sdpa``/``eager``; the layer gives each head its own mask, so the filler slots are never
-  attended, and only one layer's dense view exists at a time; or
+  attended. The view is built once, at the first such decoding step, and then *replaces* the flat
+  storage: every step appends the ``q`` new entries of every head as columns (each head's
+  filler stays where it is, as in a dense layer's ``torch.cat``), so nothing is rebuilt per step.
+  It holds ``Lmax`` entries per head (filler included): equal to the flat storage when every head
+  keeps the same count, more with per-head budgets (:meth:`RaggedLayer.nbytes <kvpress_lab.cache_layers.ragged.RaggedLayer.nbytes>` counts what is
+  held). Its per-head mask depends only on the filler counts, so layers with equal counts share
+  one per step, and none is built for one new token when no head has filler; or
 * the flat storage itself (``returns_dense_view = False``), for a variable-length kernel
-  (:mod:`kvpress_lab.cache_layers.varlen_attention`); no padded copy is made.
+  (:mod:`kvpress_lab.cache_layers.varlen_attention`); no padded copy is made (a padded layer
+  goes back to flat storage, once).
 
 :meth:`RaggedLayer.prepare_decoding <kvpress_lab.cache_layers.ragged.RaggedLayer.prepare_decoding>` picks between the two from the attention implementation
 (``flash_attention_2``, or a kernel the user passed, routes the call to the varlen function).
@@ -19,7 +26,7 @@ from __future__ import annotations
 import torch
 from transformers.cache_utils import DynamicLayer
 
-from kvpress_lab.cache_layers.protocol import DecodingStep, LayerAttention
+from kvpress_lab.cache_layers.protocol import NO_MASK, DecodingStep, LayerAttention
 from kvpress_lab.cache_layers.varlen_attention import (
     CALL_KWARG,
     RAGGED_VARLEN_IMPLEMENTATION,
@@ -56,12 +63,82 @@ class RaggedLayer(DynamicLayer):
         if lengths.dim() != 2 or int(lengths.sum()) != flat_keys.shape[0]:
             raise ValueError(f"lengths must be (B, Hkv) summing to N={flat_keys.shape[0]}, got {lengths.tolist()}.")
         self.lazy_initialization(flat_keys, flat_values)
-        self.flat_keys = flat_keys
-        self.flat_values = flat_values
+        self._padded: tuple[torch.Tensor, torch.Tensor] | None = None  # (B, Hkv, Lmax, D) right-aligned, when decoding densely
+        self._flat: tuple[torch.Tensor, torch.Tensor] | None = (flat_keys, flat_values)
         self.lengths = lengths.to("cpu", torch.int64)
         self.logical_length = int(logical_length)
-        self.keys = self.flat_keys  # what generic Cache utilities look at; never used densely
-        self.values = self.flat_values
+        self.keys = flat_keys  # what generic Cache utilities look at: the storage held (flat or padded)
+        self.values = flat_values
+
+    # -- storage: flat (N, D) segments, or the padded view that replaces them while decoding densely
+
+    @property
+    def lengths(self) -> torch.Tensor:
+        """``(B, Hkv)`` int64 on the CPU: entries per segment."""
+        return self._lengths
+
+    @lengths.setter
+    def lengths(self, value: torch.Tensor) -> None:
+        self._lengths = value
+        self._filler_key: tuple[int, ...] | None = None  # Lmax - lengths per segment, computed when asked
+
+    @property
+    def flat_keys(self) -> torch.Tensor:
+        """``(N, D)`` kept keys, segments back to back (computed from the padded view when that is held)."""
+        return self._flat_storage()[0]
+
+    @flat_keys.setter
+    def flat_keys(self, value: torch.Tensor) -> None:
+        self._set_flat(value, self.flat_values)
+
+    @property
+    def flat_values(self) -> torch.Tensor:
+        """``(N, D)`` kept values, like :attr:`flat_keys`."""
+        return self._flat_storage()[1]
+
+    @flat_values.setter
+    def flat_values(self, value: torch.Tensor) -> None:
+        self._set_flat(self.flat_keys, value)
+
+    def _set_flat(self, keys: torch.Tensor, values: torch.Tensor) -> None:
+        self._flat, self._padded = (keys, values), None
+        self.keys, self.values = keys, values
+
+    def _flat_storage(self) -> tuple[torch.Tensor, torch.Tensor]:
+        if self._flat is not None:
+            return self._flat
+        keys, values = self._padded
+        valid = self._slot_valid(0).reshape(-1, keys.shape[-2])  # (S, Lmax)
+        return tuple(x.reshape(-1, x.shape[-2], x.shape[-1])[valid] for x in (keys, values))  # row-major segments
+
+    def _to_flat(self) -> None:
+        """Hold the flat storage (drop the padded view)."""
+        if self._flat is None:
+            self._set_flat(*self._flat_storage())
+
+    def _to_padded(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Hold the padded view (built from the flat storage once, which it replaces)."""
+        if self._padded is None:
+            keys, values = self._flat
+            self._padded, self._flat = (self._dense(keys), self._dense(values)), None
+            self.keys, self.values = self._padded
+        return self._padded
+
+    def _slot_valid(self, query_length: int) -> torch.Tensor:
+        """``(B, Hkv, Lmax + q)`` bool on the storage's device: right-aligned validity after appending ``q`` tokens."""
+        device = self.keys.device
+        width = int(self._lengths.max()) + query_length
+        slots = torch.arange(width, device=device)
+        return slots >= (width - query_length - self._lengths).to(device)[..., None]
+
+    def filler_counts(self) -> tuple[int, ...]:
+        """``Lmax - lengths`` per segment (row-major), host-side: what the per-head mask depends on.
+
+        Appending the same number of tokens to every head leaves it unchanged.
+        """
+        if self._filler_key is None:
+            self._filler_key = tuple((self._lengths.max() - self._lengths).reshape(-1).tolist())
+        return self._filler_key
 
     @classmethod
     def from_dense(cls, keys: torch.Tensor, values: torch.Tensor, valid: torch.Tensor, logical_length: int) -> RaggedLayer:
@@ -77,7 +154,7 @@ class RaggedLayer(DynamicLayer):
     @property
     def num_entries(self) -> int:
         """``N``: kept entries over all rows and heads."""
-        return self.flat_keys.shape[0]
+        return int(self._lengths.sum())
 
     @property
     def physical_length(self) -> int:
@@ -94,22 +171,36 @@ class RaggedLayer(DynamicLayer):
         return length, self.logical_length + query_length - length
 
     def nbytes(self) -> int:
-        """Bytes held: flat keys and values plus the segment lengths."""
-        tensors = (self.flat_keys, self.flat_values, self.lengths)
+        """Bytes held: flat keys and values (or the padded view, filler included, while it is held) plus the segment lengths."""
+        tensors = (*(self._flat if self._flat is not None else self._padded), self.lengths)
         return sum(t.numel() * t.element_size() for t in tensors)
 
     def kept_counts(self) -> torch.Tensor:
         """``(B, Hkv)`` int64 on the CPU: entries per segment."""
         return self.lengths.clone()
 
+    def head_dense_entries(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``(B, Hkv, Lmax, D)`` keys and values, right-aligned per head, and their ``(B, Hkv, Lmax)`` validity.
+
+        What a chunked prefill re-scores (:mod:`kvpress_lab.engine.per_head_chunks`); the layer then
+        holds the padded view.
+        """
+        keys, values = self._to_padded()
+        return keys, values, self._slot_valid(0)
+
     def head_entries(self, row: int, head: int) -> tuple[torch.Tensor, torch.Tensor]:
         """``(n, D)`` keys and values of segment ``(row, head)``."""
+        if self._padded is not None:
+            keys, values = self._padded
+            start = keys.shape[-2] - int(self.lengths[row, head])
+            return keys[row, head, start:], values[row, head, start:]
         heads = self.lengths.shape[1]
         flat = self.lengths.reshape(-1)
         segment = row * heads + head
         start = int(flat[:segment].sum())
         stop = start + int(flat[segment])
-        return self.flat_keys[start:stop], self.flat_values[start:stop]
+        keys, values = self._flat
+        return keys[start:stop], values[start:stop]
 
     # -- decoding ------------------------------------------------------------------------------
 
@@ -118,11 +209,23 @@ class RaggedLayer(DynamicLayer):
 
         The varlen path is taken under ``flash_attention_2`` or when ``step.varlen_kernel`` is set;
         any other implementation than ``sdpa``/``eager`` raises :class:`NotImplementedError`.
+        The mask depends only on the width and the filler counts (and on the step: kernel, dtype,
+        ``B``, ``q``, new-token padding): it is built once per step for the layers that share them,
+        and not at all for one new token when no head has filler (every held entry is attended).
         """
         kernel = step.varlen_kernel or ragged_kernel_for(step.config._attn_implementation)
         self.returns_dense_view = kernel is None
         if kernel is None:
-            return LayerAttention(self.dense_view_mask(step))
+            filler = self.filler_counts()
+            if step.query_length == 1 and not any(filler):
+                return NO_MASK
+            groups = step.num_query_heads // self.lengths.shape[1]
+            key = ("ragged", step.mask_key(), groups, filler, int(self.lengths.max()))  # the width: layers differ in length
+            return step.memo.get(key, lambda: LayerAttention(self.dense_view_mask(step)))
+        if not step.new_tokens_all_real():
+            raise NotImplementedError("The varlen path of a ragged layer attends every new token; padded new tokens "
+                                      "(a left-padded chunk of a chunked prefill) need sdpa or eager attention.")
+        self._to_flat()
         call = RaggedAttentionCall(layer=self, kernel=kernel)
         return LayerAttention(None, attn_implementation=RAGGED_VARLEN_IMPLEMENTATION, extra_kwargs={CALL_KWARG: call})
 
@@ -136,6 +239,9 @@ class RaggedLayer(DynamicLayer):
         slots = torch.arange(width, device=valid.device)
         last_visible = width - query_length + torch.arange(query_length, device=valid.device)  # (q,)
         mask = valid[:, :, None, :] & (slots[None, :] <= last_visible[:, None])[None, None]  # (B, Hq, q, Lmax)
+        if not step.new_tokens_all_real():  # a chunk of a chunked prefill can begin with a row's left padding
+            own = torch.eye(query_length, dtype=torch.bool, device=mask.device)  # a padded query sees itself: no empty row
+            mask[..., width - query_length :] &= (step.new_tokens_valid()[:, None, :] | own)[:, None]
         if step.config._attn_implementation == "sdpa":
             return mask
         zero = torch.zeros((), dtype=hidden.dtype, device=mask.device)
@@ -143,9 +249,9 @@ class RaggedLayer(DynamicLayer):
 
     def head_valid(self, query_length: int, num_groups: int) -> torch.Tensor:
         """``(B, Hq, Lmax)`` bool validity of the dense view after appending ``query_length`` tokens."""
-        new_lengths = (self.lengths + query_length).to(self.flat_keys.device)  # (B, Hkv)
+        new_lengths = (self.lengths + query_length).to(self.keys.device)  # (B, Hkv)
         width = int(self.lengths.max()) + query_length
-        slots = torch.arange(width, device=self.flat_keys.device)
+        slots = torch.arange(width, device=self.keys.device)
         valid = slots >= (width - new_lengths)[..., None]  # (B, Hkv, Lmax), right-aligned
         return valid.repeat_interleave(num_groups, dim=1)
 
@@ -158,7 +264,18 @@ class RaggedLayer(DynamicLayer):
         batch, heads, new, head_dim = key_states.shape
         if (batch, heads) != tuple(self.lengths.shape):
             raise ValueError(f"new states are for (B, Hkv)={(batch, heads)}, the layer holds {tuple(self.lengths.shape)}.")
-        device = self.flat_keys.device
+        if self.returns_dense_view:  # append one column per new token to the padded view: no rebuild
+            keys, values = self._to_padded()
+            self._padded = (torch.cat([keys, key_states.to(keys.dtype)], dim=-2), torch.cat([values, value_states.to(values.dtype)], dim=-2))
+            self.keys, self.values = self._padded
+            filler = self._filler_key
+            self.lengths = self.lengths + new
+            self._filler_key = filler  # every head grew by the same count: the filler is where it was
+            self.logical_length += new
+            return self._padded
+        self._to_flat()
+        flat_keys, flat_values = self._flat
+        device = flat_keys.device
         old = self.lengths.reshape(-1).to(device)  # (S,)
         segments = torch.arange(old.numel(), device=device)
         old_ends = old.cumsum(0)
@@ -166,14 +283,10 @@ class RaggedLayer(DynamicLayer):
         shift = torch.repeat_interleave(segments * new, old, output_size=self.num_entries)
         dest_old = torch.arange(self.num_entries, device=device) + shift
         dest_new = (old_ends + new * segments)[:, None] + torch.arange(new, device=device)  # (S, q)
-        self.flat_keys = _scatter_rows(self.flat_keys, key_states, dest_old, dest_new)
-        self.flat_values = _scatter_rows(self.flat_values, value_states, dest_old, dest_new)
-        self.keys, self.values = self.flat_keys, self.flat_values
+        self._set_flat(_scatter_rows(flat_keys, key_states, dest_old, dest_new), _scatter_rows(flat_values, value_states, dest_old, dest_new))
         self.lengths = self.lengths + new
         self.logical_length += new
-        if not self.returns_dense_view:
-            return self.flat_keys, self.flat_values
-        return self._dense(self.flat_keys), self._dense(self.flat_values)
+        return self._flat
 
     def _dense(self, flat: torch.Tensor) -> torch.Tensor:
         batch, heads = self.lengths.shape

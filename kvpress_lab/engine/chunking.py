@@ -10,8 +10,22 @@ that chunk, never those of later tokens).
 
 What can be scored from a chunk: a scorer declares ``chunked_prefill = True`` when it needs only
 the keys and values held and the queries of the current chunk (window attention, recency, key
-norms, ...). Scorers that need every prompt query (``h2o``), allocators of scope ``"global"``
-and per-head (ragged) budgets are refused with a clear error.
+norms, ...). A scorer that also declares ``accumulates_scores = True`` (``h2o``) provides
+``score_chunk(view, query_start)``, the share of the chunk's queries; the engine adds it to a
+running ``(B, Hkv, held)`` score per layer, carries the kept entries' scores to the next chunk
+and drops the evicted ones' (``CompressionSession.accumulated_scores``), as H2O does while it
+generates.
+
+Per-head (ragged) layers (``head_allocation="adaptive"``, AdaKV-style) are re-compressed after
+every chunk too: the chunk's entries are appended to every head, each head is scored on its own
+held entries, and the layer's budget is split across its heads again
+(:mod:`kvpress_lab.engine.per_head_chunks`); a head holds at most its previous allocation plus
+one chunk.
+
+Allocators of scope ``"global"`` are refused with a clear error: their budgets come from a
+statistic of every layer over the *whole* prompt (the final observation window), known only
+after the last chunk, while every earlier chunk must already be cut to a budget; holding the
+layers uncompressed until then would be one-shot prefill's memory.
 """
 
 from __future__ import annotations
@@ -62,8 +76,8 @@ def check_chunkable(recipe: object, chunk_size: int | None = None) -> None:
     Raises
     ------
     UnsupportedCacheError
-        For a scorer that does not declare ``chunked_prefill``, a ``"global"`` allocator, per-head
-        budgets, or a chunk size below 1.
+        For a scorer that does not declare ``chunked_prefill``, a ``"global"`` allocator, or a chunk
+        size below 1.
     """
     if chunk_size is not None and (isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1):
         raise UnsupportedCacheError(f"prefill chunk size must be an integer >= 1, got {chunk_size!r}.")
@@ -76,8 +90,8 @@ def check_chunkable(recipe: object, chunk_size: int | None = None) -> None:
         )
     if strategies.allocator.scope != "static":
         reasons.append(f"allocator {recipe.allocator!r} has scope {strategies.allocator.scope!r} (it needs every layer of the whole prompt)")
-    if recipe.head_allocation != "uniform":
-        reasons.append("head_allocation='adaptive' (per-head layers are not re-compressed between chunks yet)")
+    if getattr(recipe, "rerotate_keys", False):
+        reasons.append("rerotate_keys=True (keys are re-rotated once, after a one-pass prefill)")
     if reasons:
         raise UnsupportedCacheError(
             "This recipe cannot compress during a chunked prefill: " + "; ".join(reasons) + ". Prefill in one pass "

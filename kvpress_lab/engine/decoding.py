@@ -10,6 +10,12 @@ function of its own, such as the varlen kernel of ragged layers). Layers follow 
 :class:`~kvpress_lab.cache_layers.CompressedCacheLayer` protocol; an uncompressed layer of a
 compressed cache gets transformers' causal mask sized for itself. The hooks do nothing unless the
 cache passed to the model holds at least one compressed layer.
+
+Every layer of one forward shares one :class:`~kvpress_lab.cache_layers.protocol.StepMemo`: a mask is built
+once per step and distinct layer length (and filler pattern), not once per layer, and not at all
+where the kernel needs none (one new token under sdpa/eager on layers without filler slots). The
+tokens a compressed cache consumes are recorded on their own device (no per-step copy to the
+host); they are compared with ``generate``'s ``input_ids`` only when ``generate`` starts.
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ import torch
 from torch import nn
 
 from kvpress_lab.cache_layers import DecodingStep, LayerAttention, causal_layer_attention
+from kvpress_lab.cache_layers.protocol import StepMemo
 from kvpress_lab.cache_layers.varlen_attention import VarlenKernel
 from kvpress_lab.engine.families import ModelAdapter
 from kvpress_lab.engine.generate_guard import GenerateCall, guard_generate
@@ -40,7 +47,7 @@ __all__ = [
 ]
 
 COMPRESSED_FLAG = "_kvpress_lab_compressed"
-_TOKENS_ATTR = "_kvpress_lab_tokens"  # list of (B, q) int64 tensors: every token the cache has consumed, or None
+_TOKENS_ATTR = "_kvpress_lab_tokens"  # list of (B, q) int64 tensors (on their devices): every token consumed, or None
 _PERSISTENT_ATTR = "_kvpress_lab_decoding_hooks"
 
 
@@ -144,12 +151,13 @@ class DecodingHooks:
 
     def _capture_inputs(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
         self._local.padding_mask = self._capture(args, kwargs)
+        self._local.memo = StepMemo()  # shared by this forward's layers
         cache = cache_from_kwargs(kwargs)
         if cache is not None and is_compressed(cache):
             tokens = getattr(cache, _TOKENS_ATTR, None)
             ids = kwargs.get("input_ids", args[0] if args else None)
             if tokens is not None and ids is not None:
-                tokens.append(ids.detach().to("cpu", torch.int64))
+                tokens.append(ids.detach().to(torch.int64, copy=True))  # stays on its device: no sync per step
             elif tokens is not None:  # fed embeddings: what the cache holds is no longer known
                 setattr(cache, _TOKENS_ATTR, None)
 
@@ -164,9 +172,11 @@ class DecodingHooks:
         cache = cache_from_kwargs(kwargs)
         if cache is None or not is_compressed(cache) or idx >= len(cache.layers):
             return None
+        memo = getattr(self._local, "memo", None)
         step = DecodingStep(
             config=self.adapter.config, cache=cache, layer_idx=idx, hidden_states=self.adapter.hidden_states(args, kwargs),
             padding_mask=self.padding_mask, num_query_heads=self.adapter.num_query_heads, varlen_kernel=self.ragged_kernel,
+            memo=StepMemo() if memo is None else memo,
         )
         prepare = getattr(cache.layers[idx], "prepare_decoding", None)
         attention: LayerAttention = causal_layer_attention(step) if prepare is None else prepare(step)
@@ -219,7 +229,7 @@ def check_cache_matches(cache: object, input_ids: torch.Tensor | None, num_kv_he
     tokens = getattr(cache, _TOKENS_ATTR, None)
     if tokens is None or input_ids is None:
         return  # prefilled from embeddings: the tokens it holds are unknown
-    held = torch.cat(tokens, dim=1)  # (B, L)
+    held = torch.cat([t.to("cpu") for t in tokens], dim=1)  # (B, L): the one copy to the host, when generate starts
     given = input_ids.detach().to("cpu", torch.int64)
     if given.shape[1] <= held.shape[1] or not torch.equal(given[:, : held.shape[1]], held):
         extended = held.shape[1] > tokens[0].shape[1]

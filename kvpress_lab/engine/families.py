@@ -127,7 +127,24 @@ class ModelAdapter:
             scaling=float(module.scaling),
             num_query_heads=self.num_query_heads,
             query_fn=functools.partial(_slice_queries, module, hidden, cos, sin, queries_from),
+            output_projection=self.output_projection(idx),
         )
+
+    def output_projection(self, idx: int) -> torch.Tensor | None:
+        """``(hidden_size, Hq * D)`` weight of layer ``idx``'s output projection ``o_proj`` (``None`` if absent)."""
+        projection = getattr(self.attention[idx], "o_proj", None)
+        weight = getattr(projection, "weight", None)
+        if isinstance(weight, torch.Tensor) and weight.is_meta:
+            # offloaded by a device_map: accelerate keeps the weight in its hook's map and loads it
+            # only inside o_proj's own forward
+            weights_map = getattr(getattr(projection, "_hf_hook", None), "weights_map", None)
+            if weights_map is None or "weight" not in weights_map:
+                raise ValueError(
+                    f"Layer {idx}'s o_proj weight is on the meta device and no offload map holds it; "
+                    "load the model with its weights materialised."
+                )
+            weight = weights_map["weight"]
+        return weight.detach() if isinstance(weight, torch.Tensor) else None
 
     def layer_view_from_call(self, idx: int, args: tuple, kwargs: dict, layer: object, valid: torch.Tensor, window: int) -> LayerView:
         """:meth:`layer_view` from an attention module's forward-hook arguments and its cache ``layer``."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import threading
 import warnings
@@ -18,10 +19,16 @@ from kvpress_lab.engine.cache_checks import check_cache, check_generate_options,
 from kvpress_lab.engine.chunking import ChunkedPrefill, check_chunkable
 from kvpress_lab.engine.decoding import DecodingHooks, PaddingCapture, cache_from_kwargs, mark_compressed, persistent_hooks
 from kvpress_lab.engine.generate_guard import GenerateCall, guard_generate
+from kvpress_lab.engine.global_statistics import layer_statistic, ranks_scores
+from kvpress_lab.engine.post_prefill import needs_reconstruction, reconstruction_scores
 from kvpress_lab.errors import UnsupportedCacheError
 from kvpress_lab.engine.families import ModelAdapter
 from kvpress_lab.engine.padding import check_left_padding
+from kvpress_lab.engine.per_head_chunks import heads_as_rows, rows_as_heads, select_per_head
 from kvpress_lab.engine.recent_inputs import RecentInputs
+from kvpress_lab.engine.rerotation import rerotate_kept_keys
+from kvpress_lab.executors.two_stage import first_stage_entries
+from kvpress_lab.engine.role_timers import RoleTimers, timers_for
 from kvpress_lab.head_allocation import adaptive_head_budgets
 from kvpress_lab.layer_view import LayerView
 from kvpress_lab.protocols import Selection
@@ -33,6 +40,7 @@ __all__ = ["CompressionSession"]
 
 _ACTIVE_ATTR = "_kvpress_lab_session"
 _ATTACH_LOCK = threading.Lock()  # makes "is a session applied? then apply mine" atomic across threads
+_UNTIMED = contextlib.nullcontext()  # what _timed returns when role timing is off
 
 
 @dataclass
@@ -78,6 +86,10 @@ class CompressionSession:
     record_indices : bool
         Keep each layer's :class:`~kvpress_lab.protocols.Selection` of the last prefill in
         ``selections`` (for analysis and tests).
+    timers : RoleTimers or None
+        Add the time spent in each role (scoring, allocation, selection, gather) to these
+        :class:`~kvpress_lab.engine.role_timers.RoleTimers`; ``None`` (default): untimed, unless
+        the model is inside :func:`~kvpress_lab.engine.role_timers.time_roles`.
 
     Examples
     --------
@@ -85,7 +97,8 @@ class CompressionSession:
     ...     out = model.generate(input_ids, max_new_tokens=20)
     """
 
-    def __init__(self, recipe: Recipe, model: nn.Module, *, record_indices: bool = False):
+    def __init__(self, recipe: Recipe, model: nn.Module, *, record_indices: bool = False,
+                 timers: RoleTimers | None = None):
         scope = recipe.strategies.allocator.scope
         if scope not in ("static", "global"):
             raise ValueError(f"Allocator {recipe.allocator!r} has scope {scope!r}; expected 'static' or 'global'.")
@@ -97,11 +110,16 @@ class CompressionSession:
         if check_layers is not None:  # e.g. a learned profile fitted on a model with another depth
             check_layers(len(self.adapter.compressible))
         self.record_indices = record_indices
+        self.timers = timers if timers is not None else timers_for(model, recipe)
         self.selections: dict[int, Selection] = {}
+        self.accumulated_scores: dict[int, torch.Tensor] = {}  # (B, Hkv, held) per layer: chunked prefill, accumulating scorers
         self.plan: BudgetPlan | None = None
-        self._global = scope == "global"
+        self._reconstruct = needs_reconstruction(recipe.strategies.scorer)  # kvzip: scored by a pass after the prefill
+        self._global = scope == "global" or self._reconstruct
         self._pending: list[_ScoredLayer] = []
         self._statistics: list[torch.Tensor] = []
+        self._stage_one: dict[int, torch.Tensor] = {}  # layer -> (B, Hkv, T) stage-one scores (two-stage scorers)
+        self._rotary: dict[int, tuple] = {}  # layer -> prefill (cos, sin), kept for Recipe.rerotate_keys
         self._ordinal = {idx: n for n, idx in enumerate(self.adapter.compressible)}
         self._decoding = DecodingHooks(self.adapter, model=model)
         self._capture_padding = PaddingCapture(self.adapter.decoder)
@@ -201,6 +219,7 @@ class CompressionSession:
         else:
             valid = check_left_padding(attention_mask)
         self._chunking = ChunkedPrefill(input_ids=input_ids.detach().cpu(), valid=valid)
+        self.accumulated_scores.clear()
 
     def run_prefill_hooks(self, cache: object, inputs: dict[int, dict], input_ids: torch.Tensor,
                           attention_mask: torch.Tensor | None = None) -> None:
@@ -211,6 +230,11 @@ class CompressionSession:
         to compress one prefill with several recipes; nothing is attached to the model.
         """
         self._entered = True
+        if self._reconstruct:
+            raise UnsupportedCacheError(
+                f"Scorer {self.recipe.scorer!r} runs a reconstruction pass after the prefill, which a shared prefill "
+                "(compress_many) does not replay; compress with this recipe alone (Recipe.prefill)."
+            )
         self._thread = threading.get_ident()
         decoder = self.adapter.decoder
         self._new_forward(decoder, (), {"input_ids": input_ids, "attention_mask": attention_mask, "cache": cache})
@@ -228,6 +252,9 @@ class CompressionSession:
             check_cache(cache, self.adapter.compressible)
         self._padding = self._capture_padding(args, kwargs)
         self._input_ids = kwargs.get("input_ids", args[0] if args else None)
+        self._position_ids = kwargs.get("position_ids")  # (B, T) or None; where a reconstruction pass continues
+        self._rotary.clear()  # rotary tables of this forward's prefill only (Recipe.rerotate_keys)
+        self._stage_one.clear()  # stage-one scores of this forward's layers only (two-stage scorers)
         if self._chunking is not None and self._next_chunk(cache, kwargs):
             return  # one more chunk of the prompt: the plan of the whole prompt stays
         self.plan = None  # budgets depend on this forward's prompt; planned at its first layer
@@ -265,18 +292,26 @@ class CompressionSession:
         if not self.recipe.compress_prefill:
             return
         valid = self._valid_mask(hidden, length)
+        if self.recipe.rerotate_keys:
+            self._rotary[idx] = kwargs.get("position_embeddings")
         if self._global:
-            view = self.adapter.layer_view_from_call(idx, args, kwargs, layer, valid, self.recipe.window)
-            scores, forced = self._score(view)
-            self._statistics.append(self.recipe.strategies.allocator.layer_statistic(view).float())
+            with self._timed("score"):
+                view = self.adapter.layer_view_from_call(idx, args, kwargs, layer, valid, self.recipe.window)
+                # a reconstruction scorer (kvzip) is scored after the prefill: _score_by_reconstruction
+                scores, forced = (None, self._forced(view)) if self._reconstruct else self._score(view)
+            with self._timed("allocate"):
+                statistic = layer_statistic(self.recipe.strategies.allocator, view, scores, forced, valid)
+            if statistic is not None:
+                self._statistics.append(statistic)
             self._pending.append(_ScoredLayer(idx, cache, layer.keys, layer.values, scores, forced, valid))
             return
         if self.plan is None:
             self.plan = self._plan(valid)
         if not self.plan.evicts(self._ordinal[idx]) and not self._stores_every_layer():
             return
-        view = self.adapter.layer_view_from_call(idx, args, kwargs, layer, valid, self.recipe.window)
-        scores, forced = self._score(view)
+        with self._timed("score"):
+            view = self.adapter.layer_view_from_call(idx, args, kwargs, layer, valid, self.recipe.window)
+            scores, forced = self._score(view)
         self._evict(_ScoredLayer(idx, cache, layer.keys, layer.values, scores, forced, valid))
 
     def _end_forward(self, module: nn.Module, args: tuple, kwargs: dict, output: object) -> None:
@@ -285,7 +320,10 @@ class CompressionSession:
         if not self._mine() or not self._pending:
             return
         pending, self._pending = self._pending, []
-        statistics = torch.stack([s.to(pending[0].scores.device) for s in self._statistics], dim=1)  # (B, L)
+        if self._reconstruct:
+            self._score_by_reconstruction(pending)
+        device = pending[0].scores.device
+        statistics = torch.stack([s.to(device) for s in self._statistics], dim=1) if self._statistics else None  # (B, L, ...)
         self.plan = self._plan(pending[0].valid, statistics)
         for scored in pending:
             if self.plan.evicts(self._ordinal[scored.idx]) or self._stores_every_layer():
@@ -294,13 +332,18 @@ class CompressionSession:
     # -- steps -----------------------------------------------------------------------------
 
     def _plan(self, valid: torch.Tensor, statistics: torch.Tensor | None = None) -> BudgetPlan:
-        real_lengths = [int(n) for n in valid.sum(dim=-1).tolist()]
-        return plan_budgets(self.recipe.strategies.allocator, self.recipe.budget_spec, real_lengths,
-                            len(self.adapter.compressible), self.adapter.num_kv_heads, statistics)
+        with self._timed("allocate"):
+            real_lengths = [int(n) for n in valid.sum(dim=-1).tolist()]
+            return plan_budgets(self.recipe.strategies.allocator, self.recipe.budget_spec, real_lengths,
+                                len(self.adapter.compressible), self.adapter.num_kv_heads, statistics)
 
     def _stores_every_layer(self) -> bool:
         """The executor rebuilds layers that lose nothing (quantized storage): the prefill builds every one."""
         return bool(getattr(self.recipe.strategies.executor, "stores_every_layer", False))
+
+    def _timed(self, role: str) -> contextlib.AbstractContextManager:
+        """``self.timers.time(role)``, or a shared no-op context when timing is off."""
+        return _UNTIMED if self.timers is None else self.timers.time(role)
 
     def _valid_mask(self, hidden: torch.Tensor, length: int) -> torch.Tensor:
         """``(B, T)`` bool padding of this prefill, from the mask the decoder received (all real when none)."""
@@ -326,17 +369,63 @@ class CompressionSession:
         chunk.start, chunk.stop = past, past + inputs.shape[1]
         if past == 0:
             self.plan = None
+            self.accumulated_scores.clear()
         return True
 
     def _compress_chunk(self, idx: int, kwargs: dict, cache: object, hidden: torch.Tensor) -> None:
         """Cut layer ``idx`` back to the whole prompt's budget after one chunk's forward."""
         chunk = self._chunking
-        keys, values, valid = held_entries(cache.layers[idx], chunk.valid[:, : chunk.stop], "Chunked prefill")
         if self.plan is None:
             self.plan = self._plan(chunk.valid)  # the whole prompt's budgets
+        layer = cache.layers[idx]
+        if hasattr(layer, "head_dense_entries"):  # per-head (ragged) layer: every head re-scored on its own entries
+            self._compress_chunk_per_head(idx, kwargs, cache, hidden, layer)
+            return
+        keys, values, valid = held_entries(layer, chunk.valid[:, : chunk.stop], "Chunked prefill")
         keep = torch.minimum(self.plan.keep[:, self._ordinal[idx]], valid.sum(dim=-1).cpu())
         self._recompress(idx, cache, keys, values, valid, keep, 0, hidden, kwargs["position_embeddings"],
-                         tokens=chunk.tokens_so_far())
+                         tokens=chunk.tokens_so_far(), accumulate=self._accumulates())
+
+    def _accumulates(self) -> bool:
+        """The scorer keeps running scores across chunks (``accumulates_scores``, e.g. ``h2o``)."""
+        return bool(getattr(self.recipe.strategies.scorer, "accumulates_scores", False))
+
+    def _compress_chunk_per_head(self, idx: int, kwargs: dict, cache: object, hidden: torch.Tensor, layer: object) -> None:
+        """A ragged layer after a chunk: score each head's held entries, split the budget, keep each head's best.
+
+        The layer holds ``(B, Hkv, P)`` right-aligned entries, the chunk's ``C`` last in every head
+        (:mod:`kvpress_lab.engine.per_head_chunks`). Padded new tokens (left padding) are never
+        kept, and are always evicted here: a ragged layer stores no padding.
+        """
+        chunk = self._chunking
+        keys, values, head_valid = layer.head_dense_entries()  # (B, Hkv, P, D), (B, Hkv, P)
+        new = hidden.shape[1]
+        held = keys.shape[2]
+        head_valid = head_valid.clone()
+        head_valid[..., held - new :] &= chunk.valid[:, chunk.start : chunk.stop].to(head_valid.device)[:, None, :]
+        real = head_valid.sum(dim=-1).cpu()  # (B, Hkv)
+        layer_keep = torch.minimum(self.plan.keep[:, self._ordinal[idx]], real.amax(dim=-1))  # (B,)
+        heads = keys.shape[1]
+        padded_new = not bool(chunk.valid[:, chunk.start : chunk.stop].all())
+        over = bool((real.sum(dim=-1) > layer_keep * heads).any())
+        accumulate = self._accumulates()
+        if not (over or padded_new or accumulate):
+            return  # within budget: the chunk's entries stay appended
+        batch = keys.shape[0]
+        with self._timed("score"):
+            view = self.adapter.layer_view(idx, hidden, kwargs["position_embeddings"], keys, values,
+                                           head_valid.any(dim=1), self.recipe.window, queries_from=held - new)
+            rows = heads_as_rows(view, head_valid)
+            scores, forced = self._score(rows, kept_window=min(self.recipe.window, held),
+                                         chunk_start=held - new if accumulate else None)
+        scores, forced = rows_as_heads(scores, batch), rows_as_heads(forced, batch)  # (B, Hkv, P)
+        if not (over or padded_new):
+            self.accumulated_scores[idx] = scores
+            return
+        selection = self._evict(_ScoredLayer(idx, cache, keys, values, scores, forced, head_valid), layer_keep=layer_keep,
+                                tokens=chunk.tokens_so_far())
+        if accumulate:
+            self.accumulated_scores[idx] = _kept_scores(scores, selection)
 
     def _compress_decoding(self, idx: int, kwargs: dict, cache: object, hidden: torch.Tensor) -> None:
         """Cut layer ``idx`` back to its decoding budget once a row holds ``compress_every`` entries more."""
@@ -357,24 +446,56 @@ class CompressionSession:
         self._recompress(idx, cache, keys, values, valid, keep, self.recipe.compress_every, recent.hidden,
                          (recent.cos, recent.sin))
 
-    def _recompress(self, idx, cache, keys, values, valid, keep, slack: int, hidden, position_embeddings, tokens=None) -> None:
+    def _recompress(self, idx, cache, keys, values, valid, keep, slack: int, hidden, position_embeddings, tokens=None,
+                    accumulate: bool = False) -> None:
         """Evict layer ``idx``'s held entries down to ``keep`` ``(B,)`` once some row holds ``keep + slack`` or more.
 
         ``hidden`` / ``position_embeddings`` are the inputs of the *last* held entries (a chunk, or the
-        latest decoded tokens): the only queries a scorer gets. The last ``W`` entries stay.
+        latest decoded tokens): the only queries a scorer gets. The last ``W`` entries stay. With
+        ``accumulate`` (a chunked prefill, scorer with ``accumulates_scores``) the chunk's scores are
+        added to the running scores of the held entries, every chunk, and the kept ones carried on.
         """
         real = valid.sum(dim=-1).cpu()  # (B,) entries held per row
-        if not bool((real >= keep + max(slack, 1)).any()):
+        within = not bool((real >= keep + max(slack, 1)).any())
+        if within and not accumulate:
             return  # within budget (+ slack)
         held = keys.shape[2]
-        view = self.adapter.layer_view(idx, hidden, position_embeddings, keys, values, valid, self.recipe.window,
-                                       queries_from=held - hidden.shape[1])
-        scores, forced = self._score(view, kept_window=min(self.recipe.window, held))
-        self._evict(_ScoredLayer(idx, cache, keys, values, scores, forced, valid), layer_keep=keep, tokens=tokens)
+        with self._timed("score"):
+            view = self.adapter.layer_view(idx, hidden, position_embeddings, keys, values, valid, self.recipe.window,
+                                           queries_from=held - hidden.shape[1])
+            scores, forced = self._score(view, kept_window=min(self.recipe.window, held),
+                                         chunk_start=held - hidden.shape[1] if accumulate else None)
+        if within:
+            self.accumulated_scores[idx] = scores
+            return
+        selection = self._evict(_ScoredLayer(idx, cache, keys, values, scores, forced, valid), layer_keep=keep, tokens=tokens)
+        if accumulate:
+            self.accumulated_scores[idx] = _kept_scores(scores, selection)
 
-    def _score(self, view: LayerView, kept_window: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def _score_by_reconstruction(self, pending: list[_ScoredLayer]) -> None:
+        """Fill the pending layers' scores by the scorer's reconstruction pass (:mod:`~kvpress_lab.engine.post_prefill`)."""
+        thread, self._thread = self._thread, None  # this session's hooks sit out the repeat forwards
+        try:
+            with self._timed("score"):
+                scores = reconstruction_scores(self.model, self.adapter, self.recipe.strategies.scorer, pending[0].cache,
+                                               self._input_ids, pending[0].valid, getattr(self, "_position_ids", None))
+        finally:
+            self._thread = thread
+        allocator = self.recipe.strategies.allocator
+        for scored in pending:
+            scored.scores = scores[scored.idx]
+            if ranks_scores(allocator):
+                self._statistics.append(layer_statistic(allocator, None, scored.scores, scored.forced, scored.valid))
+
+    def _score(self, view: LayerView, kept_window: int | None = None, chunk_start: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         scorer = self.recipe.strategies.scorer
-        scores = scorer.score(view)
+        staged = getattr(scorer, "staged_scores", None)  # two-stage scorers (CriticalKV): kvpress_lab.executors.two_stage
+        if chunk_start is not None:  # accumulating scorer, chunked prefill: this chunk's share plus the running scores
+            scores = self._accumulated(view, chunk_start)
+        elif staged is None:
+            scores = scorer.score(view)
+        else:
+            self._stage_one[view.layer_idx], scores = staged(view)
         expected = (view.batch_size, view.num_kv_heads, view.seq_len)
         if not isinstance(scores, torch.Tensor) or tuple(scores.shape) != expected:
             got = tuple(scores.shape) if isinstance(scores, torch.Tensor) else type(scores).__name__
@@ -385,28 +506,72 @@ class CompressionSession:
                 f"Scorer {scorer.name!r} returned {int(bad.sum())} non-finite scores (NaN or inf) at layer {view.layer_idx}; "
                 "scores must be finite (float16 overflow? compute scores in float32)."
             )
+        return scores, self._forced(view, kept_window)
+
+    def _accumulated(self, view: LayerView, chunk_start: int) -> torch.Tensor:
+        """``(B, Hkv, T)``: ``score_chunk`` of the chunk's queries, plus the running scores of the entries held before it."""
+        scores = self.recipe.strategies.scorer.score_chunk(view, chunk_start)
+        carried = self.accumulated_scores.get(view.layer_idx)
+        if carried is not None:
+            carried = carried.reshape(scores.shape[0], scores.shape[1], -1)  # per-head layers score heads as rows
+            if carried.shape[-1] != chunk_start:
+                raise RuntimeError(f"internal error: {carried.shape[-1]} running scores for {chunk_start} held entries.")
+            scores = scores.clone()
+            scores[..., :chunk_start] += carried.to(scores.device)
+        return scores
+
+    def _forced(self, view: LayerView, kept_window: int | None = None) -> torch.Tensor:
+        """``(B, Hkv, T)`` bool: the observation window and the scorer's forced entries (sinks)."""
+        scorer = self.recipe.strategies.scorer
         positions = torch.arange(view.seq_len, device=view.device)
         window = view.window if kept_window is None else kept_window  # a chunk may hold fewer queries than W
         forced = (positions >= view.seq_len - window).expand(view.batch_size, view.num_kv_heads, -1)
         extra = getattr(scorer, "forced_keep", None)
         extra = extra(view) if extra is not None else None
-        return scores, forced if extra is None else forced | extra
+        return forced if extra is None else forced | extra
 
-    def _evict(self, scored: _ScoredLayer, layer_keep: torch.Tensor | None = None, tokens: torch.Tensor | None = None) -> None:
+    def _evict(self, scored: _ScoredLayer, layer_keep: torch.Tensor | None = None, tokens: torch.Tensor | None = None) -> Selection:
         strategies = self.recipe.strategies
         if layer_keep is None:
             layer_keep = self.plan.keep[:, self._ordinal[scored.idx]]  # (B,) on the CPU
-        forced = scored.forced & scored.valid[:, None, :]
-        check_forced_fit(forced.sum(dim=-1), layer_keep[:, None])  # a scorer's forced entries fit every head
-        if self.recipe.head_allocation == "adaptive":
-            keep = adaptive_head_budgets(scored.scores, layer_keep, forced, scored.valid, self.recipe.head_floor)
-        else:
-            keep = layer_keep[:, None].expand(-1, scored.scores.shape[1]).contiguous()  # (B, Hkv)
-        selection = strategies.executor.select(scored.scores, keep, forced, scored.valid)
+        with self._timed("allocate"):
+            per_head = scored.valid.dim() == 3  # (B, Hkv, T): a ragged layer's held entries (chunked prefill)
+            forced = scored.forced & (scored.valid if per_head else scored.valid[:, None, :])
+            check_forced_fit(forced.sum(dim=-1), layer_keep[:, None])  # a scorer's forced entries fit every head
+            if self.recipe.head_allocation == "adaptive":
+                keep = adaptive_head_budgets(scored.scores, layer_keep, forced, scored.valid, self.recipe.head_floor)
+            else:
+                keep = layer_keep[:, None].expand(-1, scored.scores.shape[1]).contiguous()  # (B, Hkv)
+                if per_head:
+                    keep = torch.minimum(keep, scored.valid.sum(dim=-1).cpu())
+            first = self._stage_one.pop(scored.idx, None)
+            if first is not None:  # two-stage selection: stage one's winners are kept, the executor fills the rest
+                forced = first_stage_entries(first, keep, forced, scored.valid, strategies.scorer.first_stage_ratio)
+        with self._timed("select"):
+            if per_head:
+                selection = select_per_head(strategies.executor, scored.scores, keep, forced, scored.valid)
+            else:
+                selection = strategies.executor.select(scored.scores, keep, forced, scored.valid)
         layer = scored.cache.layers[scored.idx]
-        built = strategies.executor.build_layer(scored.keys, scored.values, selection, layer.get_seq_length())
-        check_layer(built, strategies.executor.name)
+        keys = scored.keys
+        if self.recipe.rerotate_keys:  # kept keys to contiguous positions (kvpress_lab.engine.rerotation)
+            rotary = self._rotary.pop(scored.idx, None)
+            if rotary is None:
+                raise UnsupportedCacheError(
+                    "Recipe.rerotate_keys re-rotates the keys of a one-pass prefill only; this layer is re-compressed from "
+                    "held entries (chunked prefill or decoding-time compression), or its model passes no rotary tables."
+                )
+            keys = rerotate_kept_keys(scored.keys, selection, rotary)
+        with self._timed("gather"):
+            built = strategies.executor.build_layer(keys, scored.values, selection, layer.get_seq_length())
+            check_layer(built, strategies.executor.name)
         scored.cache.layers[scored.idx] = built
         mark_compressed(scored.cache, self._input_ids if tokens is None else tokens)
         if self.record_indices:
             self.selections[scored.idx] = selection
+        return selection
+
+
+def _kept_scores(scores: torch.Tensor, selection: Selection) -> torch.Tensor:
+    """``(B, Hkv, K)`` scores of the kept entries, in the kept layer's slot order (0 on filler slots)."""
+    return scores.gather(-1, selection.indices.to(scores.device)).masked_fill(~selection.valid.to(scores.device), 0.0)

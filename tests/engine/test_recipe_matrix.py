@@ -9,6 +9,7 @@ import torch
 from kvpress_lab import Recipe, get_registry
 from kvpress_lab.cache_layers.dense import CompressedLayer
 from kvpress_lab.cache_layers.ragged import RaggedLayer
+from helpers.kvzip_prompt import scorer_kwargs
 from helpers.profiles import allocator_kwargs
 from helpers.tiny_models import FAMILIES, left_pad, random_prompt, tiny_model
 
@@ -33,8 +34,9 @@ def _check_run(model, recipe, ids, mask=None):
 
 
 def _build(name: str, budget: int, num_layers: int) -> Recipe | None:
-    allocator = dict(get_registry().get("preset", name).obj.recipe)["allocator"]
-    extra = {"allocator_kwargs": allocator_kwargs(allocator, num_layers)}
+    preset = dict(get_registry().get("preset", name).obj.recipe)
+    extra = {"allocator_kwargs": allocator_kwargs(preset["allocator"], num_layers),
+             "scorer_kwargs": scorer_kwargs(preset.get("scorer", ""))}  # kvzip: prompt ids (no tokenizer)
     minimum = Recipe.preset(name, **extra).minimum_budget
     if budget < minimum:
         with pytest.raises(ValueError, match=f"budget must be >= {minimum}|budget must be >= window"):
@@ -63,7 +65,7 @@ def test_every_allocator_scorer_pair_with_padding(allocator, scorer, head_alloca
     ids, mask = left_pad([random_prompt(1, n, seed=n)[0] for n in (53, 29, 41)])
     for budget in (9, 24, 60):
         recipe = Recipe(allocator=allocator, scorer=scorer, budget=budget, window=4, head_allocation=head_allocation,
-                        allocator_kwargs=allocator_kwargs(allocator, 4))
+                        allocator_kwargs=allocator_kwargs(allocator, 4), scorer_kwargs=scorer_kwargs(scorer))
         _check_run(model, recipe, ids, mask)
 
 

@@ -30,6 +30,7 @@ def make_view(
     keys = torch.randn(batch, kv_heads, length, head_dim, generator=gen).to(device, dtype)  # (B, Hkv, T, D)
     values = torch.randn(batch, kv_heads, length, head_dim, generator=gen).to(device, dtype)
     queries = torch.randn(batch, heads, length, head_dim, generator=gen).to(device, dtype)  # (B, Hq, T, D)
+    output_projection = torch.randn(5, heads * head_dim, generator=gen).to(device, dtype)  # (hidden=5, Hq * D): W_o
     pad = pad if pad is not None else [0] * batch
     valid = (torch.arange(length)[None, :] >= torch.tensor(pad)[:, None]).to(device)  # (B, T)
     return LayerView(
@@ -41,6 +42,7 @@ def make_view(
         scaling=head_dim**-0.5,
         num_query_heads=heads,
         query_fn=lambda start, stop: queries[:, :, start:stop],
+        output_projection=output_projection,
     )
 
 

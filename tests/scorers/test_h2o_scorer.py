@@ -59,3 +59,28 @@ def test_half_precision_inputs_give_float32_scores():
 def test_chunk_size_validation(value, error):
     with pytest.raises(error, match="H2OScorer.chunk_size must be an integer"):
         H2OScorer(chunk_size=value)
+
+
+@pytest.mark.parametrize("pad", [None, [4, 0, 12]], ids=["no-pad", "left-pad"])
+@pytest.mark.parametrize("query_start", [0, 5, LENGTH - 1])
+def test_score_chunk_is_the_attention_of_the_later_queries_only(query_start, pad):
+    """What a chunked prefill adds per chunk: the brute-force sum over queries query_start:T alone."""
+    view = make_view(batch=3, kv_heads=2, groups=3, length=LENGTH, pad=pad)
+    received = brute_force_attention(view)[:, :, query_start:].sum(dim=2)  # (B, Hq, T)
+    want = received.reshape(3, 2, 3, LENGTH).mean(dim=2).float()
+    torch.testing.assert_close(H2OScorer(chunk_size=4).score_chunk(view, query_start), want, rtol=1e-5, atol=1e-5)
+
+
+def test_blocks_only_compute_the_keys_their_queries_see(monkeypatch):
+    """Causal blocks: a block's logits stop at its last query, so no block is T wide but the last."""
+    view = make_view(length=LENGTH)
+    widths = []
+    real_matmul = torch.matmul
+
+    def spy(a, b):
+        widths.append(b.shape[-1])
+        return real_matmul(a, b)
+
+    monkeypatch.setattr(torch, "matmul", spy)
+    H2OScorer(chunk_size=5).score(view)
+    assert widths == [5, 10, 13]

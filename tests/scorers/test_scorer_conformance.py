@@ -10,7 +10,10 @@ from hypothesis import strategies as st
 
 from kvpress_lab import get_registry
 
-SCORERS = get_registry().names("scorer")
+#: Scorers scored by a forward pass after the prefill (kvzip): the engine computes their scores, checked in
+#: tests/scorers/test_kvzip.py and the engine's recipe matrix; here only their view-level contract.
+RECONSTRUCTION = [n for n in get_registry().names("scorer") if getattr(get_registry().get("scorer", n).obj, "needs", None) == "reconstruction"]
+SCORERS = [n for n in get_registry().names("scorer") if n not in RECONSTRUCTION]
 
 
 def test_builtin_scorers_are_registered():
@@ -56,3 +59,16 @@ def test_scorer_contract(name, device, spec):
             assert tuple(forced.shape) == expected_shape and forced.dtype == torch.bool and forced.device == view.device
             assert not bool((forced & ~view.valid[:, None, :]).any())  # never marks padding
             assert torch.equal(forced, forced_keep(view))
+
+
+@pytest.mark.parametrize("name", RECONSTRUCTION)
+@settings(max_examples=20, deadline=None)
+@given(spec=view_specs())
+def test_reconstruction_scorer_view_contract(name, spec):
+    scorer = get_registry().get("scorer", name).obj()
+    view = make_view(**spec, device="cpu")
+    with pytest.raises(TypeError, match="reconstruction"):
+        scorer.score(view)  # never silently scored from one view
+    forced = scorer.forced_keep(view)
+    assert tuple(forced.shape) == (view.batch_size, view.num_kv_heads, view.seq_len) and forced.dtype == torch.bool
+    assert not bool((forced & ~view.valid[:, None, :]).any())

@@ -1,0 +1,175 @@
+"""Scorers that need a forward pass after the prefill (KVzip's context reconstruction).
+
+A scorer declaring ``needs = "reconstruction"`` is not called per layer during the prefill.
+The session keeps every layer uncompressed until the prefill's forward ends (as for a
+``"global"`` allocator), then :func:`reconstruction_scores` runs the scorer's repeat forwards,
+one row and one chunk at a time, on a *copy* of the uncompressed cache that shares its tensors
+(a cache layer's ``update`` concatenates into new tensors, so the prefill cache is never
+written): forward hooks on the full-attention modules recompute the repeat tokens' queries
+and hand them, with the cached keys, to the scorer's ``reconstruction_scores``. The copy and
+the repeat tokens are dropped; the session then allocates and evicts from those scores.
+
+What cannot work is refused: a chunked prefill (the scorer does not declare ``chunked_prefill``),
+decoding-time compression (:class:`~kvpress_lab.Recipe` refuses ``decode_budget``), a prefill
+from ``inputs_embeds`` (there are no token ids to repeat), and
+:func:`~kvpress_lab.engine.shared_prefill.compress_many`.
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+from typing import Any
+
+import torch
+from torch import nn
+
+from kvpress_lab.engine.decoding import cache_from_kwargs
+from kvpress_lab.engine.families import ModelAdapter
+from kvpress_lab.errors import UnsupportedCacheError
+
+__all__ = ["needs_reconstruction", "reconstruction_prompt", "reconstruction_scores"]
+
+
+def needs_reconstruction(scorer: object) -> bool:
+    """Whether ``scorer`` is scored by a pass after the prefill (``needs == "reconstruction"``)."""
+    return getattr(scorer, "needs", None) == "reconstruction"
+
+
+def reconstruction_prompt(scorer: Any, model: nn.Module) -> Any:
+    """The scorer's repeat prompt: its own ids, or built from the model's local tokenizer.
+
+    Raises
+    ------
+    ValueError
+        When the scorer has no ids and no tokenizer can be loaded from ``model.config.name_or_path``.
+    """
+    prompt = scorer.prompt()
+    if prompt is not None:
+        return prompt
+    path = str(getattr(getattr(model, "config", None), "name_or_path", "") or "")
+    tokenizer = _local_tokenizer(path) if path else None
+    if tokenizer is None:
+        raise ValueError(
+            f"Scorer {scorer.name!r} needs the token ids of its repeat prompt, and no tokenizer could be loaded from the "
+            f"model's config.name_or_path={path!r}; pass scorer_kwargs={{'repeat_ids': [...], 'continue_ids': [...], "
+            "'suffix_ids': [...]}} (kvpress_lab.scorers.kvzip.RepeatPrompt.from_tokenizer(tokenizer) builds them)."
+        )
+    return scorer.prompt_from_tokenizer(tokenizer)
+
+
+@functools.lru_cache(maxsize=4)
+def _local_tokenizer(path: str) -> Any:
+    """The tokenizer saved at ``path`` (no download), loaded once; ``None`` when there is none."""
+    try:
+        from transformers import AutoTokenizer
+
+        return AutoTokenizer.from_pretrained(path, local_files_only=True)
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def reconstruction_scores(
+    model: nn.Module,
+    adapter: ModelAdapter,
+    scorer: Any,
+    cache: Any,
+    input_ids: torch.Tensor | None,
+    valid: torch.Tensor,
+    position_ids: torch.Tensor | None = None,
+) -> dict[int, torch.Tensor]:
+    """Run the scorer's reconstruction forwards and return every full-attention layer's scores.
+
+    Parameters
+    ----------
+    model : nn.Module
+        The model (for its tokenizer path).
+    adapter : ModelAdapter
+        The model's adapter: decoder, attention modules, compressible layers.
+    scorer : object
+        A scorer with ``needs == "reconstruction"``: ``prompt()``, ``prompt_from_tokenizer(tokenizer)``,
+        ``chunks(context, prompt)``,
+        ``reconstruction_scores(queries, context_keys, new_keys, start, stop, scaling)``.
+    cache : transformers.DynamicCache
+        The prefill's uncompressed cache (left untouched).
+    input_ids : torch.Tensor or None
+        ``(B, T)`` the prompt's ids.
+    valid : torch.Tensor
+        ``(B, T)`` bool, ``False`` on left padding.
+    position_ids : torch.Tensor or None
+        ``(B, T)`` the prefill's positions (the repeat tokens continue after each row's last one),
+        or ``None``: the prefill ran at positions ``0 .. T-1``.
+
+    Returns
+    -------
+    dict[int, torch.Tensor]
+        Layer index -> ``(B, Hkv, T)`` float32 scores on the layer's device (0 on padding).
+    """
+    if input_ids is None:
+        raise UnsupportedCacheError(
+            f"Scorer {scorer.name!r} repeats the prompt's tokens after the prefill, but the prefill ran from inputs_embeds: "
+            "pass input_ids."
+        )
+    prompt = reconstruction_prompt(scorer, model)
+    batch, length = valid.shape
+    layers = {idx: cache.layers[idx] for idx in adapter.compressible}
+    out = {idx: torch.zeros(layer.keys.shape[:3], dtype=torch.float32, device=layer.keys.device) for idx, layer in layers.items()}
+    ids = input_ids.detach().cpu()
+    real = valid.detach().cpu().sum(dim=-1).tolist()
+    for row in range(batch):
+        n = int(real[row])
+        offset = length - n  # left padding of this row
+        following = length if position_ids is None else int(position_ids[row, -1]) + 1  # first repeat token's position
+        for start, stop, repeat in scorer.chunks(ids[row, offset:], prompt):
+            chunk = _RowChunk(row, offset, start, stop)
+            hooks = [adapter.attention[idx].register_forward_hook(functools.partial(_score_hook, chunk, idx, scorer, layers, out),
+                                                                  with_kwargs=True)
+                     for idx in adapter.compressible]
+            try:
+                _repeat_forward(adapter, _row_cache(cache, row), repeat, valid[row], following)
+            finally:
+                for hook in hooks:
+                    hook.remove()
+        sinks = min(int(getattr(scorer, "n_sink", 0)), n)
+        for scores in out.values():
+            scores[row, :, offset : offset + sinks] = 1.0  # the reference's sink score (they are forced anyway)
+    return out
+
+
+class _RowChunk:
+    """Where one reconstruction forward's scores go: row, its padding offset, the chunk's range."""
+
+    def __init__(self, row: int, offset: int, start: int, stop: int):
+        self.row, self.offset, self.start, self.stop = row, offset, start, stop
+
+
+def _row_cache(cache: Any, row: int) -> Any:
+    """A copy of ``cache`` holding row ``row`` only, sharing its tensors (views)."""
+    copied = copy.copy(cache)
+    copied.layers = []
+    for layer in cache.layers:
+        new = copy.copy(layer)
+        new.keys, new.values = layer.keys[row : row + 1], layer.values[row : row + 1]
+        copied.layers.append(new)
+    return copied
+
+
+def _repeat_forward(adapter: ModelAdapter, cache: Any, repeat: torch.Tensor, valid: torch.Tensor, first: int) -> None:
+    device = valid.device
+    length = repeat.shape[0]
+    mask = torch.cat([valid.long(), torch.ones(length, dtype=torch.long, device=device)])[None]  # (1, T + Q)
+    positions = torch.arange(first, first + length, device=device)[None]  # continue after the prefill's last position
+    with torch.no_grad():
+        adapter.decoder(input_ids=repeat[None].to(device), cache=cache, attention_mask=mask,
+                        position_ids=positions, use_cache=True)
+
+
+def _score_hook(chunk: _RowChunk, idx: int, scorer: Any, layers: dict, out: dict,
+                module: nn.Module, args: tuple, kwargs: dict, output: object) -> None:
+    hidden = ModelAdapter.hidden_states(args, kwargs)  # (1, Q, hidden)
+    cos, sin = kwargs["position_embeddings"]
+    queries = ModelAdapter.queries(module, hidden, cos, sin)  # (1, Hq, Q, D)
+    new_keys = cache_from_kwargs(kwargs).layers[idx].keys[:, :, -hidden.shape[1]:]  # (1, Hkv, Q, D)
+    context = layers[idx].keys[chunk.row : chunk.row + 1, :, chunk.offset:]  # (1, Hkv, n, D)
+    scores = scorer.reconstruction_scores(queries, context, new_keys, chunk.start, chunk.stop, float(module.scaling))
+    out[idx][chunk.row, :, chunk.offset + chunk.start : chunk.offset + chunk.stop] = scores[0].to(out[idx].device)
