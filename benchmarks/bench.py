@@ -9,15 +9,18 @@ from __future__ import annotations
 
 import argparse
 import pathlib
+import sys
 from collections.abc import Callable
 from typing import Any
 
 from kvpress_lab.benchmarks.commands import (
-    BenchmarkInputError, check_model_arguments, check_needle_lengths, check_output_file, load, recipe_entries,
+    BenchmarkInputError, check_long_context_flags, check_model_arguments, check_needle_lengths, check_output_file,
+    decoding_overrides, load, recipe_entries,
 )
-from kvpress_lab.benchmarks.generation import generate_answer
 from kvpress_lab.benchmarks.results import model_settings, read_rows, run_metadata, write_result_file
-from kvpress_lab.benchmarks.sweep import Cell, check_sweep_file, plan_cells, run_sweep
+from kvpress_lab.benchmarks.sample_groups import SamplePrompt, SampleGroups, ratio_entries, share_prefill
+from kvpress_lab.benchmarks.sizes import ratio_key
+from kvpress_lab.benchmarks.sweep import Cell, check_sweep_file, finished_keys, plan_cells, run_sweep, select_shard
 
 __all__ = ["RULER_MAX_NEW_TOKENS", "cmd_bench", "split_longbench_prompt"]
 
@@ -30,16 +33,25 @@ def _capped(default: int, cap: int | None) -> int:
     return default if cap is None else min(default, cap)
 
 
-def _sweep(args: argparse.Namespace, benchmark: str, samples: dict[str, Any], run_one: Callable[..., dict[str, Any]],
-           config: dict[str, Any], prepare: Callable[[Any], None] | None = None) -> list[dict[str, Any]]:
+def _sweep(args: argparse.Namespace, benchmark: str, samples: dict[str, Any], prompt_of: Callable[..., Any],
+           row_of: Callable[..., dict[str, Any]], config: dict[str, Any],
+           prepare: Callable[[Any], None] | None = None) -> list[dict[str, Any]]:
     """Plan, validate, load, run this shard and return every row of the output file.
 
+    ``prompt_of(tokenizer, spec)`` builds a sample's :class:`~kvpress_lab.benchmarks.sample_groups.SamplePrompt`
+    and ``row_of(spec, prompt, result)`` a cell's task fields; the cells of one sample share its
+    prefill (:class:`~kvpress_lab.benchmarks.sample_groups.SampleGroups`, ``--share-prefill``).
     ``prepare(tokenizer)`` runs right after loading, before anything is written: the place for
     checks that need the tokenizer.
     """
     shard = args.shard
-    entries = {(label, budget): recipe for label, budget, recipe in recipe_entries(args.recipes, args.budgets, args.window)}
-    cells = plan_cells(args.recipes, args.budgets, list(samples))
+    ratios = list(getattr(args, "ratios", None) or [])
+    entries = {(label, budget): recipe for label, budget, recipe
+               in recipe_entries(args.recipes, args.budgets, args.window, decoding_overrides(args))}
+    entries.update(ratio_entries(args.recipes, ratios, args.window, decoding_overrides(args)))
+    check_long_context_flags(args, list(entries.values()))
+    chunk = getattr(args, "prefill_chunk", None)
+    cells = plan_cells(args.recipes, [*args.budgets, *(ratio_key(r) for r in ratios)], list(samples))
     check_model_arguments(args)
     out = check_output_file("--out", args.out or f"results/{benchmark}.jsonl")
     try:
@@ -51,13 +63,21 @@ def _sweep(args: argparse.Namespace, benchmark: str, samples: dict[str, Any], ru
         prepare(tokenizer)
     seed = getattr(args, "seed", 0)  # longbench has no --seed: its prompts come from the data files
     meta = run_metadata(benchmark, args.model, {f"{k[0]}@{k[1]}": r for k, r in entries.items()}, seed=seed,
-                        **model_settings(model), config={**config, "mode": args.mode})
+                        **model_settings(model), config={**config, "mode": args.mode, "prefill_chunk": chunk})
+
+    groups = SampleGroups(model, tokenizer, entries, samples, prompt_of, row_of, mode=args.mode,
+                          share=share_prefill(args), prefill_chunk=chunk)
 
     def runner(cell: Cell) -> dict[str, Any]:
         recipe = entries[(cell.recipe, cell.budget)]
-        row = run_one(model, tokenizer, recipe, samples[cell.sample])
-        return {**row, "mode": args.mode, "recipe_config": None if recipe is None else recipe.to_dict()}
+        row = groups(cell)
+        return {**row, "mode": args.mode, "prefill_chunk": None if recipe is None else chunk,
+                "recipe_config": None if recipe is None else recipe.to_dict()}
 
+    runner.plan = groups.plan  # type: ignore[attr-defined]  # run_sweep: sample-major, one prefill per sample
+    warm = groups.warm_up([c for c in select_shard(cells, shard) if c.key not in finished_keys(out)])
+    if warm is not None:
+        print(f"warm-up (full cache, first sample, not recorded): {warm:.2f} s", file=sys.stderr)
     report = run_sweep(cells, runner, out, meta, shard=shard, progress=not args.no_progress)
     print(f"{out}: shard {shard[0]}/{shard[1]} ran {report['ran']} cells, skipped {report['skipped']} already done.")
     return read_rows(out)
@@ -69,20 +89,22 @@ def _bench_needle(args: argparse.Namespace) -> int:
     from kvpress_lab.benchmarks.tables import needle_summary, needle_table
 
     grid = {f"L={length}|d={depth:g}": (length, depth) for length, depth in needle_cells(args.lengths, args.depths)}
-    prompts: dict[tuple[int, float], Any] = {}
+    passcodes: dict[tuple[int, float], str] = {}
     check_needle_lengths(args.lengths)  # the builder's floor, before the model loads
 
-    def run_one(model: Any, tokenizer: Any, recipe: Any, cell: tuple[int, float]) -> dict[str, Any]:
-        if cell not in prompts:
-            prompts[cell] = build_needle_prompt(cell[0], cell[1], token_counter(tokenizer), seed=args.seed)
-        prompt = prompts[cell]
-        result = generate_answer(model, tokenizer, recipe, prompt.context, prompt.question, mode=args.mode,
-                                 max_new_tokens=args.max_new_tokens)
-        return {"length": cell[0], "depth": cell[1], "prompt_tokens": result.prompt_tokens, "passcode": prompt.passcode,
-                "output": result.text, "correct": is_correct(result.text, prompt.passcode),
+    def prompt_of(tokenizer: Any, cell: tuple[int, float]) -> SamplePrompt:
+        prompt = build_needle_prompt(cell[0], cell[1], token_counter(tokenizer), seed=args.seed)
+        passcodes[cell] = prompt.passcode
+        return SamplePrompt(prompt.context, prompt.question, args.max_new_tokens)
+
+    def row_of(cell: tuple[int, float], prompt: SamplePrompt, result: Any) -> dict[str, Any]:
+        passcode = passcodes[cell]
+        return {"length": cell[0], "depth": cell[1], "prompt_tokens": result.prompt_tokens, "passcode": passcode,
+                "output": result.text, "correct": is_correct(result.text, passcode),
                 "prefill_s": result.prefill_s, "decode_step_s": result.decode_step_s, "kv_bytes": result.kv_bytes}
 
-    rows = _sweep(args, "needle", grid, run_one, {"lengths": args.lengths, "depths": args.depths},
+    rows = _sweep(args, "needle", grid, prompt_of, row_of,
+                  {"lengths": args.lengths, "depths": args.depths, "ratios": list(getattr(args, "ratios", None) or [])},
                   prepare=lambda tokenizer: check_needle_lengths(args.lengths, args.depths, tokenizer, seed=args.seed))
     print(needle_table(needle_summary(rows)))
     png = pathlib.Path(args.out or "results/needle.jsonl").expanduser().with_suffix(".png")
@@ -106,17 +128,18 @@ def _bench_ruler(args: argparse.Namespace) -> int:
                for task in args.tasks for length in args.lengths for i in range(args.samples)}
     built: dict[tuple, Any] = {}
 
-    def run_one(model: Any, tokenizer: Any, recipe: Any, spec: tuple[str, int, int]) -> dict[str, Any]:
-        if spec not in built:
-            built[spec] = ruler.generate(spec[0], spec[1], seed=spec[2], count_tokens=token_counter(tokenizer))
+    def prompt_of(tokenizer: Any, spec: tuple[str, int, int]) -> SamplePrompt:
+        built[spec] = ruler.generate(spec[0], spec[1], seed=spec[2], count_tokens=token_counter(tokenizer))
+        return SamplePrompt(built[spec].context, built[spec].query, _capped(RULER_MAX_NEW_TOKENS[spec[0]], args.max_new_tokens))
+
+    def row_of(spec: tuple[str, int, int], prompt: SamplePrompt, result: Any) -> dict[str, Any]:
         sample = built[spec]
-        result = generate_answer(model, tokenizer, recipe, sample.context, sample.query, mode=args.mode,
-                                 max_new_tokens=_capped(RULER_MAX_NEW_TOKENS[spec[0]], args.max_new_tokens))
         return {"task": spec[0], "length": spec[1], "prompt_tokens": result.prompt_tokens, "output": result.text,
                 "answers": list(sample.answers), "score": 100 * ruler.string_match_all(result.text, sample.answers),
                 "prefill_s": result.prefill_s, "kv_bytes": result.kv_bytes}
 
-    rows = _sweep(args, "ruler", samples, run_one, {"tasks": args.tasks, "lengths": args.lengths, "samples": args.samples})
+    rows = _sweep(args, "ruler", samples, prompt_of, row_of,
+                  {"tasks": args.tasks, "lengths": args.lengths, "samples": args.samples})
     print(score_table(rows, "task"))
     return 0
 
@@ -147,7 +170,7 @@ def _bench_longbench(args: argparse.Namespace) -> int:
         raise BenchmarkInputError(f"no LongBench records found in {args.data_dir} for tasks {tasks}.")
     samples = {f"{t}|{r['_id']}": (t, r) for t in tasks for r in records[t]}
 
-    def run_one(model: Any, tokenizer: Any, recipe: Any, spec: tuple[str, dict[str, Any]]) -> dict[str, Any]:
+    def prompt_of(tokenizer: Any, spec: tuple[str, dict[str, Any]]) -> SamplePrompt:
         task, record = spec
         prompt = longbench.truncate_middle(longbench.build_prompt(task, record), tokenizer, args.max_length)
         if args.chat == "auto" and longbench.uses_chat_template(task) and tokenizer.chat_template:
@@ -157,13 +180,15 @@ def _bench_longbench(args: argparse.Namespace) -> int:
             context, question = split_longbench_prompt(task, record, prompt)
         else:
             context, question = prompt, ""
-        result = generate_answer(model, tokenizer, recipe, context, question, mode=args.mode,
-                                 max_new_tokens=_capped(longbench.DATASET2MAXLEN[task], args.max_new_tokens))
+        return SamplePrompt(context, question, _capped(longbench.DATASET2MAXLEN[task], args.max_new_tokens))
+
+    def row_of(spec: tuple[str, dict[str, Any]], prompt: SamplePrompt, result: Any) -> dict[str, Any]:
+        task, record = spec
         score = longbench.score_prediction(task, result.text, record["answers"], record.get("all_classes"))
         return {"task": task, "_id": record["_id"], "prompt_tokens": result.prompt_tokens, "pred": result.text,
                 "score": 100 * score, "prefill_s": result.prefill_s, "kv_bytes": result.kv_bytes}
 
-    rows = _sweep(args, "longbench", samples, run_one,
+    rows = _sweep(args, "longbench", samples, prompt_of, row_of,
                   {"tasks": tasks, "limit": args.limit, "max_length": args.max_length, "chat": args.chat})
     print(score_table(rows, "task"))
     return 0
@@ -173,7 +198,8 @@ def _bench_speed(args: argparse.Namespace) -> int:
     from kvpress_lab.benchmarks.speed import measure_speed, minimum_length
     from kvpress_lab.benchmarks.tables import speed_table
 
-    entries = recipe_entries(args.recipes, args.budgets, args.window)
+    entries = recipe_entries(args.recipes, args.budgets, args.window, decoding_overrides(args))
+    check_long_context_flags(args, [recipe for _, _, recipe in entries])
     check_model_arguments(args)
     out = check_output_file("--out", args.out or "results/speed.json")
     model, tokenizer = load(args)
@@ -183,21 +209,30 @@ def _bench_speed(args: argparse.Namespace) -> int:
         raise BenchmarkInputError(f"--lengths {short[0]} is too short for the speed prompt: its question takes "
                                   f"{need - 1} of this model's tokens; use --lengths >= {need}.")
     rows = measure_speed(model, tokenizer, entries, args.lengths, decode_steps=args.decode_steps,
-                         repeats=args.repeats, seed=args.seed, progress=not args.no_progress)
+                         repeats=args.repeats, seed=args.seed, progress=not args.no_progress,
+                         prefill_chunk=getattr(args, "prefill_chunk", None))
     meta = run_metadata("speed", args.model, {f"{label}@{budget}": r for label, budget, r in entries}, seed=args.seed,
                         **model_settings(model),
-                        config={"lengths": args.lengths, "decode_steps": args.decode_steps, "repeats": args.repeats})
+                        config={"lengths": args.lengths, "decode_steps": args.decode_steps, "repeats": args.repeats,
+                                "prefill_chunk": getattr(args, "prefill_chunk", None)})
     out = write_result_file(out, meta, rows)
     print(speed_table(rows))
     print(f"Wrote {out}")
     return 0
 
 
-_TASKS = {"needle": _bench_needle, "ruler": _bench_ruler, "longbench": _bench_longbench, "speed": _bench_speed}
+def _bench_memory(args: argparse.Namespace) -> int:
+    from kvpress_lab.benchmarks.memory import cmd_memory
+
+    return cmd_memory(args)
+
+
+_TASKS = {"needle": _bench_needle, "ruler": _bench_ruler, "longbench": _bench_longbench, "speed": _bench_speed,
+          "memory": _bench_memory}
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
     """Dispatch ``kvpress-lab bench TASK``."""
-    if args.budgets is None:  # the CLI fills it in; a namespace straight from parse_args may not have it
+    if args.task != "memory" and args.budgets is None:  # the CLI fills it in; a namespace straight from parse_args may not
         args.budgets = list(args.default_budgets)
     return _TASKS[args.task](args)

@@ -25,7 +25,7 @@ import sys
 import threading
 import time
 
-__all__ = ["measure_once", "main"]
+__all__ = ["KVPeakProbe", "cache_bytes", "layer_bytes", "layer_entries", "measure_once", "main"]
 
 _PAGE = os.sysconf("SC_PAGE_SIZE")
 
@@ -35,15 +35,76 @@ def _rss_bytes() -> int:
         return int(handle.read().split()[1]) * _PAGE
 
 
-def _cache_bytes(cache) -> int:
-    total = 0
-    for layer in cache.layers:
-        nbytes = getattr(layer, "nbytes", None)
-        if callable(nbytes):
-            total += nbytes()
-        elif getattr(layer, "keys", None) is not None and hasattr(layer.keys, "numel"):
-            total += 2 * layer.keys.numel() * layer.keys.element_size()
-    return total
+def layer_bytes(layer) -> int:
+    """Bytes one cache layer holds: a compressed layer's ``nbytes()``, else its keys and values."""
+    nbytes = getattr(layer, "nbytes", None)
+    if callable(nbytes):
+        return int(nbytes())
+    if getattr(layer, "keys", None) is not None and hasattr(layer.keys, "numel"):
+        return 2 * layer.keys.numel() * layer.keys.element_size()
+    return 0
+
+
+def cache_bytes(cache) -> int:
+    """Bytes a cache holds, all layers (:func:`layer_bytes`)."""
+    return sum(layer_bytes(layer) for layer in cache.layers)
+
+
+def layer_entries(layer) -> int:
+    """Slots one cache layer holds per row and head (``physical_length`` of a compressed layer)."""
+    physical = getattr(layer, "physical_length", None)
+    if physical is not None:
+        return int(physical() if callable(physical) else physical)
+    keys = getattr(layer, "keys", None)
+    return int(keys.shape[-2]) if keys is not None and hasattr(keys, "shape") and keys.dim() >= 2 else 0
+
+
+class KVPeakProbe:
+    """Forward hooks on every attention layer recording the largest cache held after any of them.
+
+    After each attention layer's forward, that layer's bytes (:func:`layer_bytes`) and slots
+    (:func:`layer_entries`) are read; the cache's total is the sum of every layer's last reading
+    (layers change only in their own forward, where compression hooks run after this one).
+    ``peak_bytes`` and ``max_entries`` keep the largest seen since the last :meth:`reset`. Use as
+    a context manager (hooks removed on exit); one probe follows one cache.
+    """
+
+    def __init__(self, model) -> None:
+        self.model = model
+        self.peak_bytes = 0
+        self.max_entries = 0
+        self._bytes: dict[int, int] = {}
+        self._last: tuple | None = None  # (cache, index) of the last layer read
+        self._handles: list = []
+
+    def reset(self) -> None:
+        """Start a new phase: forget the peaks seen so far (the peak restarts at the cache's current size)."""
+        if self._last is not None:
+            self._bytes = {i: layer_bytes(layer) for i, layer in enumerate(self._last[0].layers)}
+        self.peak_bytes = sum(self._bytes.values())
+        self.max_entries = 0
+
+    def _probe(self, module, args, kwargs, output) -> None:
+        cache = kwargs.get("cache") if kwargs.get("cache") is not None else kwargs.get("past_key_values")
+        index = getattr(module, "layer_idx", None)
+        if cache is None or index is None or index >= len(cache.layers):
+            return
+        if self._last is not None and self._last[0] is cache:  # re-read the previous layer: its compression has run
+            self._bytes[self._last[1]] = layer_bytes(cache.layers[self._last[1]])
+        self._last = (cache, index)
+        layer = cache.layers[index]
+        self._bytes[index] = layer_bytes(layer)
+        self.peak_bytes = max(self.peak_bytes, sum(self._bytes.values()))
+        self.max_entries = max(self.max_entries, layer_entries(layer))
+
+    def __enter__(self) -> KVPeakProbe:
+        self._handles = [layer.self_attn.register_forward_hook(self._probe, with_kwargs=True)
+                         for layer in self.model.get_decoder().layers]
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        while self._handles:
+            self._handles.pop().remove()
 
 
 def measure_once(length: int, budget: int, preset: str, chunk: int | None, mode: str, model_name: str) -> dict:
@@ -56,14 +117,7 @@ def measure_once(length: int, budget: int, preset: str, chunk: int | None, mode:
 
     model, tokenizer = load_model(model_name)
     ids = tokenizer(synthetic_text(length, seed=0), return_tensors="pt")["input_ids"][:, :length]
-    peak_kv = [0]
-
-    def probe(module, args, kwargs, output):
-        cache = kwargs.get("cache") if kwargs.get("cache") is not None else kwargs.get("past_key_values")
-        peak_kv[0] = max(peak_kv[0], _cache_bytes(cache))
-
-    layers = model.get_decoder().layers
-    handles = [layer.self_attn.register_forward_hook(probe, with_kwargs=True) for layer in layers]
+    probe = KVPeakProbe(model).__enter__()
     recipe = Recipe.preset(preset, budget=budget)
     baseline, peak_rss, done = _rss_bytes(), [0], threading.Event()
 
@@ -85,11 +139,10 @@ def measure_once(length: int, budget: int, preset: str, chunk: int | None, mode:
         seconds = time.perf_counter() - start
         done.set()
         sampler.join()
-    for handle in handles:
-        handle.remove()
+    probe.__exit__(None, None, None)
     return {
         "mode": mode, "chunk": chunk, "length": int(ids.shape[1]), "budget": budget, "preset": preset,
-        "peak_kv_mib": peak_kv[0] / 2**20, "final_kv_mib": _cache_bytes(cache) / 2**20,
+        "peak_kv_mib": probe.peak_bytes / 2**20, "final_kv_mib": cache_bytes(cache) / 2**20,
         "peak_extra_rss_mib": max(peak_rss[0] - baseline, 0) / 2**20, "seconds": seconds,
         "log_probs": torch.log_softmax(logits.float(), dim=-1).tolist(),
     }

@@ -21,27 +21,20 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
+from kvpress_lab.benchmarks.input_errors import BenchmarkInputError, UsageError
 from kvpress_lab.errors import KVPressLabError
 
 __all__ = [
     "BenchmarkInputError", "UsageError", "DEVICE_TYPES", "parse_device", "resolve_device", "check_device",
     "looks_like_path", "check_model", "check_model_arguments", "check_output_file", "check_output_dir",
     "check_needle_lengths", "load", "model_load_error", "recipe_entries", "run_recipe", "run_result", "cmd_run", "cmd_demo",
-    "cmd_plot",
+    "cmd_plot", "DEVICE_MAP_STRATEGIES", "parse_device_map", "LONG_CONTEXT_FLAGS", "decoding_overrides", "check_long_context_flags",
 ]
 
 #: Device types ``--device`` accepts (besides ``auto``).
 DEVICE_TYPES: tuple[str, ...] = ("cpu", "cuda", "mps", "xpu")
 
 
-class BenchmarkInputError(KVPressLabError, ValueError):
-    """A command-line value that cannot work (budget below the window, missing file, ...)."""
-
-
-class UsageError(BenchmarkInputError):
-    """Flags that conflict, or that would do nothing together; the CLI exits with status 2."""
-
-    exit_status = 2
 
 
 # ---------------------------------------------------------------------------------------------
@@ -78,6 +71,42 @@ def resolve_device(text: str) -> str:
     if text == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     return text
+
+
+#: ``--device-map`` strategies of accelerate (besides a JSON mapping of module names to devices).
+DEVICE_MAP_STRATEGIES: tuple[str, ...] = ("auto", "balanced", "balanced_low_0", "sequential")
+
+
+def parse_device_map(text: str) -> str | dict[str, Any]:
+    """A ``--device-map``: one of :data:`DEVICE_MAP_STRATEGIES`, a JSON object or a ``.json`` file of one.
+
+    The object maps module names to devices, e.g. ``{"model.embed_tokens": 0, "model.layers.0": 0,
+    "model.layers.1": "cuda:1", "model.norm": "cuda:1", "lm_head": "cuda:1"}`` (``from_pretrained``'s
+    ``device_map``).
+
+    Raises
+    ------
+    ValueError
+        Naming ``--device-map``, the accepted forms and what was given.
+    """
+    accepted = f"--device-map must be {', '.join(DEVICE_MAP_STRATEGIES)}, a JSON object of module -> device or a .json file of one"
+    if text in DEVICE_MAP_STRATEGIES:
+        return text
+    source = text
+    if not text.lstrip().startswith("{"):
+        path = pathlib.Path(text).expanduser()
+        if path.suffix != ".json" or not path.is_file():
+            raise ValueError(f"{accepted}, got {text if text.strip() else repr(text)}")
+        source = path.read_text(encoding="utf-8")
+    try:
+        mapping = json.loads(source)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{accepted}; {text} is not valid JSON: {exc}") from None
+    if not isinstance(mapping, dict) or not mapping or not all(
+            isinstance(k, str) and isinstance(v, (str, int)) and not isinstance(v, bool) for k, v in mapping.items()):
+        raise ValueError(f"{accepted}: a non-empty object of module name -> device (a string such as \"cuda:1\", "
+                         f"\"cpu\", \"disk\" or a GPU index), got {source.strip()[:200]}")
+    return mapping
 
 
 def check_device(text: str, flag: str = "--device") -> None:
@@ -133,6 +162,14 @@ def check_model_arguments(args: argparse.Namespace) -> None:
 
     check_model(args.model)
     check_device(args.device)
+    device_map = getattr(args, "device_map", None)
+    if device_map is not None:
+        if args.device != "auto":
+            raise UsageError(f"--device {args.device} conflicts with --device-map: the map places the weights (and the "
+                             "inputs follow the first layer); drop --device.")
+        for device in (device_map.values() if isinstance(device_map, dict) else ()):
+            if device not in ("cpu", "disk", "meta"):
+                check_device(f"cuda:{device}" if isinstance(device, int) else str(device), "--device-map")
     if getattr(args, "attn", None) == "flash_attention_2":
         device = resolve_device(args.device)
         if torch.device(device).type != "cuda":
@@ -200,16 +237,22 @@ def check_needle_lengths(lengths: Sequence[int], depths: Sequence[float] = (), t
 def load(args: argparse.Namespace) -> tuple[Any, Any]:
     """Load ``args.model`` on ``args.device`` (``auto``: CUDA when available) in ``args.dtype``, with ``args.attn``.
 
+    With ``args.device_map`` (``--device-map``) the weights are placed by ``from_pretrained``
+    instead (``"auto"`` spreads them over the visible GPUs); ``args.dtype`` may be ``"auto"``
+    (the checkpoint's dtype).
+
     A loader error that is not a kvpress_lab one (a hub id that does not exist, no network, ...)
     becomes a :class:`BenchmarkInputError` naming ``--model``.
     """
     from kvpress_lab.models import load_model
 
-    device = resolve_device(args.device)
+    device_map = getattr(args, "device_map", None)
+    placement: dict[str, Any] = {"device": resolve_device(args.device)} if device_map is None else {"device_map": device_map}
     source = os.path.expanduser(args.model) if looks_like_path(args.model) else args.model
-    print(f"Loading {args.model} on {device} ({args.attn}) ...", file=sys.stderr, flush=True)
+    where = placement["device"] if device_map is None else f"device_map={json.dumps(device_map)}"
+    print(f"Loading {args.model} on {where} ({args.attn}, dtype {args.dtype}) ...", file=sys.stderr, flush=True)
     try:
-        return load_model(source, dtype=args.dtype, device=device, attn_implementation=args.attn)
+        return load_model(source, dtype=args.dtype, attn_implementation=args.attn, **placement)
     except KVPressLabError:
         raise
     except OSError as exc:
@@ -222,11 +265,16 @@ def model_load_error(name: str, exc: BaseException) -> BenchmarkInputError:
     return BenchmarkInputError(f"cannot load --model {name}: {message}")
 
 
-def recipe_entries(names: Sequence[str], budgets: Sequence[int], window: int | None = None) -> list[tuple[str, int | None, Any]]:
-    """``(label, budget, Recipe or None)`` for every preset x budget; ``"full"`` once, without budget."""
+def recipe_entries(names: Sequence[str], budgets: Sequence[int], window: int | None = None,
+                   decoding: dict[str, Any] | None = None) -> list[tuple[str, int | None, Any]]:
+    """``(label, budget, Recipe or None)`` for every preset x budget; ``"full"`` once, without budget.
+
+    ``decoding`` (from :func:`decoding_overrides`) sets the decoding-compression fields of every
+    preset's recipe; ``"full"`` stays uncompressed.
+    """
     from kvpress_lab.benchmarks.sweep import FULL, make_recipe
 
-    overrides = {} if window is None else {"window": window}
+    overrides = {**({} if window is None else {"window": window}), **(decoding or {})}
     entries: list[tuple[str, int | None, Any]] = []
     for name in dict.fromkeys(names):
         for budget in ([None] if name == FULL else budgets):
@@ -237,6 +285,59 @@ def recipe_entries(names: Sequence[str], budgets: Sequence[int], window: int | N
             except (TypeError, ValueError) as exc:
                 raise BenchmarkInputError(f"recipe {name!r} with budget {budget}: {exc}") from exc
     return entries
+
+
+#: The long-context flags, as ``(flag, dest, Recipe field or None)``: ``--prefill-chunk`` is a prefill option,
+#: the others set :class:`~kvpress_lab.Recipe`'s decoding-compression fields.
+LONG_CONTEXT_FLAGS: tuple[tuple[str, str, str | None], ...] = (
+    ("--prefill-chunk", "prefill_chunk", None), ("--decode-budget", "decode_budget", "decode_budget"),
+    ("--compress-every", "compress_every", "compress_every"), ("--no-compress-prefill", "compress_prefill", "compress_prefill"),
+)
+
+
+def decoding_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    """The :class:`~kvpress_lab.Recipe` fields ``--decode-budget``, ``--compress-every`` and
+    ``--no-compress-prefill`` set (only those given)."""
+    return {key: getattr(args, dest) for _, dest, key in LONG_CONTEXT_FLAGS
+            if key is not None and getattr(args, dest, None) is not None}
+
+
+def check_long_context_flags(args: argparse.Namespace, recipes: Sequence[Any] | None = None) -> None:
+    """``--prefill-chunk`` and the decoding flags make sense together and with ``recipes`` (before loading).
+
+    With ``recipes=None`` only the flags are checked against each other (before any recipe is built).
+
+    Raises
+    ------
+    UsageError
+        ``--compress-every`` or ``--no-compress-prefill`` without ``--decode-budget``; any of these
+        flags with no recipe to apply it to; ``--prefill-chunk`` with a recipe that cannot compress
+        a chunked prefill (the engine's :func:`~kvpress_lab.engine.chunking.check_chunkable` says why).
+    """
+    given = [flag for flag, dest, _ in LONG_CONTEXT_FLAGS if getattr(args, dest, None) is not None]
+    if not given:
+        return
+    if getattr(args, "decode_budget", None) is None:
+        alone = [flag for flag in given if flag in ("--compress-every", "--no-compress-prefill")]
+        if alone:
+            raise UsageError(f"{' and '.join(alone)} {'do' if len(alone) > 1 else 'does'} nothing without --decode-budget "
+                             "(the budget decoding-time compression cuts each layer back to); add --decode-budget N.")
+    if recipes is None:
+        return
+    if not any(recipe is not None for recipe in recipes):
+        raise UsageError(f"{' and '.join(given)} {'do' if len(given) > 1 else 'does'} nothing without a compression "
+                         "recipe (the full cache is never compressed); add a preset or drop "
+                         f"{' '.join(given)}.")
+    if getattr(args, "prefill_chunk", None) is not None:
+        from kvpress_lab.engine.chunking import check_chunkable
+
+        for recipe in recipes:
+            if recipe is not None:  # the engine checks even with compress_prefill=False
+                try:
+                    check_chunkable(recipe, args.prefill_chunk)
+                except KVPressLabError as exc:
+                    label = recipe.preset_name or f"{recipe.allocator}+{recipe.scorer}"
+                    raise UsageError(f"--prefill-chunk {args.prefill_chunk} does not work with recipe {label}: {exc}") from None
 
 
 #: Recipe fields that every preset sets (explicitly or by default): giving one on the command line is an override.
@@ -261,6 +362,7 @@ def run_recipe(args: argparse.Namespace, echo: Any = None) -> Any:
                       ("ratio", "compression_ratio")):
         if getattr(args, dest, None) is not None:
             overrides[key] = getattr(args, dest)
+    overrides.update(decoding_overrides(args))
     try:
         if args.preset is None:
             return Recipe(**{"allocator": args.allocator or "uniform", "scorer": "snapkv_window", **overrides})
@@ -317,6 +419,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     if not prompt:
         raise BenchmarkInputError("Give a prompt: kvpress-lab run 'text ...' or --prompt-file FILE.")
     recipe = None if args.full else run_recipe(args)
+    check_long_context_flags(args, [recipe])
     check_model_arguments(args)
     model, tokenizer = load(args)
     question = args.question or ""
@@ -327,7 +430,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.mode == "query-agnostic" and not question:
         raise BenchmarkInputError("--mode query-agnostic needs --question (the part appended after compression).")
     result = generate_answer(model, tokenizer, recipe, prompt, question, mode=args.mode,
-                             max_new_tokens=args.max_new_tokens)
+                             max_new_tokens=args.max_new_tokens, prefill_chunk=getattr(args, "prefill_chunk", None))
     if getattr(args, "json", False):
         print(json.dumps(run_result(args, recipe, result), indent=2))
         return 0
@@ -382,14 +485,18 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     if args.budgets is None:  # the CLI fills it in; a namespace straight from parse_args may not have it
         args.budgets = list(args.default_budgets)
+    from kvpress_lab.benchmarks.sample_groups import ratio_entries, share_prefill
+
     recipe_entries(args.recipes, args.budgets)  # validate names and budgets before loading the model
+    ratio_entries(args.recipes, getattr(args, "ratios", None) or [])
     check_model_arguments(args)
     check_output_dir("--out-dir", args.out_dir)
     check_needle_lengths(args.lengths)
     model, tokenizer = load(args)
     check_needle_lengths(args.lengths, args.depths, tokenizer, seed=args.seed)
     run_demo(args.model, args.out_dir, lengths=args.lengths, depths=args.depths, budgets=args.budgets,
-             recipes=args.recipes, seed=args.seed, progress=not args.no_progress, model=model, tokenizer=tokenizer)
+             recipes=args.recipes, seed=args.seed, progress=not args.no_progress, model=model, tokenizer=tokenizer,
+             ratios=getattr(args, "ratios", None) or [], share=share_prefill(args))
     return 0
 
 

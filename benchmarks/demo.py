@@ -17,6 +17,9 @@ from typing import Any
 from kvpress_lab.benchmarks.needle import run_needle
 from kvpress_lab.benchmarks.plot import plot_needle_heatmap
 from kvpress_lab.benchmarks.results import model_settings, run_metadata, write_result_file
+from kvpress_lab.benchmarks.sample_groups import ratio_entries
+from kvpress_lab.benchmarks.sizes import ratio_key
+from kvpress_lab.benchmarks.shared_generation import DEFAULT_SHARE
 from kvpress_lab.benchmarks.sweep import FULL, make_recipe
 from kvpress_lab.benchmarks.tables import needle_summary, needle_table
 
@@ -54,6 +57,8 @@ def run_demo(
     tokenizer: Any = None,
     progress: bool = True,
     echo: bool = True,
+    ratios: Sequence[float] = (),
+    share: int | None = DEFAULT_SHARE,
 ) -> DemoResult:
     """Run the needle comparison and write ``needle.json`` and ``needle_heatmap.png`` to ``out_dir``.
 
@@ -71,6 +76,13 @@ def run_demo(
         An already loaded model (tests, notebooks); ``model_name`` is then only recorded.
     echo : bool
         Print progress lines and the table.
+    ratios : sequence of float
+        Compression ratios (kvpress's convention: fraction of the prompt's entries removed) run
+        as well as the budgets, labelled ``ratio r`` in the table and the heatmap.
+    share : int or None
+        Recipes compressed from one shared prefill of each prompt (``--share-prefill``; ``None``:
+        one prefill per cell, ``--no-share-prefill``). Same answers either way; see
+        :mod:`~kvpress_lab.benchmarks.shared_generation` for how ``prefill_s`` is then reported.
     """
     from kvpress_lab.models import EMBEDDED_MODEL_NAME, load_model
 
@@ -78,6 +90,8 @@ def run_demo(
     model_name = model_name or EMBEDDED_MODEL_NAME
     entries: list[tuple[str, int | None, Any]] = [(FULL, None, None)]
     entries += [(name, int(b), make_recipe(name, int(b))) for b in budgets for name in recipes if name != FULL]
+    by_ratio = ratio_entries(recipes, ratios)
+    entries += [(name, ratio_key(r), by_ratio[(name, ratio_key(r))]) for r in ratios for name in recipes if name != FULL]
     if model is None or tokenizer is None:
         if echo:
             print(f"Loading {model_name} ...", flush=True)
@@ -87,14 +101,15 @@ def run_demo(
         print(f"Needle in a haystack (query-aware): lengths {list(lengths)} x depths {list(depths)}, "
               f"{len(entries)} recipe/budget pairs, {device}.", flush=True)
     rows = run_needle(model, tokenizer, entries, lengths, depths, seed=seed, max_new_tokens=max_new_tokens,
-                      progress=progress)
+                      progress=progress, share=share)
     summary = needle_summary(rows)
     table = needle_table(summary)
     out = pathlib.Path(out_dir)
     meta = run_metadata(
         "demo", model_name, {f"{label}@{budget}": recipe for label, budget, recipe in entries}, seed=seed,
         **model_settings(model), config={"task": "needle", "mode": "query-aware", "lengths": list(lengths), "depths": list(depths),
-                "budgets": list(budgets), "recipes": list(recipes), "max_new_tokens": max_new_tokens},
+                "budgets": list(budgets), "ratios": list(ratios), "recipes": list(recipes), "max_new_tokens": max_new_tokens,
+                "share_prefill": share},
     )
     json_path = write_result_file(out / "needle.json", meta, rows, summary)
     heatmap = plot_needle_heatmap(rows, out / "needle_heatmap.png",

@@ -13,6 +13,7 @@ Two evaluation modes, as in the KV-compression literature:
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import time
 from dataclasses import dataclass, field
@@ -43,12 +44,14 @@ class ForwardTimer:
     ``durations[0]`` is the prefill of a ``generate`` call (compression included when a recipe is
     applied), the others are decoding steps. ``first_cache`` is the
     ``cache_report`` of the cache returned by the first forward, i.e. what
-    decoding starts from (``None`` when that forward returned no cache).
+    decoding starts from (``None`` when that forward returned no cache). A chunked prefill runs
+    ``prefill_forwards`` forwards (one per chunk): ``first_cache`` is then taken after the last.
     """
 
     model: torch.nn.Module
     durations: list[float] = field(default_factory=list)
     first_cache: CacheReport | None = None
+    prefill_forwards: int = 1
     _seen_first: bool = False
     _start: float = 0.0
     _handles: list[Any] = field(default_factory=list)
@@ -63,7 +66,7 @@ class ForwardTimer:
         def after(module: torch.nn.Module, args: tuple, output: Any) -> None:
             _synchronize(device)
             self.durations.append(time.perf_counter() - self._start)
-            if not self._seen_first:
+            if not self._seen_first and len(self.durations) >= self.prefill_forwards:
                 self._seen_first = True
                 cache = getattr(output, "cache", None) or getattr(output, "past_key_values", None)
                 self.first_cache = cache_report(cache) if cache is not None else None
@@ -101,6 +104,11 @@ class GenerationResult:
     cache : CacheReport or None
         ``kvpress_lab.cache_report`` of the cache right after prefill (the same moment as
         ``kv_bytes``): per-layer entries and bytes, and the ratio to the uncompressed cache.
+    shared : dict or None
+        Set when the cache came from a prefill shared with other recipes
+        (:mod:`kvpress_lab.benchmarks.shared_generation`): ``pass_s``, ``forward_s``,
+        ``compress_s`` (with its ``score_s`` / ``allocate_s`` / ``select_s`` / ``gather_s``) and
+        ``recipes``; ``prefill_s`` is then ``forward_s + compress_s``. ``None``: a prefill of its own.
     """
 
     text: str
@@ -111,6 +119,7 @@ class GenerationResult:
     kv_bytes: int
     new_tokens: int = 0
     cache: CacheReport | None = None
+    shared: dict[str, Any] | None = None
 
 
 def _mean(values: list[float]) -> float:
@@ -128,6 +137,7 @@ def generate_answer(
     mode: Mode = "query-aware",
     max_new_tokens: int = 8,
     min_new_tokens: int | None = None,
+    prefill_chunk: int | None = None,
 ) -> GenerationResult:
     """Greedy-decode an answer to ``context + question`` with ``recipe`` (``None``: full cache).
 
@@ -144,6 +154,11 @@ def generate_answer(
         See the module docstring.
     max_new_tokens, min_new_tokens : int
         Generation length; set both to time a fixed number of decoding steps.
+    prefill_chunk : int or None
+        Prefill ``recipe``'s compressed part in chunks of this many tokens, compressing after each
+        (``generate(prefill_chunk_size=...)`` query-aware, ``recipe.prefill(chunk_size=...)``
+        query-agnostic); ``prefill_s`` and ``cache`` then cover every chunk. Ignored for the full
+        cache (``recipe=None``), which is the unchunked reference.
     """
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}.")
@@ -154,24 +169,28 @@ def generate_answer(
     options = dict(max_new_tokens=max_new_tokens, min_new_tokens=min_new_tokens, do_sample=False,
                    attention_mask=torch.ones_like(full_ids), pad_token_id=tokenizer.pad_token_id)
     question_s = 0.0
+    chunk = None if recipe is None else prefill_chunk
     if mode == "query-aware":
-        with ForwardTimer(model) as timer:
+        forwards = 1 if chunk is None else -(-full_ids.shape[-1] // chunk)  # one forward per prefill chunk
+        with ForwardTimer(model, prefill_forwards=forwards) as timer:
             if recipe is None:
                 output = model.generate(full_ids, **options)
             else:
                 with recipe.apply(model):
-                    output = model.generate(full_ids, **options)
-        prefill_s, steps, report = timer.durations[0], timer.durations[1:], timer.first_cache
+                    output = model.generate(full_ids, prefill_chunk_size=chunk, **options)
+        prefill_s, steps, report = sum(timer.durations[:forwards]), timer.durations[forwards:], timer.first_cache
     else:
         _synchronize(device)
         start = time.perf_counter()
         if recipe is None:
             cache = model(context_ids, use_cache=True).cache
         else:
-            cache = recipe.prefill(model, context_ids)
+            cache = recipe.prefill(model, context_ids, chunk_size=chunk)
         _synchronize(device)
         prefill_s, report = time.perf_counter() - start, cache_report(cache)
-        with ForwardTimer(model) as timer:
+        # decoding-time compression runs inside the recipe's session (the prefill's hooks only read the cache)
+        decoding = recipe.apply(model) if recipe is not None and recipe.decode_budget is not None else contextlib.nullcontext()
+        with decoding, ForwardTimer(model) as timer:
             output = model.generate(full_ids, cache=copy.deepcopy(cache), **options)
         question_s, steps = timer.durations[0], timer.durations[1:]
     new = output[0, full_ids.shape[-1]:]

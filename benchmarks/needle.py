@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from kvpress_lab.benchmarks.haystack import fill_to_tokens
+from kvpress_lab.benchmarks.shared_generation import DEFAULT_SHARE
 
 __all__ = ["NeedlePrompt", "QUESTION", "MIN_LENGTH", "build_needle_prompt", "required_length", "token_counter",
            "is_correct", "needle_cells", "run_needle"]
@@ -136,43 +137,61 @@ def run_needle(
     seed: int = 0,
     max_new_tokens: int = 8,
     progress: bool = True,
+    share: int | None = DEFAULT_SHARE,
+    warm_up: bool = True,
 ) -> list[dict[str, Any]]:
     """Evaluate every ``(label, budget, recipe)`` on every cell of the grid.
 
     Parameters
     ----------
-    recipes : iterable of (str, int or None, Recipe or None)
-        Label (preset name or ``"full"``), budget and recipe (``None`` for the full cache).
+    recipes : iterable of (str, int or str or None, Recipe or None)
+        Label (preset name or ``"full"``), budget (or a ratio key such as ``"r0.5"``,
+        :func:`~kvpress_lab.benchmarks.sizes.ratio_key`, for a recipe built with
+        ``compression_ratio``) and recipe (``None`` for the full cache).
     lengths, depths : sequence
         Grid: prompt lengths in tokens and needle depths in ``[0, 1]``.
     mode : {"query-aware", "query-agnostic"}
         See :mod:`kvpress_lab.benchmarks.generation`.
+    share : int or None
+        Recipes compressed from one shared prefill of each prompt
+        (:mod:`~kvpress_lab.benchmarks.shared_generation`); ``None`` or 1: one prefill per cell.
+        The answers are the same either way.
+    warm_up : bool
+        Run the full cache once on the first prompt (2 tokens, not recorded) before timing any cell.
 
     Returns
     -------
     list of dict
         One row per recipe and cell: ``recipe``, ``budget``, ``length``, ``depth``, ``prompt_tokens``,
-        ``passcode``, ``output``, ``correct``, ``prefill_s``, ``decode_step_s``, ``kv_bytes``, ``recipe_config``.
+        ``passcode``, ``output``, ``correct``, ``prefill_s``, ``decode_step_s``, ``kv_bytes``,
+        ``shared_prefill``, ``recipe_config`` (and ``compression_ratio`` for a ratio entry, whose
+        ``budget`` is ``None``).
     """
     from tqdm.auto import tqdm
 
     from kvpress_lab.benchmarks.generation import generate_answer
+    from kvpress_lab.benchmarks.sizes import size_fields
+    from kvpress_lab.benchmarks.shared_generation import generate_answers
 
     recipes = list(recipes)
     count = token_counter(tokenizer)
     prompts = [build_needle_prompt(length, depth, count, seed=seed) for length, depth in needle_cells(lengths, depths)]
+    if warm_up and prompts and recipes:  # the first forward pays allocation and kernel choice: not in a cell's time
+        generate_answer(model, tokenizer, None, prompts[0].context, prompts[0].question, mode=mode, max_new_tokens=2)
     rows = []
     with tqdm(total=len(recipes) * len(prompts), desc="needle", unit="cell", disable=not progress) as bar:
         for prompt in prompts:
-            for label, budget, recipe in recipes:
-                bar.set_postfix_str(f"{label}@{budget} T={prompt.length} d={prompt.depth:g}")
-                result = generate_answer(model, tokenizer, recipe, prompt.context, prompt.question, mode=mode,
-                                         max_new_tokens=max_new_tokens)
+            bar.set_postfix_str(f"T={prompt.length} d={prompt.depth:g}")
+            answers = generate_answers(model, tokenizer, [recipe for _, _, recipe in recipes], prompt.context,
+                                       prompt.question, mode=mode, max_new_tokens=max_new_tokens, share=share)
+            for index, result in answers:
+                label, budget, recipe = recipes[index]
                 rows.append({
-                    "recipe": label, "budget": budget, "length": prompt.length, "depth": prompt.depth,
-                    "prompt_tokens": result.prompt_tokens, "passcode": prompt.passcode, "output": result.text,
-                    "correct": is_correct(result.text, prompt.passcode), "prefill_s": result.prefill_s,
-                    "decode_step_s": result.decode_step_s, "kv_bytes": result.kv_bytes, "mode": mode,
+                    "recipe": label, "budget": budget, **size_fields(budget), "length": prompt.length,
+                    "depth": prompt.depth, "prompt_tokens": result.prompt_tokens, "passcode": prompt.passcode,
+                    "output": result.text, "correct": is_correct(result.text, prompt.passcode),
+                    "prefill_s": result.prefill_s, "decode_step_s": result.decode_step_s, "kv_bytes": result.kv_bytes,
+                    "shared_prefill": result.shared, "mode": mode,
                     "recipe_config": None if recipe is None else recipe.to_dict(),
                 })
                 bar.update()

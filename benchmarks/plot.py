@@ -13,6 +13,8 @@ import pathlib
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from kvpress_lab.benchmarks.sizes import size_label
+
 __all__ = ["HEATMAP_CMAP", "OKABE_ITO", "figure_title", "panel_label", "plot_needle_heatmap", "plot_budget_curves",
            "plot_rows"]
 
@@ -37,7 +39,10 @@ def figure_title(rows: Sequence[Mapping[str, Any]], title: str | None = None, mo
     modes = list(dict.fromkeys(str(r.get("mode") or "query-aware") for r in rows)) or ["query-aware"]
     budgets = sorted({int(r["budget"]) for r in rows if r.get("budget") is not None})
     names = ", ".join(pathlib.PurePath(m).name or m for m in models) or "unknown model"
+    ratios = sorted({float(r["compression_ratio"]) for r in rows if r.get("compression_ratio") is not None})
     shown = ", ".join(map(str, budgets)) + " entries/layer" if budgets else "full cache only"
+    if ratios:
+        shown = (shown + "; " if budgets else "") + "ratio " + ", ".join(f"{r:g}" for r in ratios)
     return f"{title or 'KV-cache compression'}\nmodel {names} | mode {', '.join(modes)}\nbudget {shown}"
 
 
@@ -56,7 +61,7 @@ def panel_label(recipe: str, budget: int | None) -> str:
 
 
 def _ordered(values: Sequence[Any]) -> list[Any]:
-    return sorted(set(values))
+    return sorted(set(values), key=lambda v: (isinstance(v, str), v))  # budgets, then "ratio r" labels
 
 
 def plot_needle_heatmap(rows: Sequence[Mapping[str, Any]], out_path: str | pathlib.Path, title: str | None = None,
@@ -85,7 +90,7 @@ def plot_needle_heatmap(rows: Sequence[Mapping[str, Any]], out_path: str | pathl
     plt = _pyplot()
     panels: dict[tuple[str, int | None], dict[tuple[int, float], list[float]]] = {}
     for row in rows:
-        cells = panels.setdefault((row["recipe"], row["budget"]), {})
+        cells = panels.setdefault((row["recipe"], size_label(row)), {})  # a budget, or "ratio r"
         cells.setdefault((int(row["length"]), float(row["depth"])), []).append(float(row["correct"]))
     lengths = _ordered([int(r["length"]) for r in rows])
     depths = _ordered([float(r["depth"]) for r in rows])

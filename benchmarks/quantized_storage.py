@@ -41,7 +41,7 @@ def _run(model, recipe, ids, steps, tokens=None):
         out = model.generate(ids, max_new_tokens=steps, min_new_tokens=steps, do_sample=False, logits_processor=processors,
                              output_logits=True, return_dict_in_generate=True)
     logits = torch.stack(out.logits, dim=1).float()  # (1, steps, V)
-    return logits, out.sequences[:, ids.shape[1]:], prefill_bytes, cache_report(out.past_key_values).total_bytes
+    return logits, out.sequences[:, ids.shape[1]:], prefill_bytes, cache_report(out.cache).total_bytes
 
 
 def measure(length: int, budget: int, recipe_name: str = "snapkv", steps: int = 32) -> list[dict]:

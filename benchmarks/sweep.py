@@ -16,16 +16,16 @@ Examples
 
 from __future__ import annotations
 
-import json
+import os
 import pathlib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from kvpress_lab.benchmarks.results import read_jsonl
+from kvpress_lab.benchmarks.results import append_jsonl, read_jsonl
 
-__all__ = ["FULL", "Cell", "make_recipe", "plan_cells", "parse_shard", "select_shard", "finished_keys", "check_sweep_file",
-           "run_sweep", "aggregate"]
+__all__ = ["FULL", "Cell", "make_recipe", "plan_cells", "parse_shard", "shard_from_env", "select_shard", "grid_record",
+           "grid_keys", "finished_keys", "check_sweep_file", "run_sweep", "aggregate"]
 
 #: Label of the uncompressed baseline (no recipe); it runs once, without a budget.
 FULL = "full"
@@ -80,10 +80,111 @@ def parse_shard(text: str | None) -> tuple[int, int]:
     return index, count
 
 
+def _env_int(environ: Mapping[str, str], name: str, why: str) -> int:
+    text = environ[name]
+    try:
+        return int(text.strip())
+    except ValueError:
+        raise ValueError(f"{name}={text!r} is not an integer, so the shard cannot be taken from the environment "
+                         f"({why}); fix the variable or pass --shard i/n explicitly.") from None
+
+
+def shard_from_env(environ: Mapping[str, str] | None = None) -> tuple[tuple[int, int], str] | None:
+    """The shard a scheduler assigned to this process, from its environment variables.
+
+    - SLURM job arrays: ``SLURM_ARRAY_TASK_ID`` and ``SLURM_ARRAY_TASK_COUNT``; the index is
+      ``(ID - SLURM_ARRAY_TASK_MIN) / SLURM_ARRAY_TASK_STEP`` (MIN 0 and STEP 1 when unset), so
+      ``--array=1-16`` and ``--array=0-30:2`` both give shards 0..n-1.
+    - torchrun and accelerate: ``RANK`` and ``WORLD_SIZE``.
+    - Both (torchrun inside each task of an array): shard ``array_index * WORLD_SIZE + RANK`` of
+      ``COUNT * WORLD_SIZE``, so every process gets its own cells.
+
+    Parameters
+    ----------
+    environ : Mapping[str, str] or None
+        Default ``os.environ``.
+
+    Returns
+    -------
+    tuple or None
+        ``((i, n), description)`` naming the variables used, or ``None`` when none is set.
+
+    Raises
+    ------
+    ValueError
+        A variable that is not an integer, one of a pair without the other, or an index outside
+        ``[0, n)``; the message names the variables and their values.
+    """
+    environ = os.environ if environ is None else environ
+    parts: list[tuple[int, int, str]] = []
+    slurm = [name for name in ("SLURM_ARRAY_TASK_ID", "SLURM_ARRAY_TASK_COUNT") if name in environ]
+    if slurm:
+        if len(slurm) == 1:
+            other = ({"SLURM_ARRAY_TASK_ID", "SLURM_ARRAY_TASK_COUNT"} - set(slurm)).pop()
+            raise ValueError(f"{slurm[0]}={environ[slurm[0]]!r} is set but {other} is not; a SLURM array task needs "
+                             "both to pick its shard. Pass --shard i/n explicitly.")
+        why = "SLURM job array"
+        task, count = _env_int(environ, "SLURM_ARRAY_TASK_ID", why), _env_int(environ, "SLURM_ARRAY_TASK_COUNT", why)
+        low = _env_int(environ, "SLURM_ARRAY_TASK_MIN", why) if "SLURM_ARRAY_TASK_MIN" in environ else 0
+        step = _env_int(environ, "SLURM_ARRAY_TASK_STEP", why) if "SLURM_ARRAY_TASK_STEP" in environ else 1
+        shown = f"SLURM_ARRAY_TASK_ID={task}, SLURM_ARRAY_TASK_COUNT={count}, SLURM_ARRAY_TASK_MIN={low}, " \
+                f"SLURM_ARRAY_TASK_STEP={step}"
+        if step < 1 or (task - low) % step:
+            raise ValueError(f"{shown}: the task id is not MIN + k * STEP; pass --shard i/n explicitly.")
+        index = (task - low) // step
+        if count < 1 or not 0 <= index < count:
+            raise ValueError(f"{shown}: the task's index (ID - MIN) / STEP = {index} is not in [0, COUNT); "
+                             "pass --shard i/n explicitly.")
+        parts.append((index, count, shown))
+    torch_vars = [name for name in ("RANK", "WORLD_SIZE") if name in environ]
+    if torch_vars:
+        if len(torch_vars) == 1:
+            other = ({"RANK", "WORLD_SIZE"} - set(torch_vars)).pop()
+            raise ValueError(f"{torch_vars[0]}={environ[torch_vars[0]]!r} is set but {other} is not; torchrun and "
+                             "accelerate set both. Pass --shard i/n explicitly.")
+        why = "torchrun / accelerate"
+        rank, world = _env_int(environ, "RANK", why), _env_int(environ, "WORLD_SIZE", why)
+        shown = f"RANK={rank}, WORLD_SIZE={world}"
+        if world < 1 or not 0 <= rank < world:
+            raise ValueError(f"{shown}: RANK must be in [0, WORLD_SIZE); pass --shard i/n explicitly.")
+        parts.append((rank, world, shown))
+    if not parts:
+        return None
+    index, count = 0, 1
+    for part_index, part_count, _ in parts:
+        index, count = index * part_count + part_index, count * part_count
+    return (index, count), "; ".join(shown for _, _, shown in parts)
+
+
 def select_shard(cells: Sequence[Cell], shard: tuple[int, int]) -> list[Cell]:
     """The cells whose index ``% n == i``."""
     index, count = shard
     return [cell for position, cell in enumerate(cells) if position % count == index]
+
+
+def grid_record(cells: Sequence[Cell]) -> dict[str, Any]:
+    """The whole sweep's cells, compactly, for the meta record (what ``summarize`` checks coverage against).
+
+    ``{"cells": N, "recipes": {label: [budgets]}, "samples": [...]}`` when the cells are every
+    recipe-budget x sample (as :func:`plan_cells` makes them), else ``{"cells": N, "keys": [...]}``.
+    """
+    recipes: dict[str, list[int | None]] = {}
+    for cell in cells:
+        if cell.budget not in recipes.setdefault(cell.recipe, []):
+            recipes[cell.recipe].append(cell.budget)
+    samples = list(dict.fromkeys(cell.sample for cell in cells))
+    record: dict[str, Any] = {"cells": len(cells), "recipes": recipes, "samples": samples}
+    if grid_keys(record) != [cell.key for cell in cells]:
+        return {"cells": len(cells), "keys": [cell.key for cell in cells]}
+    return record
+
+
+def grid_keys(grid: Mapping[str, Any]) -> list[str]:
+    """The cell keys a :func:`grid_record` describes, in sweep order."""
+    if "keys" in grid:
+        return list(grid["keys"])
+    return [Cell(recipe, budget, sample).key for recipe, budgets in grid["recipes"].items() for budget in budgets
+            for sample in grid["samples"]]
 
 
 def _records(path: pathlib.Path) -> list[dict[str, Any]]:
@@ -132,14 +233,19 @@ def run_sweep(
     cells : sequence of Cell
         The whole sweep (every shard), in a fixed order.
     runner : Callable[[Cell], Mapping]
-        Runs one cell and returns its JSON-ready result fields.
+        Runs one cell and returns its JSON-ready result fields. A runner with a ``plan(todo)``
+        method gets this shard's unfinished cells first and returns the order to run them in
+        (:class:`~kvpress_lab.benchmarks.sample_groups.SampleGroups`: sample-major, so that a
+        sample's cells share one prefill); each cell is still appended as soon as it is done.
     out_path : str or pathlib.Path
         JSON Lines file, created or appended to.
     meta : Mapping
         :func:`~kvpress_lab.benchmarks.results.run_metadata` record, appended once per call:
         with the first finished cell (a call whose first cell fails writes nothing, not even the
-        folder), or at the end when no cell was left to run. A file written for another model or
-        benchmark is refused (:func:`check_sweep_file`).
+        folder), or at the end when no cell was left to run; it gains ``shard`` and ``grid``
+        (:func:`grid_record` of every shard's cells). A file written for another model or
+        benchmark is refused (:func:`check_sweep_file`). Every append takes the file's lock
+        (:func:`~kvpress_lab.benchmarks.results.append_jsonl`), so several shards may share one file.
     shard : tuple of int
         ``(i, n)`` from :func:`parse_shard`.
 
@@ -155,29 +261,16 @@ def run_sweep(
     done = finished_keys(path)
     mine = select_shard(cells, shard)
     todo = [cell for cell in mine if cell.key not in done]
-    handle = None
-
-    def opened() -> Any:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        cut = path.exists() and path.stat().st_size > 0 and not path.read_bytes().endswith(b"\n")
-        file = path.open("a", encoding="utf-8")
-        if cut:  # a killed job left its last line unterminated: never glue the next record onto it
-            file.write("\n")
-        file.write(json.dumps({"type": "meta", **meta, "shard": f"{shard[0]}/{shard[1]}"}) + "\n")
-        file.flush()
-        return file
-
-    try:
-        for cell in tqdm(todo, desc=f"sweep {shard[0]}/{shard[1]}", unit="cell", disable=not progress):
-            row = {"type": "result", "cell": cell.key, "recipe": cell.recipe, "budget": cell.budget,
-                   "sample": cell.sample, **runner(cell)}
-            handle = handle or opened()
-            handle.write(json.dumps(row, default=repr) + "\n")
-            handle.flush()
-        handle = handle or opened()
-    finally:
-        if handle is not None:
-            handle.close()
+    if hasattr(runner, "plan"):  # a runner that groups cells (one shared prefill per sample) orders them itself
+        todo = list(runner.plan(todo))
+    header = {"type": "meta", **meta, "shard": f"{shard[0]}/{shard[1]}", "grid": grid_record(cells)}
+    pending = [header]  # written with the first finished cell, or alone at the end
+    for cell in tqdm(todo, desc=f"sweep {shard[0]}/{shard[1]}", unit="cell", disable=not progress):
+        row = {"type": "result", "cell": cell.key, "recipe": cell.recipe, "budget": cell.budget,
+               "sample": cell.sample, **runner(cell)}
+        append_jsonl(path, [*pending, row])  # locked: other processes may append to the same file
+        pending = []
+    append_jsonl(path, pending)
     return {"total": len(mine), "skipped": len(mine) - len(todo), "ran": len(todo)}
 
 

@@ -17,6 +17,8 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from kvpress_lab.benchmarks.sizes import size_label
+
 __all__ = ["format_table", "human_bytes", "needle_summary", "needle_table", "speed_table", "score_table"]
 
 
@@ -49,10 +51,14 @@ def human_bytes(count: float | None) -> str:
 
 
 def needle_summary(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
-    """Per recipe x budget: accuracy, cells, mean prefill seconds, mean KV bytes and share of full."""
+    """Per recipe x budget: accuracy, cells, mean prefill seconds, mean KV bytes and share of full.
+
+    Rows of a compression ratio instead of a budget are grouped and labelled ``"ratio r"``
+    (:func:`~kvpress_lab.benchmarks.sizes.size_label`) in the ``budget`` field.
+    """
     groups: dict[tuple[str, Any], list[Mapping[str, Any]]] = {}
-    for row in rows:
-        groups.setdefault((row["recipe"], row["budget"]), []).append(row)
+    for row in rows:  # a budget, or "ratio r" for a compression-ratio row
+        groups.setdefault((row["recipe"], size_label(row)), []).append(row)
     full = groups.get(("full", None))
     full_bytes = sum(r["kv_bytes"] for r in full) / len(full) if full else None
     out = []
@@ -77,10 +83,11 @@ def needle_table(summary: Sequence[Mapping[str, Any]]) -> str:
 
 
 def speed_table(rows: Sequence[Mapping[str, Any]]) -> str:
-    """Table of :func:`~kvpress_lab.benchmarks.speed.measure_speed` rows."""
-    headers = ["T", "recipe", "budget", "prefill s", "overhead s", "decode ms/step", "KV before", "KV after",
-               "peak RSS MiB", "CUDA peak MiB"]
+    """Table of :func:`~kvpress_lab.benchmarks.speed.measure_speed` rows; "roles % prefill" is ``roles_share``."""
+    headers = ["T", "recipe", "budget", "prefill s", "overhead s", "roles % prefill", "decode ms/step", "KV before",
+               "KV after", "peak RSS MiB", "CUDA peak MiB"]
     body = [[r["prompt_tokens"], r["recipe"], r["budget"], f"{r['prefill_s']:.2f}", f"{r['overhead_s']:+.2f}",
+             "-" if r.get("roles_share") is None else f"{100 * r['roles_share']:.1f}%",
              f"{1000 * r['decode_step_s']:.1f}", human_bytes(r["kv_bytes_before"]), human_bytes(r["kv_bytes_after"]),
              f"{r['peak_rss_mb']:.0f}", "-" if r["cuda_peak_mb"] is None else f"{r['cuda_peak_mb']:.0f}"]
             for r in rows]
@@ -92,7 +99,7 @@ def score_table(rows: Sequence[Mapping[str, Any]], column: str = "task") -> str:
     columns = list(dict.fromkeys(r[column] for r in rows))
     groups: dict[tuple[str, Any], dict[str, list[float]]] = {}
     for r in rows:
-        groups.setdefault((r["recipe"], r["budget"]), {}).setdefault(r[column], []).append(float(r["score"]))
+        groups.setdefault((r["recipe"], size_label(r)), {}).setdefault(r[column], []).append(float(r["score"]))
     body = []
     for (recipe, budget), per in groups.items():
         means = [sum(per[c]) / len(per[c]) if c in per else None for c in columns]

@@ -19,7 +19,6 @@ Examples
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import functools
 import json
 import os
@@ -31,8 +30,7 @@ from typing import Any, NoReturn
 
 from kvpress_lab import __version__
 from kvpress_lab.errors import KVPressLabError
-from kvpress_lab.presets import Preset
-from kvpress_lab.registry import AUTOLOAD_ENV, ROLES, Registered, get_registry
+from kvpress_lab.registry import AUTOLOAD_ENV, ROLES, get_registry
 
 __all__ = ["Command", "COMMANDS", "DTYPES", "build_parser", "main"]
 
@@ -140,47 +138,45 @@ def _add_list_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="print a JSON list instead of a table")
 
 
-def _describe(entry: Registered) -> dict[str, Any]:
-    """JSON-ready description of one registered strategy or preset."""
-    row: dict[str, Any] = {"role": entry.role, "name": entry.name, "plugin": entry.plugin, "summary": entry.summary}
-    if isinstance(entry.obj, Preset):
-        row["recipe"] = dict(entry.obj.recipe)
-        row["paper"] = entry.obj.paper
-        return row
-    if entry.role == "allocator":
-        row["scope"] = getattr(entry.obj, "scope", None)
-    row["parameters"] = {f.name: _default(f) for f in dataclasses.fields(entry.obj) if f.init}
-    return row
-
-
-def _default(field: dataclasses.Field) -> Any:
-    if field.default is not dataclasses.MISSING:
-        return field.default
-    if field.default_factory is not dataclasses.MISSING:
-        return field.default_factory()
-    return None  # required parameter (no default)
-
-
 def _table(rows: Sequence[Sequence[str]]) -> str:
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
     lines = ["  ".join([*(cell.ljust(w) for cell, w in zip(row, widths)), row[-1]]).rstrip() for row in rows]
     return "\n".join(lines)
 
 
+def _fast_listing() -> Any:
+    """Built-ins from :mod:`kvpress_lab.builtin_manifest` (no torch), or ``None`` to list the live registry.
+
+    ``None`` also when this process already built its registry or registered strategies in-process
+    (:func:`kvpress_lab.register`): listing it then costs nothing and shows those too.
+    """
+    from kvpress_lab.builtin_manifest import fast_listing
+    from kvpress_lab.registry import process_registry_in_use
+
+    return None if process_registry_in_use() else fast_listing()
+
+
 def _cmd_list(args: argparse.Namespace) -> int:
-    """Print every registered strategy and preset with the plugin that provided it."""
-    registry = get_registry()
-    entries = [e for e in registry if args.role is None or e.role == args.role]
+    """Print every registered strategy and preset with the plugin that provided it.
+
+    The built-ins come from the manifest while it matches their sources (``kvpress-lab list``
+    then imports no torch); otherwise, and when this process already built its registry, from
+    the live registry. Third-party plugins are always loaded live.
+    """
+    from kvpress_lab.builtin_manifest import live_listing
+
+    listing = _fast_listing() or live_listing(get_registry())
+    rows = [row for row in listing.rows if args.role is None or row["role"] == args.role]
     if args.json:
-        print(json.dumps([_describe(e) for e in entries], indent=2, default=repr))
+        print(json.dumps(rows, indent=2, default=repr))
         return 0
     # Summaries are docstring first lines: drop reST literal markup for the terminal.
-    rows = [("ROLE", "NAME", "PLUGIN", "SUMMARY")] + [
-        (e.role, e.name, e.plugin, e.summary.replace("``", "")) for e in entries
+    table = [("ROLE", "NAME", "PLUGIN", "SUMMARY")] + [
+        (row["role"], row["name"], row["plugin"], row["summary"].replace("``", "")) for row in rows
     ]
-    print(_table(rows))
-    autoload = "on" if registry.autoload else f"off ({AUTOLOAD_ENV})"
-    print(f"\n{len(entries)} entries from plugins: {', '.join(registry.plugins())}; third-party autoload {autoload}.")
+    print(_table(table))
+    autoload = "on" if listing.autoload else f"off ({AUTOLOAD_ENV})"
+    print(f"\n{len(rows)} entries from plugins: {', '.join(listing.plugins)}; third-party autoload {autoload}.")
     return 0
 
 
@@ -262,6 +258,16 @@ def _device(text: str) -> str:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
+def _device_map(text: str) -> str | dict[str, Any]:
+    """argparse type of ``--device-map``: an accelerate strategy or a JSON module -> device mapping."""
+    from kvpress_lab.benchmarks.commands import parse_device_map
+
+    try:
+        return parse_device_map(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def _shard(text: str) -> tuple[int, int]:
     from kvpress_lab.benchmarks.sweep import parse_shard
 
@@ -295,16 +301,35 @@ def _add_model_arguments(parser: argparse.ArgumentParser, seed: bool = True) -> 
                         help="embedded model name (default), local checkpoint folder or hub id")
     parser.add_argument("--device", type=_device, default="auto",
                         help="auto (default: cuda when available, else cpu), cpu, cuda, cuda:1, mps, ...")
-    parser.add_argument("--dtype", default="float32", choices=DTYPES, help="float32 (default), bfloat16 or float16")
+    parser.add_argument("--dtype", default="float32", choices=(*DTYPES, "auto"),
+                        help="float32 (default), bfloat16, float16 or auto (the checkpoint's dtype)")
+    parser.add_argument("--device-map", type=_device_map,
+                        help="let from_pretrained place the weights: auto (spread over the visible GPUs), balanced, "
+                             "sequential, or a JSON object / .json file of module -> device; not with --device")
     parser.add_argument("--attn", default="sdpa", choices=("sdpa", "eager", "flash_attention_2"),
                         help="attention implementation (default sdpa; flash_attention_2 needs a GPU and flash-attn)")
     if seed:
         parser.add_argument("--seed", type=_integer("--seed"), default=0, help="seed of the generated prompts (default 0)")
 
 
+def _add_long_context_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--prefill-chunk``, ``--decode-budget``, ``--compress-every``, ``--no-compress-prefill`` (see docs/howto/long-contexts)."""
+    parser.add_argument("--prefill-chunk", type=_int_at_least(1, "--prefill-chunk"), metavar="C",
+                        help="prefill the compressed part in chunks of C tokens, compressing after each (each layer "
+                             "holds at most its budget + C); the full cache runs unchunked")
+    parser.add_argument("--decode-budget", type=_int_at_least(1, "--decode-budget"), metavar="N",
+                        help="decoding-time compression: cut each layer back to N entries during generation")
+    parser.add_argument("--compress-every", type=_int_at_least(1, "--compress-every"), metavar="K",
+                        help="with --decode-budget: re-compress every K generated tokens (default: the recipe's, 16)")
+    parser.add_argument("--no-compress-prefill", dest="compress_prefill", action="store_const", const=False,
+                        default=None, help="with --decode-budget: leave the prompt uncompressed, compress the generation only")
+
+
 #: Flags of ``run`` that shape the recipe, as ``(flag, dest)``; none of them works with ``--full``.
 _RUN_RECIPE_FLAGS = (("--scorer", "scorer"), ("--executor", "executor"), ("--window", "window"),
-                     ("--budget", "budget"), ("--ratio", "ratio"))
+                     ("--budget", "budget"), ("--ratio", "ratio"), ("--prefill-chunk", "prefill_chunk"),
+                     ("--decode-budget", "decode_budget"), ("--compress-every", "compress_every"),
+                     ("--no-compress-prefill", "compress_prefill"))
 
 
 def _add_run_arguments(parser: argparse.ArgumentParser) -> None:
@@ -330,12 +355,13 @@ def _add_run_arguments(parser: argparse.ArgumentParser) -> None:
                         help="greedy-decoded tokens at most")
     parser.add_argument("--json", action="store_true",
                         help="print one JSON object on stdout (answer, recipe, cache report, timings) instead of text")
+    _add_long_context_arguments(parser)
     _add_model_arguments(parser, seed=False)  # greedy decoding of the user's prompt: nothing is seeded
 
 
 def _check_run_flags(args: argparse.Namespace) -> None:
     """Flags that conflict or would do nothing together are usage errors (exit status 2)."""
-    from kvpress_lab.benchmarks.commands import UsageError
+    from kvpress_lab.benchmarks.commands import UsageError, check_long_context_flags
 
     if args.full:
         given = [flag for flag, dest in _RUN_RECIPE_FLAGS if getattr(args, dest) is not None]
@@ -344,6 +370,7 @@ def _check_run_flags(args: argparse.Namespace) -> None:
                              f"{'they' if len(given) > 1 else 'it'} would be ignored; drop {' '.join(given)} or --full.")
     if args.prompt is not None and args.prompt_file is not None:
         raise UsageError("the prompt is given twice, as text and with --prompt-file; give one of them.")
+    check_long_context_flags(args)  # --compress-every / --no-compress-prefill need --decode-budget
     if args.mode == "query-agnostic":
         if args.chat:
             raise UsageError("--chat conflicts with --mode query-agnostic: --chat puts --question inside the chat "
@@ -362,6 +389,29 @@ def _cmd_run(args: argparse.Namespace) -> int:
     if args.preset is None and args.allocator is None and not args.full:
         args.preset = "pyramidkv"
     return cmd_run(args)
+
+
+def _ratio_item(text: str) -> float:
+    """Item type of ``--ratios``: a fraction in ``[0, 1)`` (the list type reports the error)."""
+    value = float(text)
+    if not 0.0 <= value < 1.0:
+        raise ValueError(text)
+    return value
+
+
+def _add_share_arguments(parser: argparse.ArgumentParser, ratios: bool = True) -> None:
+    """``--share-prefill N`` / ``--no-share-prefill`` and (needle, demo) ``--ratios``."""
+    from kvpress_lab.benchmarks.shared_generation import DEFAULT_SHARE
+
+    share = parser.add_mutually_exclusive_group()
+    share.add_argument("--share-prefill", type=_int_at_least(1, "--share-prefill"), metavar="N",
+                       help=f"compress up to N recipes of a sample from one shared prefill (default {DEFAULT_SHARE}; "
+                            "their caches are held at once); 1 = one prefill per cell")
+    share.add_argument("--no-share-prefill", action="store_true", help="one prefill per cell (same results, slower)")
+    if ratios:
+        parser.add_argument("--ratios", type=_comma_list(_ratio_item, "ratios in [0, 1)"),
+                            help="compression ratios (fraction of the prompt's entries removed, kvpress's convention), "
+                                 "as well as or instead of --budgets")
 
 
 def _add_sweep_arguments(parser: argparse.ArgumentParser, recipes: str, budgets: str, out: str, seed: bool = True) -> None:
@@ -383,6 +433,8 @@ _BENCH_EXAMPLES: dict[str, tuple[str, ...]] = {
     "ruler": ("kvpress-lab bench ruler --tasks niah_single,variable_tracking --lengths 2048 --samples 5",),
     "longbench": ("kvpress-lab bench longbench --data-dir data/longbench --tasks qasper --limit 20",),
     "speed": ("kvpress-lab bench speed --lengths 2048,4096 --budgets 128 --repeats 3",),
+    "memory": ("kvpress-lab bench memory --length 8192 --preset snapkv --budget 128 --chunks 256,512",
+               "kvpress-lab bench memory --length 256 --decode-budget 128 --compress-every 32 --decode-tokens 1000"),
 }
 
 
@@ -400,9 +452,13 @@ def _add_bench_arguments(parser: argparse.ArgumentParser) -> None:
                                 epilog=_epilog(_BENCH_EXAMPLES[name]))
         # LongBench prompts come from the data files: no seed to give.
         _add_sweep_arguments(task, _BENCH_RECIPES, "64,128", f"results/{name}.jsonl", seed=name != "longbench")
-        task.add_argument("--shard", type=_shard, default=(0, 1),
-                          help="run only cells with index %% n == i, given as i/n (default 0/1: every cell)")
+        task.add_argument("--shard", type=_shard,
+                          help="run only cells with index %% n == i, given as i/n (default: from SLURM_ARRAY_TASK_ID/"
+                               "_COUNT or RANK/WORLD_SIZE when set, else 0/1: every cell)")
+        _add_launcher_arguments(task)
         task.add_argument("--mode", choices=modes, default="query-aware", help="compress the question too (default) or not")
+        _add_long_context_arguments(task)
+        _add_share_arguments(task, ratios=name == "needle")
         if name == "needle":
             task.add_argument("--lengths", type=ints, default=[1024, 2048, 4096],
                               help="prompt tokens, each >= 64 (default 1024,2048,4096)")
@@ -434,6 +490,25 @@ def _add_bench_arguments(parser: argparse.ArgumentParser) -> None:
                        help="decoding steps timed per run")
     speed.add_argument("--repeats", type=_int_at_least(1, "--repeats"), default=1,
                        help="runs per row, median reported (default 1)")
+    _add_long_context_arguments(speed)
+    memory_help = "peak process memory and KV bytes during prefill and decoding: full, one-shot, chunked, decode budget"
+    memory = tasks.add_parser("memory", help=memory_help, description=memory_help, formatter_class=parser.formatter_class,
+                              epilog=_epilog(_BENCH_EXAMPLES["memory"]))
+    memory.add_argument("--length", type=_int_at_least(2, "--length"), default=4096, help="prompt tokens")
+    memory.add_argument("--preset", default="snapkv", help="the compression recipe (see `kvpress-lab list --role preset`)")
+    memory.add_argument("--budget", type=_int_at_least(1, "--budget"), default=128, help="entries per layer")
+    memory.add_argument("--chunks", type=ints, default=[], help="chunked-prefill settings, one per chunk size (e.g. 256,512)")
+    memory.add_argument("--decode-budget", type=_int_at_least(1, "--decode-budget"), metavar="N",
+                        help="add the settings 'decode N' and 'decode-only N' (decoding-time compression)")
+    memory.add_argument("--compress-every", type=_int_at_least(1, "--compress-every"), metavar="K",
+                        help="with --decode-budget: re-compress every K generated tokens (default: the recipe's, 16)")
+    memory.add_argument("--decode-tokens", type=_int_at_least(1, "--decode-tokens"), default=32,
+                        help="greedy tokens decoded after each prefill (exactly this many)")
+    memory.add_argument("--in-process", action="store_true",
+                        help="measure every setting in this process (default: each in a fresh one, so that one setting's "
+                             "resident memory does not hide the next one's peak)")
+    memory.add_argument("--out", help="JSON Lines result file (default results/memory.jsonl)")
+    _add_model_arguments(memory)
 
 
 def _resolve_budgets(args: argparse.Namespace) -> None:
@@ -444,22 +519,37 @@ def _resolve_budgets(args: argparse.Namespace) -> None:
     from kvpress_lab.benchmarks.commands import UsageError
 
     if all(name == "full" for name in args.recipes):
-        given = [flag for flag, value in (("--budgets", args.budgets), ("--window", getattr(args, "window", None)))
-                 if value is not None]
+        given = [flag for flag, value in (("--budgets", args.budgets), ("--ratios", getattr(args, "ratios", None)),
+                                          ("--window", getattr(args, "window", None))) if value is not None]
         if given:
             raise UsageError(f"{' and '.join(given)} {'do' if len(given) > 1 else 'does'} nothing with --recipes "
                              f"{','.join(args.recipes)}: 'full' runs no compression; add a preset to --recipes "
                              f"(e.g. full,snapkv) or drop {' '.join(given)}.")
-    if args.budgets is None:
-        args.budgets = list(args.default_budgets)
+    if args.budgets is None:  # --ratios alone replaces the default budgets
+        args.budgets = [] if getattr(args, "ratios", None) else list(args.default_budgets)
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
     """Run one benchmark task; see kvpress_lab.benchmarks.bench."""
     from kvpress_lab.benchmarks.bench import cmd_bench
+    from kvpress_lab.benchmarks.commands import check_long_context_flags
 
-    _resolve_budgets(args)
+    if args.task != "memory":  # memory takes one --preset and --budget, no --recipes/--budgets
+        _resolve_budgets(args)
+    check_long_context_flags(args)  # --compress-every / --no-compress-prefill need --decode-budget
+    if hasattr(args, "shard"):  # the sweep tasks: a job array, or the shard from --shard / the environment
+        from kvpress_lab.cli_launch import resolve_shard, run_launcher
+
+        if args.launcher is not None:
+            return run_launcher(args)
+        resolve_shard(args)
     return cmd_bench(args)
+
+
+def _add_launcher_arguments(parser: argparse.ArgumentParser) -> None:
+    from kvpress_lab.cli_launch import add_launcher_arguments
+
+    add_launcher_arguments(parser)
 
 
 def _add_demo_arguments(parser: argparse.ArgumentParser) -> None:
@@ -479,6 +569,7 @@ def _add_demo_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--recipes", type=_comma_list(str, "preset names"), default=list(demo.DEFAULT_RECIPES),
                         help=f"presets compared with the full cache (default {listed(demo.DEFAULT_RECIPES)})")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    _add_share_arguments(parser)
     _add_model_arguments(parser)
 
 
@@ -502,6 +593,19 @@ def _cmd_plot(args: argparse.Namespace) -> int:
     from kvpress_lab.benchmarks.commands import cmd_plot
 
     return cmd_plot(args)
+
+
+def _add_summarize_arguments(parser: argparse.ArgumentParser) -> None:
+    from kvpress_lab.cli_summarize import add_summarize_arguments
+
+    add_summarize_arguments(parser)
+
+
+def _cmd_summarize(args: argparse.Namespace) -> int:
+    """Merge shard files of one sweep (see :mod:`kvpress_lab.cli_summarize`)."""
+    from kvpress_lab.cli_summarize import run_summarize
+
+    return run_summarize(args)
 
 
 def _add_calibrate_arguments(parser: argparse.ArgumentParser) -> None:
@@ -530,13 +634,17 @@ COMMANDS: dict[str, Command] = {
                     "kvpress-lab run --prompt-file doc.txt --question ' Who wrote it?' --preset snapkv --budget 64",
                     "kvpress-lab run --prompt-file doc.txt --mode query-agnostic --question ' Summary:' --ratio 0.75",
                     "kvpress-lab run --prompt-file doc.txt --full --json > full.json")),
-    "bench": Command("benchmarks: needle | ruler | longbench | speed", _add_bench_arguments, _cmd_bench,
+    "bench": Command("benchmarks: needle | ruler | longbench | speed | memory", _add_bench_arguments, _cmd_bench,
                      tuple(line for lines in _BENCH_EXAMPLES.values() for line in lines[:1])),
     "demo": Command("needle in a haystack on the embedded model: full cache vs compressed", _add_demo_arguments, _cmd_demo,
                     ("kvpress-lab demo", "kvpress-lab demo --lengths 1024 --budgets 64 --recipes snapkv,pyramidkv")),
     "plot": Command("result files -> PNG (needle heatmap or budget-vs-score curves)", _add_plot_arguments, _cmd_plot,
                     ("kvpress-lab plot results/demo/needle.json",
                      "kvpress-lab plot results/ruler.jsonl --task variable_tracking --out ruler-vt.png")),
+    "summarize": Command("merge a sweep's shard files: one table, duplicate and missing cells (exit 3 if missing)",
+                         _add_summarize_arguments, _cmd_summarize,
+                         ("kvpress-lab summarize results/needle.shard0-of-2.jsonl results/needle.shard1-of-2.jsonl",
+                          "kvpress-lab summarize results/ruler-0.jsonl results/ruler-1.jsonl --plot ruler.png")),
     "calibrate": Command("fit a per-layer budget profile for the `learned` allocator", _add_calibrate_arguments,
                          _cmd_calibrate,
                          ("kvpress-lab calibrate --out profile.json",
