@@ -9,6 +9,7 @@ knowing the questions (see the methods built for it, and the needle benchmark's
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import time
 from collections.abc import Sequence
@@ -136,7 +137,7 @@ def ask(
         raise ValueError("the chat template renders the context differently for different questions; pass chat_template=False.")
     device = next(model.parameters()).device
     context_ids = tokenizer(prefixes.pop(), add_special_tokens=not _has_template(tokenizer, chat_template),
-                            return_tensors="pt")["input_ids"].to(device)
+                            return_tensors="pt").input_ids.to(device)
     options = {"max_new_tokens": 64, "do_sample": False, **generate_kwargs}
     options.setdefault("pad_token_id", tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id)
 
@@ -162,10 +163,13 @@ def _answer_all(model, tokenizer, recipe, context_ids, questions, prompts, optio
 
     answers = []
     for question, (_, suffix) in zip(questions, prompts):
-        question_ids = tokenizer(suffix, add_special_tokens=False, return_tensors="pt")["input_ids"].to(device)
+        question_ids = tokenizer(suffix, add_special_tokens=False, return_tensors="pt").input_ids.to(device)
         full = torch.cat([context_ids, question_ids], dim=1)
         start = time.perf_counter()
-        generated = model.generate(full, attention_mask=torch.ones_like(full), cache=copy.deepcopy(cache), **options)
+        # decoding-time compression (recipe.decode_budget) runs inside the recipe's session
+        decoding = recipe.apply(model) if recipe is not None and recipe.decode_budget is not None else contextlib.nullcontext()
+        with decoding:
+            generated = model.generate(full, attention_mask=torch.ones_like(full), cache=copy.deepcopy(cache), **options)
         seconds = time.perf_counter() - start
         new = generated[0, full.shape[1]:]
         answers.append(Answer(

@@ -125,9 +125,15 @@ class Registry:
     autoload : bool or None
         Load third-party entry points; ``None`` reads ``KVPRESS_LAB_DISABLE_PLUGIN_AUTOLOAD``
         (an unrecognised value raises :class:`~kvpress_lab.ConfigurationError`).
+    builtins : bool
+        Load kvpress_lab's own plugins (default). ``False`` loads only the others, for
+        ``kvpress-lab list``, which reads the built-ins from :mod:`kvpress_lab.builtin_manifest`;
+        clashes with built-in names are then not detected here.
     """
 
-    def __init__(self, extra_plugins: Iterable[tuple[str, object]] = (), *, autoload: bool | None = None):
+    def __init__(self, extra_plugins: Iterable[tuple[str, object]] = (), *, autoload: bool | None = None,
+                 builtins: bool = True):
+        self.builtins = bool(builtins)
         if autoload is None:
             self.autoload = autoload_enabled()
             why = f"{AUTOLOAD_ENV}={os.environ.get(AUTOLOAD_ENV, '').strip()}"
@@ -156,7 +162,7 @@ class Registry:
             dist = ep.dist.name if ep.dist is not None else "?"
             is_builtin = _normalise(dist) == DISTRIBUTION
             builtin_found |= is_builtin
-            if not is_builtin and not self.autoload:
+            if (not is_builtin and not self.autoload) or (is_builtin and not self.builtins):
                 continue
             name = f"{dist}:{ep.name}"
             if self.manager.get_plugin(name) is None:
@@ -171,7 +177,7 @@ class Registry:
                         "to load only the built-ins."
                     ) from exc
                 self._register(plugin, name)
-        if not builtin_found:  # running from a source tree that was never installed
+        if not builtin_found and self.builtins:  # running from a source tree that was never installed
             for short, module in BUILTIN_MODULES.items():
                 self._register(importlib.import_module(module), f"{DISTRIBUTION}:{short}")
 
@@ -325,6 +331,11 @@ def get_registry() -> Registry:
         if _REGISTRY is None:
             _REGISTRY = _build()
         return _REGISTRY
+
+
+def process_registry_in_use() -> bool:
+    """Whether the process-wide registry is built or in-process registrations exist (listing it is then free)."""
+    return _REGISTRY is not None or bool(_IN_PROCESS)
 
 
 def reload_registry() -> Registry:

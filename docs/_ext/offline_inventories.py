@@ -130,6 +130,9 @@ INVENTORIES: dict[str, tuple[str, str, dict[str, list[tuple[str, str]]]]] = {
             "internal/generation_utils#transformers.DynamicCache": [
                 ("py:class", "transformers.DynamicCache"), ("py:class", "transformers.cache_utils.DynamicCache"),
             ],
+            "main_classes/pipelines#transformers.Pipeline": [  # the base of kvpress_lab.pipeline.KVPressLabPipeline
+                ("py:class", "transformers.Pipeline"), ("py:class", "transformers.pipelines.base.Pipeline"),
+            ],
             # The per-layer cache classes have no anchors of their own: link the caches page.
             "internal/generation_utils#": [
                 ("py:class", "transformers.cache_utils.DynamicLayer"),
@@ -137,6 +140,12 @@ INVENTORIES: dict[str, tuple[str, str, dict[str, list[tuple[str, str]]]]] = {
                 ("py:class", "transformers.cache_utils.DynamicSlidingWindowLayer"),
             ],
         },
+    ),
+    # lm-evaluation-harness publishes no Sphinx docs: link the source of the class we subclass.
+    "lm_eval": (
+        "https://github.com/EleutherAI/lm-evaluation-harness/blob/main",
+        "0.4",
+        {"lm_eval/models/huggingface.py#": [("py:class", "lm_eval.models.huggingface.HFLM")]},
     ),
     "pluggy": (
         "https://pluggy.readthedocs.io/en/stable",
