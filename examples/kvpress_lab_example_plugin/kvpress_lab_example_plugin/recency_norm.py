@@ -6,12 +6,14 @@ Shapes follow kvpress_lab's legend: B batch, Hkv KV heads, T cached tokens, D he
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
-import torch
-
-from kvpress_lab.layer_view import LayerView
 from kvpress_lab.validation import check_float, check_int
+
+if TYPE_CHECKING:  # torch is imported where scores are computed, so listing strategies stays fast
+    import torch
+
+    from kvpress_lab.layer_view import LayerView
 
 __all__ = ["ExampleRecencyNormScorer"]
 
@@ -69,6 +71,8 @@ class ExampleRecencyNormScorer:
 
     def score(self, view: LayerView) -> torch.Tensor:
         """``(B, Hkv, T)`` float32 scores on ``view.device``; higher means keep."""
+        import torch
+
         valid = view.valid[:, None, :]  # (B, 1, T)
         norms = view.keys.float().norm(dim=-1)  # (B, Hkv, T)
         largest = norms.masked_fill(~valid, 0.0).amax(dim=-1, keepdim=True)  # (B, Hkv, 1)
