@@ -141,6 +141,8 @@ def plot_budget_curves(rows: Sequence[Mapping[str, Any]], out_path: str | pathli
                        title: str | None = None, model: str | None = None) -> pathlib.Path:
     """Mean ``value`` against budget, one line per recipe; the full cache as a dashed black line.
 
+    Cells sized by a compression ratio are left out (they have no fixed budget).
+
     Recipes take the Okabe-Ito colours in order, each with its own marker (readable in grey too).
     """
     if not rows or any(k not in rows[0] for k in ("recipe", "budget", value)):
@@ -150,6 +152,8 @@ def plot_budget_curves(rows: Sequence[Mapping[str, Any]], out_path: str | pathli
     by_recipe: dict[str, dict[int, list[float]]] = {}
     baseline: list[float] = []
     for row in rows:
+        if row.get("compression_ratio") is not None:
+            continue  # a ratio cell has no budget on this axis (its size depends on the prompt)
         if row["budget"] is None:
             baseline.append(float(row[value]))
         else:

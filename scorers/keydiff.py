@@ -17,7 +17,7 @@ __all__ = ["KeyDiffScorer"]
 class KeyDiffScorer:
     """KeyDiff: score ``-cos(k_t, a)`` with ``a`` the mean of the unit-normalised keys of the head.
 
-    Based on https://arxiv.org/abs/2504.14936 (KeyDiff: Key Similarity-Based KV Cache Eviction),
+    Based on https://arxiv.org/abs/2504.15364 (KeyDiff: Key Similarity-Based KV Cache Eviction),
     following kvpress's ``KeyDiffPress``: the anchor is ``a = mean_t k_t / ||k_t||`` over the row's
     real tokens, and the keys that differ most from it (lowest cosine similarity) are kept.
 

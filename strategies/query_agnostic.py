@@ -17,7 +17,7 @@ KEYDIFF = Preset(
     name="keydiff",
     description="KeyDiff: uniform budget per layer, keys least similar to the mean key kept (W=1)",
     recipe={"allocator": "uniform", "scorer": "keydiff", "window": 1},
-    paper="https://arxiv.org/abs/2504.14936",
+    paper="https://arxiv.org/abs/2504.15364",
 )
 
 LAGKV = Preset(
