@@ -29,6 +29,8 @@ from dataclasses import dataclass
 from typing import Any, NoReturn
 
 from kvpress_lab import __version__
+from kvpress_lab.cli_values import int_at_least as _int_at_least
+from kvpress_lab.cli_values import shown as _shown
 from kvpress_lab.errors import KVPressLabError
 from kvpress_lab.registry import AUTOLOAD_ENV, ROLES, get_registry
 
@@ -200,27 +202,6 @@ def _comma_list(kind: Callable[[str], Any], what: str) -> Callable[[str], list[A
             raise argparse.ArgumentTypeError(f"expected a comma-separated list of {what}, got {text!r}") from None
 
     parse.__name__ = f"list of {what}"
-    return parse
-
-
-def _shown(text: str) -> str:
-    """A flag value as typed, quoted only when it would otherwise be invisible."""
-    return text if text.strip() else repr(text)
-
-
-def _int_at_least(minimum: int, flag: str) -> Callable[[str], int]:
-    """argparse type: an integer ``>= minimum``; the error names ``flag`` and the rule."""
-
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            value = None
-        if value is None or value < minimum:
-            raise argparse.ArgumentTypeError(f"{flag} must be an integer >= {minimum}, got {_shown(text)}")
-        return value
-
-    parse.__name__ = f"integer >= {minimum}"
     return parse
 
 

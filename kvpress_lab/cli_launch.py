@@ -11,35 +11,9 @@ from __future__ import annotations
 import argparse
 import sys
 
+from kvpress_lab.cli_values import int_at_least
+
 __all__ = ["add_launcher_arguments", "resolve_shard", "run_launcher"]
-
-
-def _positive(flag: str):
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            value = 0
-        if value < 1:
-            raise argparse.ArgumentTypeError(f"{flag} must be an integer >= 1, got {text!r}")
-        return value
-
-    parse.__name__ = "integer >= 1"
-    return parse
-
-
-def _non_negative(flag: str):
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            value = -1
-        if value < 0:
-            raise argparse.ArgumentTypeError(f"{flag} must be an integer >= 0, got {text!r}")
-        return value
-
-    parse.__name__ = "integer >= 0"
-    return parse
 
 
 def _key_value(text: str) -> tuple[str, str]:
@@ -59,16 +33,16 @@ def add_launcher_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--launcher", choices=LAUNCHERS,
                        help="submit --shards jobs, task i running this command with --shard i/N and --out "
                             "<out>.shard<i>-of-<N>.jsonl: slurm = one SLURM array job, local = processes here")
-    group.add_argument("--shards", type=_positive("--shards"), help="number of jobs with --launcher (default 1)")
+    group.add_argument("--shards", type=int_at_least(1, "--shards"), help="number of jobs with --launcher (default 1)")
     group.add_argument("--wait", action="store_true", help="with --launcher slurm: wait for every job (local always waits)")
     group.add_argument("--slurm-partition", default=defaults.partition, help="partition (default: the cluster's)")
-    group.add_argument("--slurm-time", type=_positive("--slurm-time"), default=defaults.time_min,
+    group.add_argument("--slurm-time", type=int_at_least(1, "--slurm-time"), default=defaults.time_min,
                        help=f"minutes per task, also the local timeout (default {defaults.time_min})")
-    group.add_argument("--slurm-gpus", type=_non_negative("--slurm-gpus"), default=defaults.gpus,
+    group.add_argument("--slurm-gpus", type=int_at_least(0, "--slurm-gpus"), default=defaults.gpus,
                        help=f"GPUs per task (default {defaults.gpus})")
-    group.add_argument("--slurm-cpus", type=_positive("--slurm-cpus"), help="CPUs per task (default: the cluster's)")
-    group.add_argument("--slurm-mem", type=_positive("--slurm-mem"), help="memory per task in GB (default: the cluster's)")
-    group.add_argument("--slurm-parallelism", type=_positive("--slurm-parallelism"),
+    group.add_argument("--slurm-cpus", type=int_at_least(1, "--slurm-cpus"), help="CPUs per task (default: the cluster's)")
+    group.add_argument("--slurm-mem", type=int_at_least(1, "--slurm-mem"), help="memory per task in GB (default: the cluster's)")
+    group.add_argument("--slurm-parallelism", type=int_at_least(1, "--slurm-parallelism"),
                        help="array tasks running at once at most (default: no limit)")
     group.add_argument("--slurm-folder", default=defaults.folder,
                        help=f"job pickles and logs, %%j = job id (default {defaults.folder.replace('%', '%%')})")

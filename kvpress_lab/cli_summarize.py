@@ -12,6 +12,8 @@ import argparse
 import pathlib
 import sys
 
+from kvpress_lab.cli_values import int_at_least
+
 __all__ = ["MISSING_STATUS", "add_summarize_arguments", "run_summarize"]
 
 #: Exit status of ``summarize`` when cells of the grid are in no file (and ``--allow-missing`` is not given).
@@ -26,17 +28,7 @@ def add_summarize_arguments(parser: argparse.ArgumentParser) -> None:
                         help=f"exit 0 even when cells of the grid are missing (default: exit status {MISSING_STATUS})")
     parser.add_argument("--plot", metavar="PNG", help="also draw the merged rows (needle heatmap or budget curves)")
     parser.add_argument("--out", metavar="JSONL", help="also write the merged sweep file (every meta, each cell once)")
-    parser.add_argument("--limit", type=_at_least_one, default=20, help="cells listed per kind of problem (default 20)")
-
-
-def _at_least_one(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"--limit must be an integer >= 1, got {text!r}")
-    return value
+    parser.add_argument("--limit", type=int_at_least(1, "--limit"), default=20, help="cells listed per kind of problem (default 20)")
 
 
 def run_summarize(args: argparse.Namespace) -> int:
