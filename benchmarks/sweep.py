@@ -80,6 +80,16 @@ def parse_shard(text: str | None) -> tuple[int, int]:
     return index, count
 
 
+def _pair_set(environ: Mapping[str, str], names: tuple[str, str], why_both: str) -> bool:
+    """Whether both variables of ``names`` are set; one without the other is a ``ValueError``."""
+    present = [name for name in names if name in environ]
+    if len(present) == 1:
+        other = next(name for name in names if name not in environ)
+        raise ValueError(f"{present[0]}={environ[present[0]]!r} is set but {other} is not; {why_both}. "
+                         "Pass --shard i/n explicitly.")
+    return len(present) == 2
+
+
 def _env_int(environ: Mapping[str, str], name: str, why: str) -> int:
     text = environ[name]
     try:
@@ -117,12 +127,7 @@ def shard_from_env(environ: Mapping[str, str] | None = None) -> tuple[tuple[int,
     """
     environ = os.environ if environ is None else environ
     parts: list[tuple[int, int, str]] = []
-    slurm = [name for name in ("SLURM_ARRAY_TASK_ID", "SLURM_ARRAY_TASK_COUNT") if name in environ]
-    if slurm:
-        if len(slurm) == 1:
-            other = ({"SLURM_ARRAY_TASK_ID", "SLURM_ARRAY_TASK_COUNT"} - set(slurm)).pop()
-            raise ValueError(f"{slurm[0]}={environ[slurm[0]]!r} is set but {other} is not; a SLURM array task needs "
-                             "both to pick its shard. Pass --shard i/n explicitly.")
+    if _pair_set(environ, ("SLURM_ARRAY_TASK_ID", "SLURM_ARRAY_TASK_COUNT"), "a SLURM array task needs both to pick its shard"):
         why = "SLURM job array"
         task, count = _env_int(environ, "SLURM_ARRAY_TASK_ID", why), _env_int(environ, "SLURM_ARRAY_TASK_COUNT", why)
         low = _env_int(environ, "SLURM_ARRAY_TASK_MIN", why) if "SLURM_ARRAY_TASK_MIN" in environ else 0
@@ -136,12 +141,7 @@ def shard_from_env(environ: Mapping[str, str] | None = None) -> tuple[tuple[int,
             raise ValueError(f"{shown}: the task's index (ID - MIN) / STEP = {index} is not in [0, COUNT); "
                              "pass --shard i/n explicitly.")
         parts.append((index, count, shown))
-    torch_vars = [name for name in ("RANK", "WORLD_SIZE") if name in environ]
-    if torch_vars:
-        if len(torch_vars) == 1:
-            other = ({"RANK", "WORLD_SIZE"} - set(torch_vars)).pop()
-            raise ValueError(f"{torch_vars[0]}={environ[torch_vars[0]]!r} is set but {other} is not; torchrun and "
-                             "accelerate set both. Pass --shard i/n explicitly.")
+    if _pair_set(environ, ("RANK", "WORLD_SIZE"), "torchrun and accelerate set both"):
         why = "torchrun / accelerate"
         rank, world = _env_int(environ, "RANK", why), _env_int(environ, "WORLD_SIZE", why)
         shown = f"RANK={rank}, WORLD_SIZE={world}"
