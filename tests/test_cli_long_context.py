@@ -14,6 +14,7 @@ import json
 import pytest
 import torch
 from helpers.char_tokenizer import CharTokenizer
+from helpers.refuse_loading import ModelLoaded, refuse_loading  # noqa: F401 (autouse fixture)
 from helpers.tiny_models import tiny_model
 
 import kvpress_lab.models
@@ -23,18 +24,6 @@ from kvpress_lab.benchmarks.generation import GenerationResult, generate_answer
 from kvpress_lab.cli import main
 
 
-class ModelLoaded(Exception):
-    """Raised by the stand-in loader: the command got as far as loading the model."""
-
-
-@pytest.fixture(autouse=True)
-def refuse_loading(monkeypatch):
-    def refuse(*args, **kwargs):
-        raise ModelLoaded
-
-    monkeypatch.setattr(commands, "load", refuse)
-    monkeypatch.setattr(bench, "load", refuse)
-    monkeypatch.setattr(kvpress_lab.models, "load_model", refuse)
 
 
 @pytest.fixture

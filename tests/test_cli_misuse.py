@@ -25,6 +25,7 @@ import sys
 import pytest
 import torch
 from helpers.char_tokenizer import CharTokenizer  # one id per character: the needle question alone takes 70 tokens
+from helpers.refuse_loading import ModelLoaded, refuse_loading  # noqa: F401 (autouse fixture)
 from helpers.tiny_models import tiny_model
 
 import kvpress_lab.models
@@ -35,18 +36,6 @@ from kvpress_lab.cli import main
 REAL_LOAD = commands.load
 
 
-class ModelLoaded(Exception):
-    """Raised by the stand-in loader: the command got as far as loading the model."""
-
-
-@pytest.fixture(autouse=True)
-def refuse_loading(monkeypatch):
-    def refuse(*args, **kwargs):
-        raise ModelLoaded
-
-    monkeypatch.setattr(commands, "load", refuse)
-    monkeypatch.setattr(bench, "load", refuse)
-    monkeypatch.setattr(kvpress_lab.models, "load_model", refuse)  # calibrate and commands.load call it
 
 
 @pytest.fixture
