@@ -123,6 +123,11 @@ class CriticalScorer:
         running scores across chunks (``accumulates_scores``, H2O): the engine would accumulate the refined ones."""
         return bool(getattr(self._base, "chunked_prefill", False)) and not getattr(self._base, "accumulates_scores", False)
 
+    @property
+    def reads_every_query(self) -> bool:
+        """As the base scorer: the engine hands over the queries the layer computed (``h2o``)."""
+        return bool(getattr(self._base, "reads_every_query", False))
+
     def minimum_budget(self, window: int) -> int:
         """The base scorer's minimum budget (its sinks plus the window), else the window."""
         minimum = getattr(self._base, "minimum_budget", None)

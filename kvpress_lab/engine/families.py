@@ -94,6 +94,7 @@ class ModelAdapter:
         valid: torch.Tensor,
         window: int,
         queries_from: int = 0,
+        queries: torch.Tensor | None = None,
     ) -> LayerView:
         """The :class:`~kvpress_lab.LayerView` of layer ``idx``: the one place views are built.
 
@@ -115,9 +116,17 @@ class ModelAdapter:
             First cached entry whose query can be recomputed: ``hidden`` holds the inputs of entries
             ``queries_from:T`` (a chunk of a chunked prefill; earlier entries were kept from earlier
             chunks). Asking for earlier queries raises a ``ValueError`` naming the limit.
+        queries : torch.Tensor or None
+            ``(B, Hq, T - queries_from, D)``: the queries the module itself computed for ``hidden``
+            (:mod:`kvpress_lab.engine.query_capture`); the view slices them instead of
+            projecting ``hidden`` again. ``None`` (or another length): recomputed on demand.
         """
         module = self.attention[idx]
         cos, sin = position_embeddings
+        if queries is not None and queries.shape[-2] == hidden.shape[1]:
+            query_fn = functools.partial(_slice_kept_queries, queries, queries_from)
+        else:
+            query_fn = functools.partial(_slice_queries, module, hidden, cos, sin, queries_from)
         return LayerView(
             layer_idx=idx,
             keys=keys,
@@ -126,7 +135,7 @@ class ModelAdapter:
             window=min(window, hidden.shape[1]),
             scaling=float(module.scaling),
             num_query_heads=self.num_query_heads,
-            query_fn=functools.partial(_slice_queries, module, hidden, cos, sin, queries_from),
+            query_fn=query_fn,
             output_projection=self.output_projection(idx),
         )
 
@@ -146,10 +155,12 @@ class ModelAdapter:
             weight = weights_map["weight"]
         return weight.detach() if isinstance(weight, torch.Tensor) else None
 
-    def layer_view_from_call(self, idx: int, args: tuple, kwargs: dict, layer: object, valid: torch.Tensor, window: int) -> LayerView:
+    def layer_view_from_call(self, idx: int, args: tuple, kwargs: dict, layer: object, valid: torch.Tensor, window: int,
+                             queries: torch.Tensor | None = None) -> LayerView:
         """:meth:`layer_view` from an attention module's forward-hook arguments and its cache ``layer``."""
         hidden = self.hidden_states(args, kwargs)
-        return self.layer_view(idx, hidden, kwargs["position_embeddings"], layer.keys, layer.values, valid, window)
+        return self.layer_view(idx, hidden, kwargs["position_embeddings"], layer.keys, layer.values, valid, window,
+                               queries=queries)
 
     @staticmethod
     def queries(module: nn.Module, hidden: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
@@ -182,13 +193,22 @@ class ModelAdapter:
         return q
 
 
-def _slice_queries(
-    module: nn.Module, hidden: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, offset: int, start: int, stop: int
-) -> torch.Tensor:
+def _check_query_range(offset: int, start: int, stop: int) -> None:
     if start < offset:
         raise ValueError(
             f"the queries of cached entries before {offset} are gone (they were kept from earlier chunks of a chunked "
             f"prefill); asked for {start}:{stop}. A scorer that needs them cannot score chunked prefills."
         )
+
+
+def _slice_kept_queries(queries: torch.Tensor, offset: int, start: int, stop: int) -> torch.Tensor:
+    _check_query_range(offset, start, stop)
+    return queries[:, :, start - offset : stop - offset]
+
+
+def _slice_queries(
+    module: nn.Module, hidden: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, offset: int, start: int, stop: int
+) -> torch.Tensor:
+    _check_query_range(offset, start, stop)
     a, b = start - offset, stop - offset
     return ModelAdapter.queries(module, hidden[:, a:b], cos[:, a:b], sin[:, a:b])

@@ -21,6 +21,7 @@ from kvpress_lab.engine.decoding import DecodingHooks, PaddingCapture, cache_fro
 from kvpress_lab.engine.generate_guard import GenerateCall, guard_generate
 from kvpress_lab.engine.global_statistics import layer_statistic, ranks_scores
 from kvpress_lab.engine.post_prefill import needs_reconstruction, reconstruction_scores
+from kvpress_lab.engine.query_capture import capture_queries
 from kvpress_lab.errors import UnsupportedCacheError
 from kvpress_lab.engine.families import ModelAdapter
 from kvpress_lab.engine.padding import check_left_padding
@@ -131,6 +132,8 @@ class CompressionSession:
         self._chunking: ChunkedPrefill | None = None
         self._recent = {idx: RecentInputs(recipe.window) for idx in self.adapter.compressible}  # decoding compression
         self._decode_plan: BudgetPlan | None = None
+        self._queries: dict[int, torch.Tensor] = {}  # layer -> (B, Hq, S, D) its attention call computed (query_capture)
+        self._query_capture = contextlib.ExitStack()
         self._entered = False
 
     def __del__(self) -> None:
@@ -169,6 +172,9 @@ class CompressionSession:
             for idx in self.adapter.compressible:
                 hook = functools.partial(self._compress_layer, idx)
                 self._handles.append(self.adapter.attention[idx].register_forward_hook(hook, with_kwargs=True))
+            if getattr(self.recipe.strategies.scorer, "reads_every_query", False):
+                modules = {idx: self.adapter.attention[idx] for idx in self.adapter.compressible}
+                self._query_capture.enter_context(capture_queries(modules, self._keep_queries))
         except BaseException:
             self.detach()
             raise
@@ -180,6 +186,8 @@ class CompressionSession:
         if self._unguard is not None:
             self._unguard()
             self._unguard = None
+        self._query_capture.close()
+        self._queries.clear()
         self._decoding.detach()
         self._pending.clear()
         with _ATTACH_LOCK:
@@ -262,9 +270,14 @@ class CompressionSession:
         self._pending.clear()
         self._statistics.clear()
 
+    def _keep_queries(self, idx: int, queries: torch.Tensor) -> None:
+        if self._mine():
+            self._queries[idx] = queries  # until this layer's forward hook: _compress_layer
+
     def _compress_layer(self, idx: int, module: nn.Module, args: tuple, kwargs: dict, output: object) -> None:
         if not self._mine():
             return
+        queries = self._queries.pop(idx, None)  # (B, Hq, S, D) of this call, when the scorer reads every query
         cache = cache_from_kwargs(kwargs)
         hidden = self.adapter.hidden_states(args, kwargs)
         length = hidden.shape[1]
@@ -277,7 +290,7 @@ class CompressionSession:
                 "with use_cache=True, or outside the block."
             )
         if self._chunking is not None:  # (the cache's layer types were checked when the decoder's forward began)
-            self._compress_chunk(idx, kwargs, cache, hidden)
+            self._compress_chunk(idx, kwargs, cache, hidden, queries)
             return
         if idx >= len(cache.layers):
             return
@@ -296,7 +309,7 @@ class CompressionSession:
             self._rotary[idx] = kwargs.get("position_embeddings")
         if self._global:
             with self._timed("score"):
-                view = self.adapter.layer_view_from_call(idx, args, kwargs, layer, valid, self.recipe.window)
+                view = self.adapter.layer_view_from_call(idx, args, kwargs, layer, valid, self.recipe.window, queries)
                 # a reconstruction scorer (kvzip) is scored after the prefill: _score_by_reconstruction
                 scores, forced = (None, self._forced(view)) if self._reconstruct else self._score(view)
             with self._timed("allocate"):
@@ -310,7 +323,7 @@ class CompressionSession:
         if not self.plan.evicts(self._ordinal[idx]) and not self._stores_every_layer():
             return
         with self._timed("score"):
-            view = self.adapter.layer_view_from_call(idx, args, kwargs, layer, valid, self.recipe.window)
+            view = self.adapter.layer_view_from_call(idx, args, kwargs, layer, valid, self.recipe.window, queries)
             scores, forced = self._score(view)
         self._evict(_ScoredLayer(idx, cache, layer.keys, layer.values, scores, forced, valid))
 
@@ -372,25 +385,27 @@ class CompressionSession:
             self.accumulated_scores.clear()
         return True
 
-    def _compress_chunk(self, idx: int, kwargs: dict, cache: object, hidden: torch.Tensor) -> None:
-        """Cut layer ``idx`` back to the whole prompt's budget after one chunk's forward."""
+    def _compress_chunk(self, idx: int, kwargs: dict, cache: object, hidden: torch.Tensor,
+                        queries: torch.Tensor | None = None) -> None:
+        """Cut layer ``idx`` back to the whole prompt's budget after one chunk's forward (``queries``: the chunk's, or ``None``)."""
         chunk = self._chunking
         if self.plan is None:
             self.plan = self._plan(chunk.valid)  # the whole prompt's budgets
         layer = cache.layers[idx]
         if hasattr(layer, "head_dense_entries"):  # per-head (ragged) layer: every head re-scored on its own entries
-            self._compress_chunk_per_head(idx, kwargs, cache, hidden, layer)
+            self._compress_chunk_per_head(idx, kwargs, cache, hidden, layer, queries)
             return
         keys, values, valid = held_entries(layer, chunk.valid[:, : chunk.stop], "Chunked prefill")
         keep = torch.minimum(self.plan.keep[:, self._ordinal[idx]], valid.sum(dim=-1).cpu())
         self._recompress(idx, cache, keys, values, valid, keep, 0, hidden, kwargs["position_embeddings"],
-                         tokens=chunk.tokens_so_far(), accumulate=self._accumulates())
+                         tokens=chunk.tokens_so_far(), accumulate=self._accumulates(), queries=queries)
 
     def _accumulates(self) -> bool:
         """The scorer keeps running scores across chunks (``accumulates_scores``, e.g. ``h2o``)."""
         return bool(getattr(self.recipe.strategies.scorer, "accumulates_scores", False))
 
-    def _compress_chunk_per_head(self, idx: int, kwargs: dict, cache: object, hidden: torch.Tensor, layer: object) -> None:
+    def _compress_chunk_per_head(self, idx: int, kwargs: dict, cache: object, hidden: torch.Tensor, layer: object,
+                                 queries: torch.Tensor | None = None) -> None:
         """A ragged layer after a chunk: score each head's held entries, split the budget, keep each head's best.
 
         The layer holds ``(B, Hkv, P)`` right-aligned entries, the chunk's ``C`` last in every head
@@ -414,7 +429,8 @@ class CompressionSession:
         batch = keys.shape[0]
         with self._timed("score"):
             view = self.adapter.layer_view(idx, hidden, kwargs["position_embeddings"], keys, values,
-                                           head_valid.any(dim=1), self.recipe.window, queries_from=held - new)
+                                           head_valid.any(dim=1), self.recipe.window, queries_from=held - new,
+                                           queries=queries)
             rows = heads_as_rows(view, head_valid)
             scores, forced = self._score(rows, kept_window=min(self.recipe.window, held),
                                          chunk_start=held - new if accumulate else None)
@@ -447,7 +463,7 @@ class CompressionSession:
                          (recent.cos, recent.sin))
 
     def _recompress(self, idx, cache, keys, values, valid, keep, slack: int, hidden, position_embeddings, tokens=None,
-                    accumulate: bool = False) -> None:
+                    accumulate: bool = False, queries: torch.Tensor | None = None) -> None:
         """Evict layer ``idx``'s held entries down to ``keep`` ``(B,)`` once some row holds ``keep + slack`` or more.
 
         ``hidden`` / ``position_embeddings`` are the inputs of the *last* held entries (a chunk, or the
@@ -462,7 +478,7 @@ class CompressionSession:
         held = keys.shape[2]
         with self._timed("score"):
             view = self.adapter.layer_view(idx, hidden, position_embeddings, keys, values, valid, self.recipe.window,
-                                           queries_from=held - hidden.shape[1])
+                                           queries_from=held - hidden.shape[1], queries=queries)
             scores, forced = self._score(view, kept_window=min(self.recipe.window, held),
                                          chunk_start=held - hidden.shape[1] if accumulate else None)
         if within:

@@ -1,0 +1,107 @@
+"""The queries an attention layer already computed, kept for a scorer that reads every prompt query.
+
+H2O scores each entry by the attention it receives from *every* prompt query. Rebuilding those
+queries from the layer's input repeats the layer's query projection, norm and rotary embedding:
+about a sixth of H2O's cost at ``T = 4096`` on the embedded model. While a
+:class:`~kvpress_lab.engine.session.CompressionSession` whose scorer declares
+``reads_every_query = True`` is attached, the attention function the model calls — transformers'
+``ALL_ATTENTION_FUNCTIONS`` entry for the module's ``config._attn_implementation`` — is wrapped:
+the wrapper hands the call's ``query`` ``(B, Hq, S, D)`` (rotary applied, exactly what the
+kernel receives) to the session, then calls the original function with the same arguments, so
+the model computes exactly what it computes without the wrapper.
+
+The wrapper is a local override in transformers' shared ``ALL_ATTENTION_FUNCTIONS``; the first
+:func:`capture_queries` block that needs an implementation installs it and the last one to exit
+removes it (reference-counted, under a lock), restoring whatever was there before. Modules no
+block listens to pass straight through. Implementations the model does not resolve through
+that mapping simply hand nothing over, and the scorer's queries are recomputed as before.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+import threading
+from collections.abc import Callable, Iterator, Mapping
+
+import torch
+from torch import nn
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+
+__all__ = ["capture_queries"]
+
+Listener = Callable[[int, torch.Tensor], None]
+
+_LOCK = threading.Lock()
+_LISTENERS: dict[int, tuple[int, Listener]] = {}  # id(attention module) -> (layer index, listener)
+_INSTALLED: dict[str, tuple[int, Callable | None]] = {}  # implementation -> (blocks using it, local override it replaced)
+_ABSENT = None
+
+
+@contextlib.contextmanager
+def capture_queries(modules: Mapping[int, nn.Module], listener: Listener) -> Iterator[None]:
+    """Inside the block, every call of ``modules[idx]`` first runs ``listener(idx, query)``.
+
+    Parameters
+    ----------
+    modules : Mapping[int, nn.Module]
+        Layer index -> attention module (LlamaAttention, Qwen3Attention, ...).
+    listener : Callable[[int, torch.Tensor], None]
+        Receives the layer index and the call's ``(B, Hq, S, D)`` query, before the attention
+        kernel runs. It must not modify the tensor.
+
+    Raises
+    ------
+    RuntimeError
+        If another block already listens to one of the modules.
+    """
+    implementations = sorted({module.config._attn_implementation for module in modules.values()
+                              if isinstance(getattr(module.config, "_attn_implementation", None), str)})
+    with _LOCK:
+        taken = [idx for idx, module in modules.items() if id(module) in _LISTENERS]
+        if taken:
+            raise RuntimeError(f"the queries of attention layers {taken} are already being captured by another block.")
+        for idx, module in modules.items():
+            _LISTENERS[id(module)] = (idx, listener)
+        for name in implementations:
+            _install(name)
+    try:
+        yield
+    finally:
+        with _LOCK:
+            for module in modules.values():
+                _LISTENERS.pop(id(module), None)
+            for name in implementations:
+                _uninstall(name)
+
+
+def _install(name: str) -> None:
+    users, replaced = _INSTALLED.get(name, (0, _ABSENT))
+    if users == 0:
+        replaced = ALL_ATTENTION_FUNCTIONS._local_mapping.get(name, _ABSENT)  # a user's own local override, if any
+        original = ALL_ATTENTION_FUNCTIONS.get(name)  # None for "eager": each family module has its own
+        ALL_ATTENTION_FUNCTIONS[name] = _capturing(original)
+    _INSTALLED[name] = (users + 1, replaced)
+
+
+def _uninstall(name: str) -> None:
+    users, replaced = _INSTALLED.pop(name)
+    if users > 1:
+        _INSTALLED[name] = (users - 1, replaced)
+    elif replaced is _ABSENT:
+        del ALL_ATTENTION_FUNCTIONS[name]
+    else:
+        ALL_ATTENTION_FUNCTIONS[name] = replaced
+
+
+def _capturing(original: Callable | None) -> Callable:
+    def attention(module: nn.Module, query: torch.Tensor, *args, **kwargs):
+        entry = _LISTENERS.get(id(module))
+        if entry is not None:
+            entry[1](entry[0], query)
+        run = original if original is not None else sys.modules[type(module).__module__].eager_attention_forward
+        return run(module, query, *args, **kwargs)
+
+    attention.__wrapped__ = original
+    attention.kvpress_lab_capture = True
+    return attention
