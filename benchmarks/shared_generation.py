@@ -20,7 +20,10 @@ every recipe's compression) and ``recipes`` the group size. ``prefill_s`` is the
 ``forward_s + compress_s``: what this recipe's prefill costs on its own, comparable with an
 unshared row's ``prefill_s``.
 
-What cannot share runs alone, through ``generate_answer``: the full cache (``None``), a recipe whose
+The full cache (``None``) shares too: ``compress_many`` hands over the pass's own full cache
+(``forward_s`` is its whole prefill), and it decodes from it exactly as ``generate`` would have.
+
+What cannot share runs alone, through ``generate_answer``: a recipe whose
 scorer runs a pass of its own after the prefill (``needs == "reconstruction"``, e.g. ``kvzip``:
 ``compress_many`` does not replay it), a recipe with ``decode_budget`` in query-aware mode (its decoding-time compression needs the session attached
 while decoding), and — in query-aware mode — a model whose generation config adds logits
@@ -67,12 +70,12 @@ def _plain_greedy(model: torch.nn.Module, min_new_tokens: int | None) -> bool:
 
 def can_share(recipe: Recipe | None, mode: str = "query-aware", model: torch.nn.Module | None = None,
               min_new_tokens: int | None = None) -> bool:
-    """Whether ``recipe`` can take its cache from a shared prefill in ``mode`` (see the module docstring)."""
-    if recipe is None or getattr(recipe.strategies.scorer, "needs", None) == "reconstruction":
+    """Whether ``recipe`` (``None``: the full cache) can take its cache from a shared prefill in ``mode`` (see the module docstring)."""
+    if recipe is not None and getattr(recipe.strategies.scorer, "needs", None) == "reconstruction":
         return False  # (a scorer with a pass of its own after the prefill, e.g. kvzip: compress_many refuses it)
     if mode == "query-agnostic":
         return True
-    return recipe.decode_budget is None and (model is None or _plain_greedy(model, min_new_tokens))
+    return (recipe is None or recipe.decode_budget is None) and (model is None or _plain_greedy(model, min_new_tokens))
 
 
 def generate_answers(
@@ -91,7 +94,7 @@ def generate_answers(
     Parameters
     ----------
     recipes : sequence of Recipe or None
-        ``None`` is the full cache (run alone).
+        ``None`` is the full cache (the shared pass's own).
     context, question, mode, max_new_tokens
         As in :func:`~kvpress_lab.benchmarks.generation.generate_answer`.
     share : int or None
@@ -158,7 +161,7 @@ def _next_token(model: torch.nn.Module, hidden: torch.Tensor) -> torch.Tensor:
 @torch.no_grad()
 def _shared_pass(model, prompt: _Prompt, recipes, indices, mode) -> dict[int, tuple[Any, dict[str, Any]]]:
     from kvpress_lab.engine.families import ModelAdapter
-    from kvpress_lab.engine.role_timers import time_roles
+    from kvpress_lab.engine.role_timers import ROLES, time_roles
     from kvpress_lab.engine.shared_prefill import compress_many
 
     aware = mode == "query-aware"
@@ -179,10 +182,14 @@ def _shared_pass(model, prompt: _Prompt, recipes, indices, mode) -> dict[int, tu
     if aware and prompt.first_token is None:
         prompt.first_token = _next_token(model, last.hidden)
     forward_s = forward.durations[0]
+    timers = iter(log.entries)  # one per recipe, in order; the full cache (None) has no session
     out = {}
-    for index, cache, (_, timers) in zip(indices, caches, log.entries):
-        shared = {"pass_s": pass_s, "forward_s": forward_s, "compress_s": timers.total, "recipes": len(recipes),
-                  **{k: v for k, v in timers.as_dict().items() if k != "roles_s"}}
+    for index, cache, recipe in zip(indices, caches, recipes):
+        own = None if recipe is None else next(timers)[1]
+        shared = {"pass_s": pass_s, "forward_s": forward_s, "compress_s": 0.0 if own is None else own.total,
+                  "recipes": len(recipes),
+                  **({f"{role}_s": 0.0 for role in ROLES} if own is None
+                     else {k: v for k, v in own.as_dict().items() if k != "roles_s"})}
         out[index] = (cache, shared)
     return out
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from typing import TYPE_CHECKING
 
 import torch
@@ -16,7 +17,7 @@ from kvpress_lab.engine.session import CompressionSession
 if TYPE_CHECKING:
     from kvpress_lab.recipe import Recipe
 
-__all__ = ["prefill", "padded_positions"]
+__all__ = ["prefill", "padded_positions", "last_logits_only"]
 
 
 @torch.no_grad()
@@ -66,7 +67,8 @@ def prefill(
     try:
         with CompressionSession(recipe, model) as session:
             if chunk_size is None:
-                output = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=True)
+                output = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=True,
+                               **last_logits_only(model))
             else:
                 output = _chunked(session, model, input_ids, attention_mask, position_ids, chunk_size)
         cache = getattr(output, "cache", None) or getattr(output, "past_key_values", None)
@@ -93,8 +95,22 @@ def _chunked(session, model, input_ids, attention_mask, position_ids, chunk_size
             position_ids=None if position_ids is None else position_ids[:, start:stop],
             cache=cache,
             use_cache=True,
+            **last_logits_only(model),
         )
     return output
+
+
+def last_logits_only(model: nn.Module) -> dict[str, int]:
+    """``{"logits_to_keep": 1}`` when ``model.forward`` takes it, else ``{}``: a prefill that returns only a cache.
+
+    The logits of every prompt position are never read; on the embedded model's 49k vocabulary
+    computing them all costs about a sixth of a 2,048-token prefill on CPU.
+    """
+    try:
+        parameters = inspect.signature(model.forward).parameters
+    except (TypeError, ValueError):  # a forward without a signature: ask for nothing
+        return {}
+    return {"logits_to_keep": 1} if "logits_to_keep" in parameters else {}
 
 
 def check_prompt(model: nn.Module, input_ids: object, attention_mask: object) -> None:

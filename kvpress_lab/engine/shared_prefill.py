@@ -7,6 +7,13 @@ states and rotary tables), then replays exactly the hooks a :class:`CompressionS
 during a prefill — the same code, on the same tensors — once per recipe. Each recipe's cache is
 therefore bit-identical to compressing it alone.
 
+A ``None`` among the recipes asks for the full cache itself (the reference a benchmark compares
+with): the pass produced it anyway, so it costs no prefill of its own.
+
+The pass's forward asks the model for the last position's logits only (``logits_to_keep=1``
+where the model takes it): nobody reads the others, and on a 49k vocabulary the ``lm_head`` of
+every position costs a sixth of a 2,048-token prefill on CPU.
+
 Memory held at once: the full cache and every full-attention layer's input ``(B, T, hidden)``
 during the pass (about the size of the full cache again), then one compressed cache per recipe;
 ``max_recipes`` bounds how many recipes share one pass (more recipes run more passes).
@@ -24,7 +31,7 @@ from torch import nn
 from kvpress_lab.engine.decoding import disable_compressed_decoding, enable_compressed_decoding, persistent_hooks
 from kvpress_lab.engine.families import ModelAdapter
 from kvpress_lab.engine.padding import padded_positions
-from kvpress_lab.engine.prefill import check_prompt
+from kvpress_lab.engine.prefill import check_prompt, last_logits_only
 from kvpress_lab.engine.session import CompressionSession
 
 if TYPE_CHECKING:
@@ -39,7 +46,7 @@ __all__ = ["compress_many"]
 def compress_many(
     model: nn.Module,
     input_ids: torch.Tensor,
-    recipes: Sequence[Recipe],
+    recipes: Sequence[Recipe | None],
     attention_mask: torch.Tensor | None = None,
     *,
     max_recipes: int | None = None,
@@ -52,8 +59,9 @@ def compress_many(
         A causal LM of a supported family.
     input_ids : torch.Tensor
         ``(B, T)`` prompt tokens (left-padded when ``B > 1``).
-    recipes : sequence of Recipe
-        What to compress with; a recipe may appear twice.
+    recipes : sequence of Recipe or None
+        What to compress with; a recipe may appear twice. ``None``: the full (uncompressed) cache,
+        exactly ``model(input_ids, attention_mask=..., use_cache=True)``'s.
     attention_mask : torch.Tensor or None
         ``(B, T)``, 0 on left padding.
     max_recipes : int or None
@@ -63,14 +71,15 @@ def compress_many(
     -------
     list[transformers.Cache]
         One cache per recipe, in order, each equal to ``recipe.prefill(model, input_ids,
-        attention_mask)``: pass ``copy.deepcopy`` of one to ``generate`` per question. Decoding
+        attention_mask)`` (the full cache for ``None``; no two share a layer): pass ``copy.deepcopy`` of one to ``generate`` per question. Decoding
         hooks stay on ``model`` as after :func:`~kvpress_lab.engine.prefill.prefill`.
     """
     from kvpress_lab.recipe import Recipe
 
     recipes = list(recipes)
-    if not recipes or not all(isinstance(r, Recipe) for r in recipes):
-        raise TypeError(f"recipes must be one or more kvpress_lab.Recipe, got {[type(r).__name__ for r in recipes]}.")
+    if not recipes or not all(r is None or isinstance(r, Recipe) for r in recipes):
+        raise TypeError(f"recipes must be one or more kvpress_lab.Recipe (or None for the full cache), "
+                        f"got {[type(r).__name__ for r in recipes]}.")
     if max_recipes is not None and (isinstance(max_recipes, bool) or not isinstance(max_recipes, int) or max_recipes < 1):
         raise ValueError(f"max_recipes must be an integer >= 1 or None, got {max_recipes!r}.")
     check_prompt(model, input_ids, attention_mask)
@@ -90,7 +99,7 @@ def compress_many(
 
 def _one_pass(model, input_ids, attention_mask, recipes) -> list[Cache]:
     adapter = ModelAdapter.for_model(model)
-    sessions = [CompressionSession(recipe, model) for recipe in recipes]  # validates every recipe before the pass
+    sessions = [None if recipe is None else CompressionSession(recipe, model) for recipe in recipes]  # validates first
     inputs: dict[int, dict] = {}
 
     def capture(idx: int, module: nn.Module, args: tuple, kwargs: dict) -> None:
@@ -100,12 +109,18 @@ def _one_pass(model, input_ids, attention_mask, recipes) -> list[Cache]:
                for idx in adapter.compressible]
     try:
         position_ids = None if attention_mask is None else padded_positions(attention_mask)
-        output = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=True)
+        output = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=True,
+                       **last_logits_only(model))
     finally:
         for handle in handles:
             handle.remove()
     full = getattr(output, "cache", None) or getattr(output, "past_key_values", None)
-    return [_replay(session, adapter, full, inputs, input_ids, attention_mask) for session in sessions]
+    caches = [None if session is None else _replay(session, adapter, full, inputs, input_ids, attention_mask)
+              for session in sessions]
+    wanted = [i for i, session in enumerate(sessions) if session is None]  # the full cache: no replay reads it now
+    for n, i in enumerate(wanted):
+        caches[i] = full if n == len(wanted) - 1 else copy.deepcopy(full)
+    return caches
 
 
 def _replay(session: CompressionSession, adapter: ModelAdapter, full: Cache, inputs: dict, input_ids, attention_mask) -> Cache:

@@ -9,6 +9,7 @@ import torch
 
 from helpers.tiny_models import left_pad, random_prompt, tiny_model
 from kvpress_lab import Recipe, compress_many
+from kvpress_lab.engine.padding import padded_positions
 
 RECIPES = [
     Recipe.preset("snapkv", budget=16, window=4),
@@ -60,6 +61,38 @@ def test_caches_are_independent_and_decode(family):
     a = model.generate(question, cache=first, max_new_tokens=4, do_sample=False, pad_token_id=0)
     b = model.generate(question, cache=second, max_new_tokens=4, do_sample=False, pad_token_id=0)
     assert torch.equal(a, b)  # decoding on one did not touch the other (sliding layers included)
+
+
+@pytest.mark.parametrize("batch", [1, 2])
+def test_none_is_the_pass_s_own_full_cache(family, batch):
+    model = tiny_model(family)
+    if batch == 1:
+        ids, mask = random_prompt(1, 40), None
+    else:
+        ids, mask = left_pad([random_prompt(1, 40)[0], random_prompt(1, 27, seed=1)[0]])
+    positions = None if mask is None else padded_positions(mask)
+    with torch.no_grad():
+        plain = model(ids, attention_mask=mask, position_ids=positions, use_cache=True).past_key_values
+    first, compressed, second = compress_many(model, ids, [None, RECIPES[0], None], mask)
+    _assert_same(first, plain)
+    _assert_same(second, plain)
+    _assert_same(compressed, RECIPES[0].prefill(model, ids, mask))
+    assert all(a is not b for a, b in zip(first.layers, second.layers))
+    if mask is None:  # decoding one full cache leaves the other and the compressed one as they were
+        model.generate(torch.cat([ids, random_prompt(1, 3, seed=2)], dim=1), cache=first, max_new_tokens=3,
+                       do_sample=False, pad_token_id=0)
+        _assert_same(second, plain)
+        _assert_same(compressed, RECIPES[0].prefill(model, ids, mask))
+
+
+def test_the_pass_computes_the_last_position_s_logits_only():
+    model = tiny_model("llama")
+    rows = []
+    model.lm_head.register_forward_hook(lambda module, args, output: rows.append(args[0].shape[1]))
+    compress_many(model, random_prompt(1, 30), [None, RECIPES[0]])
+    RECIPES[0].prefill(model, random_prompt(1, 30))
+    RECIPES[0].prefill(model, random_prompt(1, 30), chunk_size=8)
+    assert rows == [1] * 6
 
 
 def test_max_recipes_splits_the_work_into_passes(monkeypatch):
