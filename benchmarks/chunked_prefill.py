@@ -113,6 +113,7 @@ def measure_once(length: int, budget: int, preset: str, chunk: int | None, mode:
 
     from kvpress_lab import Recipe
     from kvpress_lab.analysis.synthetic import synthetic_text
+    from kvpress_lab.engine.prefill import last_logits_only
     from kvpress_lab.models import load_model
 
     model, tokenizer = load_model(model_name)
@@ -131,7 +132,7 @@ def measure_once(length: int, budget: int, preset: str, chunk: int | None, mode:
         sampler.start()
         start = time.perf_counter()
         if mode == "full":
-            out = model(input_ids=ids, use_cache=True)
+            out = model(input_ids=ids, use_cache=True, **last_logits_only(model))  # a cache, as recipe.prefill returns
             cache, logits = out.cache, out.logits[0, -1]
         else:
             cache = recipe.prefill(model, ids[:, :-1], chunk_size=chunk if mode == "chunked" else None)

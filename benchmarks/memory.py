@@ -78,6 +78,7 @@ def measure_setting(model: Any, input_ids: Any, setting: tuple, *, preset: str =
     from kvpress_lab.benchmarks.generation import ForwardTimer
     from kvpress_lab.benchmarks.speed import PeakMemory
     from kvpress_lab.engine.decoding import disable_compressed_decoding, persistent_hooks
+    from kvpress_lab.engine.prefill import last_logits_only
 
     label, fields, chunk = setting
     recipe = None if fields is None else Recipe.preset(preset, budget=budget, **fields)
@@ -87,7 +88,7 @@ def measure_setting(model: Any, input_ids: Any, setting: tuple, *, preset: str =
         with torch.no_grad(), KVPeakProbe(model) as probe:
             with PeakMemory(device) as memory:
                 if recipe is None:
-                    output = model(input_ids=input_ids[:, :-1], use_cache=True)
+                    output = model(input_ids=input_ids[:, :-1], use_cache=True, **last_logits_only(model))
                     cache = getattr(output, "cache", None) or output.past_key_values
                 else:
                     cache = recipe.prefill(model, input_ids[:, :-1], chunk_size=chunk)

@@ -150,12 +150,12 @@ def ask(
 
 
 def _answer_all(model, tokenizer, recipe, context_ids, questions, prompts, options, chunk_size) -> list[Answer]:
-    from kvpress_lab.engine.prefill import prefill
+    from kvpress_lab.engine.prefill import last_logits_only, prefill
 
     device = context_ids.device
     start = time.perf_counter()
     if recipe is None:
-        output = model(input_ids=context_ids, use_cache=True)
+        output = model(input_ids=context_ids, use_cache=True, **last_logits_only(model))
         cache = getattr(output, "cache", None) or output.past_key_values
     else:
         cache = prefill(recipe, model, context_ids, chunk_size=chunk_size)
