@@ -79,7 +79,9 @@ def attention_received(view: LayerView, query_start: int, block: int) -> torch.T
     Causal (query ``i`` sees entries ``<= i``), padding never attended, padded queries give
     nothing; query heads averaged per GQA group. Blocks of ``block`` queries: for queries
     ``s:e`` only the ``(B, Hkv, G * (e - s), e)`` logits they can see are computed, the causal
-    mask is applied to the diagonal block only, and the softmax's column sums are added.
+    mask is applied to the diagonal block only, and the softmax's column sums are added. Every
+    block's logits and probabilities share one buffer (allocated once, softmax in place): a fresh
+    multi-megabyte tensor per block costs page faults that were a fifth of the scorer's time on CPU.
     """
     keys = view.keys.float()  # (B, Hkv, T, D), converted once for every block
     batch, heads, length, head_dim = keys.shape
@@ -89,18 +91,20 @@ def attention_received(view: LayerView, query_start: int, block: int) -> torch.T
     any_padding = bool(padded.any())
     lowest = torch.finfo(torch.float32).min  # finite: a fully masked row (a padded query) stays NaN-free
     total = keys.new_zeros(batch, heads, length)  # (B, Hkv, T): summed over the group's query heads
+    widest = min(block, length - query_start)
+    buffer = keys.new_empty(batch * heads * groups * widest * length)  # room for the widest block's logits
+    future = torch.ones(widest, widest, dtype=torch.bool, device=keys.device).triu(1)  # (Q, Q) keys after the query
     for start in range(query_start, length, block):
         stop = min(start + block, length)
         width = stop - start
         queries = view.queries(start, stop).float() * view.scaling  # (B, Hq, Q, D)
         queries = queries.reshape(batch, heads, groups * width, head_dim)  # Hq = (Hkv G): rows (g, q)
-        logits = torch.matmul(queries, keys[:, :, :stop].transpose(-1, -2))  # (B, Hkv, G*Q, stop)
-        future = torch.ones(width, width, dtype=torch.bool, device=keys.device).triu(1)  # (Q, Q) keys after the query
-        logits[..., start:stop].view(batch, heads, groups, width, width).masked_fill_(future, lowest)
+        probs = buffer[: batch * heads * groups * width * stop].view(batch, heads, groups * width, stop)
+        torch.matmul(queries, keys[:, :, :stop].transpose(-1, -2), out=probs)  # logits (B, Hkv, G*Q, stop)
+        probs[..., start:stop].view(batch, heads, groups, width, width).masked_fill_(future[:width, :width], lowest)
         if any_padding:
-            logits.masked_fill_(padded[:, None, None, :stop], lowest)
-        probs = torch.softmax(logits, dim=-1)  # (B, Hkv, G*Q, stop)
-        del logits
+            probs.masked_fill_(padded[:, None, None, :stop], lowest)
+        torch.softmax(probs, dim=-1, out=probs)  # (B, Hkv, G*Q, stop)
         if any_padding:  # padded queries attend nothing
             query_valid = valid[:, start:stop].repeat(1, groups)  # (B, G*Q), rows (g, q)
             probs.mul_(query_valid[:, None, :, None])
