@@ -32,8 +32,9 @@ class H2OScorer:
     -----
     Causal softmax in float32, padding never attended, padded queries contribute nothing.
     Query heads of a GQA group are averaged onto their KV head. Each block's queries come from
-    ``view.queries``: inside a prefill, the queries the attention layer itself computed
-    (``reads_every_query``, :mod:`kvpress_lab.engine.query_capture`), else one projection per block.
+    ``view.queries``: inside a prefill on sdpa or flash attention, the queries the attention layer
+    itself computed (``reads_every_query``, :mod:`kvpress_lab.engine.query_capture`); otherwise
+    (eager attention, :func:`~kvpress_lab.compress_many`) one projection per block.
 
     **Chunked prefill** (:mod:`kvpress_lab.engine.chunking`): H2O accumulates across chunks as
     the original method does during generation. After each chunk the engine calls

@@ -14,13 +14,14 @@ The wrapper is a local override in transformers' shared ``ALL_ATTENTION_FUNCTION
 :func:`capture_queries` block that needs an implementation installs it and the last one to exit
 removes it (reference-counted, under a lock), restoring whatever was there before. Modules no
 block listens to pass straight through. Implementations the model does not resolve through
-that mapping simply hand nothing over, and the scorer's queries are recomputed as before.
+that mapping — ``"eager"``, which each family module resolves to its own default function —
+simply hand nothing over, and the scorer's queries are recomputed from the layer's input as
+before (same scores up to float rounding; eager attention is the slow path anyway).
 """
 
 from __future__ import annotations
 
 import contextlib
-import sys
 import threading
 from collections.abc import Callable, Iterator, Mapping
 
@@ -35,7 +36,7 @@ Listener = Callable[[int, torch.Tensor], None]
 _LOCK = threading.Lock()
 _LISTENERS: dict[int, tuple[int, Listener]] = {}  # id(attention module) -> (layer index, listener)
 _INSTALLED: dict[str, tuple[int, Callable | None]] = {}  # implementation -> (blocks using it, local override it replaced)
-_ABSENT = None
+_ABSENT = object()  # no local override was there before
 
 
 @contextlib.contextmanager
@@ -55,8 +56,9 @@ def capture_queries(modules: Mapping[int, nn.Module], listener: Listener) -> Ite
     RuntimeError
         If another block already listens to one of the modules.
     """
-    implementations = sorted({module.config._attn_implementation for module in modules.values()
-                              if isinstance(getattr(module.config, "_attn_implementation", None), str)})
+    implementations = sorted({name for module in modules.values()
+                              if isinstance(name := getattr(module.config, "_attn_implementation", None), str)
+                              and name in ALL_ATTENTION_FUNCTIONS})
     with _LOCK:
         taken = [idx for idx, module in modules.items() if id(module) in _LISTENERS]
         if taken:
@@ -79,8 +81,7 @@ def _install(name: str) -> None:
     users, replaced = _INSTALLED.get(name, (0, _ABSENT))
     if users == 0:
         replaced = ALL_ATTENTION_FUNCTIONS._local_mapping.get(name, _ABSENT)  # a user's own local override, if any
-        original = ALL_ATTENTION_FUNCTIONS.get(name)  # None for "eager": each family module has its own
-        ALL_ATTENTION_FUNCTIONS[name] = _capturing(original)
+        ALL_ATTENTION_FUNCTIONS[name] = _capturing(ALL_ATTENTION_FUNCTIONS[name])
     _INSTALLED[name] = (users + 1, replaced)
 
 
@@ -94,13 +95,12 @@ def _uninstall(name: str) -> None:
         ALL_ATTENTION_FUNCTIONS[name] = replaced
 
 
-def _capturing(original: Callable | None) -> Callable:
+def _capturing(original: Callable) -> Callable:
     def attention(module: nn.Module, query: torch.Tensor, *args, **kwargs):
         entry = _LISTENERS.get(id(module))
         if entry is not None:
             entry[1](entry[0], query)
-        run = original if original is not None else sys.modules[type(module).__module__].eager_attention_forward
-        return run(module, query, *args, **kwargs)
+        return original(module, query, *args, **kwargs)
 
     attention.__wrapped__ = original
     attention.kvpress_lab_capture = True

@@ -43,9 +43,8 @@ def test_h2o_cache_is_identical_with_captured_queries(family, implementation, ch
     assert _same_caches(captured, recomputed)
 
 
-@pytest.mark.parametrize("implementation", ["sdpa", "eager"])
-def test_h2o_projects_no_query_again(implementation, monkeypatch):
-    model = tiny_model("llama", implementation)
+def test_h2o_projects_no_query_again(monkeypatch):
+    model = tiny_model("llama", "sdpa")
     ids, mask = _prompt(model)
     projections = []
     original = families.ModelAdapter.queries
@@ -54,6 +53,19 @@ def test_h2o_projects_no_query_again(implementation, monkeypatch):
     assert projections == []
     Recipe.preset("snapkv", budget=20).prefill(model, ids, mask)  # window scorers still project the W queries
     assert len(projections) == model.config.num_hidden_layers
+
+
+def test_eager_attention_recomputes_the_queries(monkeypatch):
+    """``eager`` is not in transformers' mapping (each family has its own default): nothing is wrapped."""
+    model = tiny_model("llama", "eager")
+    before = dict(ALL_ATTENTION_FUNCTIONS._local_mapping)
+    with capture_queries({0: model.model.layers[0].self_attn}, lambda idx, query: None):
+        assert dict(ALL_ATTENTION_FUNCTIONS._local_mapping) == before
+    projections = []
+    original = families.ModelAdapter.queries
+    monkeypatch.setattr(families.ModelAdapter, "queries", staticmethod(lambda *a: projections.append(1) or original(*a)))
+    Recipe.preset("h2o", budget=20, scorer_kwargs={"chunk_size": 32}).prefill(model, *_prompt(model))
+    assert len(projections) == model.config.num_hidden_layers * 3  # 90 queries in blocks of 32
 
 
 def test_model_outputs_unchanged_while_capturing(family):
@@ -75,6 +87,7 @@ def test_listener_gets_the_kernels_query():
     seen = {}
     with torch.no_grad():
         out = model(ids, attention_mask=mask, output_attentions=True)
+        model.config._attn_implementation = "sdpa"
         with capture_queries({1: model.model.layers[1].self_attn}, lambda idx, query: seen.setdefault(idx, query)):
             model(ids, attention_mask=mask)
     attention = model.model.layers[1].self_attn
