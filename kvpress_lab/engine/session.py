@@ -301,7 +301,8 @@ class CompressionSession:
                 self._compress_decoding(idx, kwargs, cache, hidden)
             return
         self._recent[idx].reset()
-        self._recent[idx].add(hidden, kwargs["position_embeddings"])
+        if self.recipe.decode_budget is not None:  # decoding-time compression scores with the latest inputs
+            self._recent[idx].add(hidden, kwargs["position_embeddings"])
         if not self.recipe.compress_prefill:
             return
         valid = self._valid_mask(hidden, length)
