@@ -3,7 +3,8 @@
 ``kvpress-lab demo`` loads the embedded SmolLM2-135M-Instruct (no download), runs the
 query-aware needle test on a small grid for the full cache and for StreamingLLM, H2O, SnapKV and
 PyramidKV at two budgets, prints a table (accuracy, mean prefill time, KV bytes), and writes a
-heatmap PNG and a JSON result file. The default grid is sized for a few minutes on 2 CPU cores.
+heatmap PNG and a JSON result file. Each prompt is prefilled once for the full cache and every
+recipe (:func:`~kvpress_lab.compress_many`); the default grid takes about a minute on one CPU core.
 """
 
 from __future__ import annotations
