@@ -74,6 +74,7 @@ class H2OScorer:
         return attention_received(view, query_start, self.chunk_size)
 
 
+@torch.no_grad()  # scores pick entries: nothing to differentiate, and matmul(out=) refuses tensors that need grad
 def attention_received(view: LayerView, query_start: int, block: int) -> torch.Tensor:
     """Attention each entry receives from the queries of entries ``query_start:T``, summed: ``(B, Hkv, T)`` float32.
 
