@@ -35,7 +35,7 @@ Listener = Callable[[int, torch.Tensor], None]
 
 _LOCK = threading.Lock()
 _LISTENERS: dict[int, tuple[int, Listener]] = {}  # id(attention module) -> (layer index, listener)
-_INSTALLED: dict[str, tuple[int, Callable | None]] = {}  # implementation -> (blocks using it, local override it replaced)
+_INSTALLED: dict[str, tuple[int, object]] = {}  # implementation -> (blocks using it, local override it replaced or _ABSENT)
 _ABSENT = object()  # no local override was there before
 
 
