@@ -160,7 +160,7 @@ def generate_answer(
         query-agnostic); ``prefill_s`` and ``cache`` then cover every chunk. Ignored for the full
         cache (``recipe=None``), which is the unchunked reference.
     """
-    from kvpress_lab.engine.prefill import last_logits_only
+    from kvpress_lab.engine.prefill import forward_cache
 
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}.")
@@ -185,7 +185,7 @@ def generate_answer(
         _synchronize(device)
         start = time.perf_counter()
         if recipe is None:
-            cache = model(context_ids, use_cache=True, **last_logits_only(model)).cache  # as recipe.prefill: a cache
+            cache = forward_cache(model, context_ids)  # as recipe.prefill: the cache, the last logits only
         else:
             cache = recipe.prefill(model, context_ids, chunk_size=chunk)
         _synchronize(device)

@@ -57,14 +57,14 @@ def measure(length: int, budget: int, repeats: int, with_old: bool, model_name: 
     """Seconds per setting (lists and medians) and the ratios of the medians to the plain prefill."""
     from kvpress_lab import Recipe
     from kvpress_lab.analysis.synthetic import synthetic_text
-    from kvpress_lab.engine.prefill import last_logits_only
+    from kvpress_lab.engine.prefill import forward_cache
     from kvpress_lab.models import load_model
 
     model, tokenizer = load_model(model_name) if model_name else load_model()
     ids = tokenizer(synthetic_text(length, seed=0), return_tensors="pt")["input_ids"][:, :length]
     recipe = Recipe.preset("h2o", budget=budget)
     settings = {
-        "plain": lambda: model(input_ids=ids, use_cache=True, **last_logits_only(model)),
+        "plain": lambda: forward_cache(model, ids),
         "h2o": lambda: recipe.prefill(model, ids),
     }
     if with_old:

@@ -78,7 +78,7 @@ def measure_setting(model: Any, input_ids: Any, setting: tuple, *, preset: str =
     from kvpress_lab.benchmarks.generation import ForwardTimer
     from kvpress_lab.benchmarks.speed import PeakMemory
     from kvpress_lab.engine.decoding import disable_compressed_decoding, persistent_hooks
-    from kvpress_lab.engine.prefill import last_logits_only
+    from kvpress_lab.engine.prefill import forward_cache
 
     label, fields, chunk = setting
     recipe = None if fields is None else Recipe.preset(preset, budget=budget, **fields)
@@ -88,8 +88,7 @@ def measure_setting(model: Any, input_ids: Any, setting: tuple, *, preset: str =
         with torch.no_grad(), KVPeakProbe(model) as probe:
             with PeakMemory(device) as memory:
                 if recipe is None:
-                    output = model(input_ids=input_ids[:, :-1], use_cache=True, **last_logits_only(model))
-                    cache = getattr(output, "cache", None) or output.past_key_values
+                    cache = forward_cache(model, input_ids[:, :-1])
                 else:
                     cache = recipe.prefill(model, input_ids[:, :-1], chunk_size=chunk)
             prefill = (probe.peak_bytes, probe.max_entries, cache_bytes(cache))

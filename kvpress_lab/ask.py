@@ -150,13 +150,12 @@ def ask(
 
 
 def _answer_all(model, tokenizer, recipe, context_ids, questions, prompts, options, chunk_size) -> list[Answer]:
-    from kvpress_lab.engine.prefill import last_logits_only, prefill
+    from kvpress_lab.engine.prefill import forward_cache, prefill
 
     device = context_ids.device
     start = time.perf_counter()
     if recipe is None:
-        output = model(input_ids=context_ids, use_cache=True, **last_logits_only(model))
-        cache = getattr(output, "cache", None) or output.past_key_values
+        cache = forward_cache(model, context_ids)
     else:
         cache = prefill(recipe, model, context_ids, chunk_size=chunk_size)
     prefill_seconds = time.perf_counter() - start

@@ -17,7 +17,7 @@ from kvpress_lab.engine.session import CompressionSession
 if TYPE_CHECKING:
     from kvpress_lab.recipe import Recipe
 
-__all__ = ["prefill", "padded_positions", "last_logits_only"]
+__all__ = ["prefill", "padded_positions", "forward_cache", "last_logits_only"]
 
 
 @torch.no_grad()
@@ -67,13 +67,9 @@ def prefill(
     try:
         with CompressionSession(recipe, model) as session:
             if chunk_size is None:
-                output = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=True,
-                               **last_logits_only(model))
+                cache = forward_cache(model, input_ids, attention_mask=attention_mask, position_ids=position_ids)
             else:
-                output = _chunked(session, model, input_ids, attention_mask, position_ids, chunk_size)
-        cache = getattr(output, "cache", None) or getattr(output, "past_key_values", None)
-        if cache is None:
-            raise RuntimeError(f"{type(model).__name__} returned no cache; load it with use_cache enabled.")
+                cache = _chunked(session, model, input_ids, attention_mask, position_ids, chunk_size)
     except BaseException:
         if not had_hooks:  # leave the model as it was
             disable_compressed_decoding(model)
@@ -81,23 +77,39 @@ def prefill(
     return cache
 
 
-def _chunked(session, model, input_ids, attention_mask, position_ids, chunk_size: int):
-    """Run the prompt chunk by chunk into one cache; returns the last chunk's output."""
+def _chunked(session, model, input_ids, attention_mask, position_ids, chunk_size: int) -> Cache:
+    """Run the prompt chunk by chunk into one cache, and return it."""
     check_chunkable(session.recipe, chunk_size)
     session.begin_chunked_prefill(input_ids, attention_mask)
     cache = DynamicCache(config=model.config)
-    output = None
     for start in range(0, input_ids.shape[1], chunk_size):
         stop = min(start + chunk_size, input_ids.shape[1])
-        output = model(
-            input_ids=input_ids[:, start:stop],
+        cache = forward_cache(
+            model,
+            input_ids[:, start:stop],
             attention_mask=None if attention_mask is None else attention_mask[:, :stop],
             position_ids=None if position_ids is None else position_ids[:, start:stop],
             cache=cache,
-            use_cache=True,
-            **last_logits_only(model),
         )
-    return output
+    return cache
+
+
+def forward_cache(model: nn.Module, input_ids: torch.Tensor, **kwargs) -> Cache:
+    """The cache of one ``model(input_ids, use_cache=True, **kwargs)`` forward, whose logits nobody reads.
+
+    Asks for the last position's logits only (:func:`last_logits_only`). Inside a
+    ``recipe.apply(model)`` block the cache comes back compressed; outside, it is the full cache.
+
+    Raises
+    ------
+    RuntimeError
+        The model returned no cache.
+    """
+    output = model(input_ids=input_ids, use_cache=True, **kwargs, **last_logits_only(model))
+    cache = getattr(output, "cache", None) or getattr(output, "past_key_values", None)
+    if cache is None:
+        raise RuntimeError(f"{type(model).__name__} returned no cache; load it with use_cache enabled.")
+    return cache
 
 
 def last_logits_only(model: nn.Module) -> dict[str, int]:

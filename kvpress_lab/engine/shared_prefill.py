@@ -31,7 +31,7 @@ from torch import nn
 from kvpress_lab.engine.decoding import disable_compressed_decoding, enable_compressed_decoding, persistent_hooks
 from kvpress_lab.engine.families import ModelAdapter
 from kvpress_lab.engine.padding import padded_positions
-from kvpress_lab.engine.prefill import check_prompt, last_logits_only
+from kvpress_lab.engine.prefill import check_prompt, forward_cache
 from kvpress_lab.engine.session import CompressionSession
 
 if TYPE_CHECKING:
@@ -109,12 +109,10 @@ def _one_pass(model, input_ids, attention_mask, recipes) -> list[Cache]:
                for idx in adapter.compressible]
     try:
         position_ids = None if attention_mask is None else padded_positions(attention_mask)
-        output = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=True,
-                       **last_logits_only(model))
+        full = forward_cache(model, input_ids, attention_mask=attention_mask, position_ids=position_ids)
     finally:
         for handle in handles:
             handle.remove()
-    full = getattr(output, "cache", None) or getattr(output, "past_key_values", None)
     caches = [None if session is None else _replay(session, adapter, full, inputs, input_ids, attention_mask)
               for session in sessions]
     wanted = [i for i, session in enumerate(sessions) if session is None]  # the full cache: no replay reads it now
