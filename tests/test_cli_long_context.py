@@ -14,24 +14,15 @@ import json
 import pytest
 import torch
 from helpers.char_tokenizer import CharTokenizer
-from helpers.refuse_loading import ModelLoaded, refuse_loading  # noqa: F401 (autouse fixture)
+from helpers.refuse_loading import ModelLoaded, refuse_loading, tiny_loaded  # noqa: F401 (fixtures)
 from helpers.tiny_models import tiny_model
 
 import kvpress_lab.models
 from kvpress_lab import Recipe
-from kvpress_lab.benchmarks import bench, commands
 from kvpress_lab.benchmarks.generation import GenerationResult, generate_answer
 from kvpress_lab.cli import main
 
 
-
-
-@pytest.fixture
-def tiny(monkeypatch):
-    loaded = (tiny_model("llama", layers=2), CharTokenizer())
-    monkeypatch.setattr(commands, "load", lambda args: loaded)
-    monkeypatch.setattr(bench, "load", lambda args: loaded)
-    return loaded
 
 
 def one_line_error(capsys, argv, status: int) -> str:
@@ -71,7 +62,7 @@ def test_bad_long_context_flags_fail_before_loading(capsys, argv, status, messag
 
 
 @pytest.fixture
-def generated(monkeypatch, tiny):
+def generated(monkeypatch, tiny_loaded):
     """``run`` with a stand-in generation: the (recipe, options) of every call."""
     seen = []
 
@@ -95,7 +86,7 @@ def test_run_passes_the_flags_to_the_recipe_and_the_prefill(generated):
     assert (recipe.decode_budget, recipe.compress_prefill, options["prefill_chunk"]) == (None, True, None)
 
 
-def test_bench_needle_records_the_chunk_and_the_decode_budget(tmp_path, tiny):
+def test_bench_needle_records_the_chunk_and_the_decode_budget(tmp_path, tiny_loaded):
     out = tmp_path / "needle.jsonl"
     assert main(["bench", "needle", "--lengths", "160", "--depths", "0.5", "--recipes", "full,snapkv", "--budgets", "24",
                  "--prefill-chunk", "48", "--decode-budget", "24", "--compress-every", "4", "--max-new-tokens", "2",
@@ -108,7 +99,7 @@ def test_bench_needle_records_the_chunk_and_the_decode_budget(tmp_path, tiny):
     assert (rows["snapkv"]["recipe_config"]["decode_budget"], rows["snapkv"]["recipe_config"]["compress_every"]) == (24, 4)
 
 
-def test_bench_speed_runs_chunked(tmp_path, tiny):
+def test_bench_speed_runs_chunked(tmp_path, tiny_loaded):
     out = tmp_path / "speed.json"
     assert main(["bench", "speed", "--lengths", "120", "--recipes", "full,snapkv", "--budgets", "16", "--prefill-chunk", "32",
                  "--decode-steps", "2", "--out", str(out), "--no-progress"]) == 0

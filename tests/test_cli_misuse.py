@@ -24,12 +24,10 @@ import sys
 
 import pytest
 import torch
-from helpers.char_tokenizer import CharTokenizer  # one id per character: the needle question alone takes 70 tokens
-from helpers.refuse_loading import ModelLoaded, refuse_loading  # noqa: F401 (autouse fixture)
-from helpers.tiny_models import tiny_model
+from helpers.refuse_loading import ModelLoaded, refuse_loading, tiny_loaded  # noqa: F401 (fixtures)
 
 import kvpress_lab.models
-from kvpress_lab.benchmarks import bench, commands
+from kvpress_lab.benchmarks import commands
 from kvpress_lab.benchmarks.generation import GenerationResult
 from kvpress_lab.cli import main
 
@@ -39,16 +37,7 @@ REAL_LOAD = commands.load
 
 
 @pytest.fixture
-def tiny(monkeypatch):
-    """Loading gives a tiny random Llama and a character tokenizer."""
-    loaded = (tiny_model("llama", layers=2), CharTokenizer())
-    monkeypatch.setattr(commands, "load", lambda args: loaded)
-    monkeypatch.setattr(bench, "load", lambda args: loaded)
-    return loaded
-
-
-@pytest.fixture
-def recipes_run(monkeypatch, tiny):
+def recipes_run(monkeypatch, tiny_loaded):
     """``kvpress-lab run`` with a stand-in generation: returns the list of recipes it ran."""
     seen = []
 
@@ -452,7 +441,7 @@ def test_lengths_below_the_fixed_minimum_fail_before_loading(capsys, tmp_path, a
     assert not out.parent.exists()  # nothing written, not even the folder
 
 
-def test_needle_lengths_too_short_for_the_tokenizer(capsys, tmp_path, tiny):
+def test_needle_lengths_too_short_for_the_tokenizer(capsys, tmp_path, tiny_loaded):
     from kvpress_lab.benchmarks.needle import QUESTION
 
     out = tmp_path / "results" / "needle.jsonl"
@@ -464,7 +453,7 @@ def test_needle_lengths_too_short_for_the_tokenizer(capsys, tmp_path, tiny):
     assert not out.exists() and not out.parent.exists()  # no stray metadata line
 
 
-def test_demo_lengths_too_short_for_the_tokenizer(capsys, tmp_path, tiny):
+def test_demo_lengths_too_short_for_the_tokenizer(capsys, tmp_path, tiny_loaded):
     out = tmp_path / "demo"
     err = one_line_error(capsys, ["demo", "--lengths", "80", "--depths", "0.5", "--recipes", "snapkv",
                                   "--budgets", "16", "--out-dir", str(out), "--no-progress"], 1)
@@ -472,7 +461,7 @@ def test_demo_lengths_too_short_for_the_tokenizer(capsys, tmp_path, tiny):
     assert not out.exists()
 
 
-def test_speed_lengths_too_short_for_the_tokenizer(capsys, tmp_path, tiny):
+def test_speed_lengths_too_short_for_the_tokenizer(capsys, tmp_path, tiny_loaded):
     out = tmp_path / "speed.json"
     err = one_line_error(capsys, ["bench", "speed", "--lengths", "20", "--recipes", "full", "--out", str(out),
                                   "--no-progress"], 1)
@@ -480,7 +469,7 @@ def test_speed_lengths_too_short_for_the_tokenizer(capsys, tmp_path, tiny):
     assert not out.exists()
 
 
-def test_a_long_enough_needle_sweep_still_runs(capsys, tmp_path, tiny):
+def test_a_long_enough_needle_sweep_still_runs(capsys, tmp_path, tiny_loaded):
     out = tmp_path / "needle.jsonl"
     assert main(["bench", "needle", "--lengths", "128", "--depths", "0.5", "--recipes", "full", "--out", str(out),
                  "--no-progress", "--max-new-tokens", "1"]) == 0

@@ -6,19 +6,10 @@ import json
 
 import pytest
 
+from helpers.embedded import embedded  # noqa: F401 (fixture)
 from kvpress_lab.benchmarks.demo import run_demo
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(scope="module")
-def embedded():
-    from kvpress_lab.models import EmbeddedModelNotFoundError, load_model
-
-    try:
-        return load_model()
-    except EmbeddedModelNotFoundError as exc:  # pragma: no cover - depends on the environment
-        pytest.skip(str(exc))
 
 
 def test_reduced_demo_writes_table_png_and_json(tmp_path, embedded, capsys):

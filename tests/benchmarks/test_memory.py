@@ -5,10 +5,9 @@ from __future__ import annotations
 import json
 
 import pytest
-from helpers.char_tokenizer import CharTokenizer
+from helpers.refuse_loading import tiny_loaded  # noqa: F401 (fixture)
 from helpers.tiny_models import random_prompt, tiny_model
 
-from kvpress_lab.benchmarks import bench, commands
 from kvpress_lab.benchmarks.memory import measure_setting, memory_table, settings
 from kvpress_lab.cli import main
 
@@ -74,14 +73,6 @@ def test_table_has_one_line_per_setting(rows):
     _, measured = rows
     table = memory_table(list(measured.values()))
     assert len(table.splitlines()) == 1 + len(measured) and "decode-only 16" in table
-
-
-@pytest.fixture
-def tiny_loaded(monkeypatch):
-    loaded = (tiny_model("llama", layers=2), CharTokenizer())
-    monkeypatch.setattr(commands, "load", lambda args: loaded)
-    monkeypatch.setattr(bench, "load", lambda args: loaded)
-    return loaded
 
 
 def test_cli_writes_meta_and_one_row_per_setting(tmp_path, capsys, tiny_loaded):

@@ -101,15 +101,3 @@ def test_chunked_h2o_holds_at_most_budget_plus_a_chunk(family):
     assert max(seen) <= 16  # after each chunk's eviction
     for idx in _compressible(model):
         assert out.cache.layers[idx].kept_counts().tolist() == [[16, 16]]
-
-
-@pytest.mark.parametrize("budget", [200])
-def test_budget_covering_the_prompt_is_unchunked_uncompressed_generation(family, budget):
-    model = tiny_model(family)
-    ids = random_prompt(1, 200)
-    want = model.generate(ids, **GENERATE)
-    with Recipe.preset("h2o", budget=budget).apply(model):
-        got = model.generate(ids, prefill_chunk_size=48, **GENERATE)
-    assert torch.equal(got.sequences, want.sequences)
-    for a, b in zip(got.scores, want.scores):
-        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)

@@ -68,18 +68,6 @@ def test_each_head_holds_at_most_its_allocation_plus_a_chunk(family, preset, chu
     assert any(len(set(cache.layers[i].kept_counts()[0].tolist())) > 1 for i in _compressible(model))  # really per head
 
 
-@pytest.mark.parametrize("budget", [200])
-def test_budget_covering_the_prompt_is_unchunked_uncompressed_generation(family, budget):
-    model = tiny_model(family)
-    ids = random_prompt(1, 200)
-    want = model.generate(ids, **GENERATE)
-    with Recipe.preset("adakv", budget=budget).apply(model):
-        got = model.generate(ids, prefill_chunk_size=48, **GENERATE)
-    assert torch.equal(got.sequences, want.sequences)
-    for a, b in zip(got.scores, want.scores):
-        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
-
-
 def test_ragged_chunked_equals_dense_chunked_with_equal_head_budgets(family):
     """Uniform head budgets on a ragged layer: each head scored as its own row must pick what the dense path picks."""
     model = tiny_model(family)

@@ -60,12 +60,14 @@ def test_the_transformers_example_from_the_issue(family):
         assert out.cache.layers[idx].kept_counts().tolist() == [[32, 32]]
 
 
-@pytest.mark.parametrize("budget", [200, 500])
-def test_budget_covering_the_prompt_is_unchunked_uncompressed_generation(family, budget):
+@pytest.mark.parametrize(("preset", "budget"), [(None, 200), (None, 500), ("h2o", 200), ("adakv", 200)])
+def test_budget_covering_the_prompt_is_unchunked_uncompressed_generation(family, preset, budget):
+    """Also for h2o (scores accumulated across chunks) and adakv (per-head, ragged layers)."""
     model = tiny_model(family)
     ids = random_prompt(1, 200)
     want = model.generate(ids, **GENERATE)
-    with Recipe(budget=budget).apply(model):
+    recipe = Recipe(budget=budget) if preset is None else Recipe.preset(preset, budget=budget)
+    with recipe.apply(model):
         got = model.generate(ids, prefill_chunk_size=48, **GENERATE)
     assert torch.equal(got.sequences, want.sequences)
     for a, b in zip(got.scores, want.scores):

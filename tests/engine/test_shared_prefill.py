@@ -40,13 +40,17 @@ def _assert_same(a, b):
             assert torch.equal(x, y) if isinstance(x, torch.Tensor) else x == y
 
 
+def _prompt(batch: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """``(B, T)`` ids and mask: one 40-token prompt without a mask, or 40 and 27 tokens left-padded."""
+    if batch == 1:
+        return random_prompt(1, 40), None
+    return left_pad([random_prompt(1, 40)[0], random_prompt(1, 27, seed=1)[0]])
+
+
 @pytest.mark.parametrize("batch", [1, 2])
 def test_each_cache_is_bit_identical_to_compressing_alone(family, batch):
     model = tiny_model(family)
-    if batch == 1:
-        ids, mask = random_prompt(1, 40), None
-    else:
-        ids, mask = left_pad([random_prompt(1, 40)[0], random_prompt(1, 27, seed=1)[0]])
+    ids, mask = _prompt(batch)
     recipes = RECIPES if batch == 1 else [r for r in RECIPES if r.head_allocation == "uniform"]  # ragged: batch 1 too
     shared = compress_many(model, ids, recipes, mask)
     for recipe, cache in zip(recipes, shared):
@@ -66,10 +70,7 @@ def test_caches_are_independent_and_decode(family):
 @pytest.mark.parametrize("batch", [1, 2])
 def test_none_is_the_pass_s_own_full_cache(family, batch):
     model = tiny_model(family)
-    if batch == 1:
-        ids, mask = random_prompt(1, 40), None
-    else:
-        ids, mask = left_pad([random_prompt(1, 40)[0], random_prompt(1, 27, seed=1)[0]])
+    ids, mask = _prompt(batch)
     positions = None if mask is None else padded_positions(mask)
     with torch.no_grad():
         plain = model(ids, attention_mask=mask, position_ids=positions, use_cache=True).past_key_values

