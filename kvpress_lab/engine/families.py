@@ -8,6 +8,7 @@ attention kernel the model uses (eager, sdpa, flash-attention).
 from __future__ import annotations
 
 import functools
+import inspect
 import sys
 from dataclasses import dataclass
 
@@ -18,7 +19,7 @@ from transformers.cache_utils import get_layer_types_and_kwargs
 from kvpress_lab.errors import UnsupportedModelError
 from kvpress_lab.layer_view import LayerView
 
-__all__ = ["SUPPORTED_MODEL_TYPES", "ModelAdapter"]
+__all__ = ["SUPPORTED_MODEL_TYPES", "ModelAdapter", "ModuleInputs", "prerope_queries", "prerope_keys"]
 
 #: ``config.model_type`` values the engine supports (decoder text config).
 SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3", "gemma3_text", "phi3")
@@ -95,6 +96,8 @@ class ModelAdapter:
         window: int,
         queries_from: int = 0,
         queries: torch.Tensor | None = None,
+        positions: torch.Tensor | None = None,
+        compression_ratio: float | None = None,
     ) -> LayerView:
         """The :class:`~kvpress_lab.LayerView` of layer ``idx``: the one place views are built.
 
@@ -103,9 +106,9 @@ class ModelAdapter:
         idx : int
             Layer index in the model.
         hidden : torch.Tensor
-            ``(B, T, hidden_size)``, the attention module's input for the ``T`` cached tokens.
+            ``(B, S, hidden_size)``, the attention module's input for cached entries ``queries_from:T``.
         position_embeddings : tuple of torch.Tensor
-            ``(cos, sin)``, each ``(B or 1, T, D)``: the rotary tables the module received.
+            ``(cos, sin)``, each ``(B or 1, S, D)``: the rotary tables the module received.
         keys, values : torch.Tensor
             ``(B, Hkv, T, D)``, the layer's cache (rotary applied to keys).
         valid : torch.Tensor
@@ -120,6 +123,11 @@ class ModelAdapter:
             ``(B, Hq, T - queries_from, D)``: the queries the module itself computed for ``hidden``
             (:mod:`kvpress_lab.engine.query_capture`); the view slices them instead of
             projecting ``hidden`` again. ``None`` (or another length): recomputed on demand.
+        positions : torch.Tensor or None
+            ``(B, T)`` int64 positions of the cached entries, when every entry's is known (a
+            one-shot prefill); ``None`` otherwise.
+        compression_ratio : float or None
+            The recipe's compression ratio (``None`` with an absolute budget).
         """
         module = self.attention[idx]
         cos, sin = position_embeddings
@@ -137,7 +145,29 @@ class ModelAdapter:
             num_query_heads=self.num_query_heads,
             query_fn=query_fn,
             output_projection=self.output_projection(idx),
+            inputs=ModuleInputs(module, self.rotary_module, self.layer_type(idx), hidden, queries_from),
+            positions=None if positions is None else positions.to(keys.device, torch.int64),
+            compression_ratio=compression_ratio,
         )
+
+    @property
+    def rotary_module(self) -> nn.Module:
+        """The decoder's rotary embedding module (``decoder.rotary_emb``)."""
+        rotary = getattr(self.decoder, "rotary_emb", None)
+        if rotary is None:
+            raise UnsupportedModelError(f"{type(self.decoder).__name__} has no rotary_emb; kvpress_lab expects a RoPE decoder.")
+        return rotary
+
+    @functools.cached_property
+    def _rotary_per_layer_type(self) -> bool:
+        return "layer_type" in inspect.signature(self.rotary_module.forward).parameters
+
+    def layer_type(self, idx: int) -> str | None:
+        """The layer's type for rotary modules that keep one table per type (Gemma 3), else ``None``."""
+        if not self._rotary_per_layer_type:
+            return None
+        types = getattr(self.config, "layer_types", None)
+        return "full_attention" if types is None else types[idx]
 
     def output_projection(self, idx: int) -> torch.Tensor | None:
         """``(hidden_size, Hq * D)`` weight of layer ``idx``'s output projection ``o_proj`` (``None`` if absent)."""
@@ -156,11 +186,12 @@ class ModelAdapter:
         return weight.detach() if isinstance(weight, torch.Tensor) else None
 
     def layer_view_from_call(self, idx: int, args: tuple, kwargs: dict, layer: object, valid: torch.Tensor, window: int,
-                             queries: torch.Tensor | None = None) -> LayerView:
+                             queries: torch.Tensor | None = None, positions: torch.Tensor | None = None,
+                             compression_ratio: float | None = None) -> LayerView:
         """:meth:`layer_view` from an attention module's forward-hook arguments and its cache ``layer``."""
         hidden = self.hidden_states(args, kwargs)
         return self.layer_view(idx, hidden, kwargs["position_embeddings"], layer.keys, layer.values, valid, window,
-                               queries=queries)
+                               queries=queries, positions=positions, compression_ratio=compression_ratio)
 
     @staticmethod
     def queries(module: nn.Module, hidden: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
@@ -180,17 +211,86 @@ class ModelAdapter:
         torch.Tensor
             ``(B, Hq, S, D)``.
         """
-        head_dim = module.head_dim
-        if hasattr(module, "qkv_proj"):  # Phi3: fused projection, queries first
-            projected = module.qkv_proj(hidden)[..., : module.config.num_attention_heads * head_dim]
-        else:
-            projected = module.q_proj(hidden)
-        q = projected.view(*hidden.shape[:-1], -1, head_dim).transpose(1, 2)  # (B, Hq, S, D)
-        if getattr(module, "q_norm", None) is not None:  # Qwen3, Gemma3: RMSNorm over D
-            q = module.q_norm(q)
+        q = prerope_queries(module, hidden)
         rotate = sys.modules[type(module).__module__].apply_rotary_pos_emb
         q, _ = rotate(q, q[:, :1], cos, sin)
         return q
+
+
+def prerope_queries(module: nn.Module, hidden: torch.Tensor) -> torch.Tensor:
+    """Queries of ``hidden`` ``(B, S, hidden_size)`` before the rotary embedding: ``(B, Hq, S, D)``.
+
+    The module's own projection (``q_proj``, or the query part of Phi-3's fused ``qkv_proj``), then
+    its q-norm where the family has one (Qwen3, Gemma3).
+    """
+    head_dim = module.head_dim
+    if hasattr(module, "qkv_proj"):  # Phi3: fused projection, queries first
+        projected = module.qkv_proj(hidden)[..., : module.config.num_attention_heads * head_dim]
+    else:
+        projected = module.q_proj(hidden)
+    q = projected.view(*hidden.shape[:-1], -1, head_dim).transpose(1, 2)  # (B, Hq, S, D)
+    if getattr(module, "q_norm", None) is not None:  # Qwen3, Gemma3: RMSNorm over D
+        q = module.q_norm(q)
+    return q
+
+
+def prerope_keys(module: nn.Module, hidden: torch.Tensor) -> torch.Tensor:
+    """Keys of ``hidden`` ``(B, S, hidden_size)`` before the rotary embedding: ``(B, Hkv, S, D)``.
+
+    The module's own projection (``k_proj``, or the key part of Phi-3's fused ``qkv_proj``), then
+    its k-norm where the family has one (Qwen3, Gemma3); rotating them with the layer's tables
+    gives the cached keys.
+    """
+    head_dim = module.head_dim
+    if hasattr(module, "qkv_proj"):  # Phi3: fused projection, [queries | keys | values]
+        start = module.config.num_attention_heads * head_dim
+        width = module.config.num_key_value_heads * head_dim
+        projected = module.qkv_proj(hidden)[..., start : start + width]
+    else:
+        projected = module.k_proj(hidden)
+    k = projected.view(*hidden.shape[:-1], -1, head_dim).transpose(1, 2)  # (B, Hkv, S, D)
+    if getattr(module, "k_norm", None) is not None:  # Qwen3, Gemma3: RMSNorm over D
+        k = module.k_norm(k)
+    return k
+
+
+@dataclass(frozen=True, eq=False)
+class ModuleInputs:
+    """:class:`~kvpress_lab.layer_view.LayerInputs` of one attention module: its input and projections.
+
+    Parameters
+    ----------
+    module : nn.Module
+        The attention module.
+    rotary_module : nn.Module
+        The decoder's rotary embedding (``forward(x, position_ids[, layer_type])``).
+    layer_type : str or None
+        Passed to rotary modules that keep one table per layer type (Gemma 3).
+    hidden : torch.Tensor
+        ``(B, S, hidden_size)``, the module's input for cached entries ``offset:T``.
+    offset : int
+        First cached entry ``hidden`` covers.
+    """
+
+    module: nn.Module
+    rotary_module: nn.Module
+    layer_type: str | None
+    hidden: torch.Tensor
+    offset: int
+
+    def prerope_queries(self, hidden: torch.Tensor) -> torch.Tensor:
+        """``(B, n, hidden_size) -> (B, Hq, n, D)``."""
+        return prerope_queries(self.module, hidden)
+
+    def prerope_keys(self, hidden: torch.Tensor) -> torch.Tensor:
+        """``(B, n, hidden_size) -> (B, Hkv, n, D)``."""
+        return prerope_keys(self.module, hidden)
+
+    def rotary(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(B or 1, n)`` int64 -> ``(cos, sin)``, each ``(B or 1, n, R)`` in the module input's dtype."""
+        if self.layer_type is None:
+            return self.rotary_module(self.hidden, positions)
+        return self.rotary_module(self.hidden, positions, self.layer_type)
 
 
 def _check_query_range(offset: int, start: int, stop: int) -> None:

@@ -27,14 +27,9 @@ from __future__ import annotations
 import torch
 
 from kvpress_lab.protocols import Selection
+from kvpress_lab.rotary import rotate_half
 
-__all__ = ["rerotate_kept_keys", "rotate_half"]
-
-
-def rotate_half(x: torch.Tensor) -> torch.Tensor:
-    """``(x1, x2) -> (-x2, x1)`` on the last dimension (the rotary convention of every supported family)."""
-    half = x.shape[-1] // 2
-    return torch.cat([-x[..., half:], x[..., :half]], dim=-1)
+__all__ = ["rerotate_kept_keys"]
 
 
 def _tables_at(table: torch.Tensor, slots: torch.Tensor) -> torch.Tensor:

@@ -126,6 +126,7 @@ class CompressionSession:
         self._capture_padding = PaddingCapture(self.adapter.decoder)
         self._padding: torch.Tensor | None = None  # (B, T) bool of the current forward, or None: no 2-D mask
         self._input_ids: torch.Tensor | None = None  # (B, T) ids of the current forward, None on embeddings
+        self._position_ids: torch.Tensor | None = None  # (B or 1, T) position ids the current forward was given, or None
         self._handles: list[torch.utils.hooks.RemovableHandle] = []
         self._unguard = None
         self._thread: int | None = None
@@ -310,7 +311,7 @@ class CompressionSession:
             self._rotary[idx] = kwargs.get("position_embeddings")
         if self._global:
             with self._timed("score"):
-                view = self.adapter.layer_view_from_call(idx, args, kwargs, layer, valid, self.recipe.window, queries)
+                view = self._prefill_view(idx, args, kwargs, layer, valid, queries)
                 # a reconstruction scorer (kvzip) is scored after the prefill: _score_by_reconstruction
                 scores, forced = (None, self._forced(view)) if self._reconstruct else self._score(view)
             with self._timed("allocate"):
@@ -324,9 +325,20 @@ class CompressionSession:
         if not self.plan.evicts(self._ordinal[idx]) and not self._stores_every_layer():
             return
         with self._timed("score"):
-            view = self.adapter.layer_view_from_call(idx, args, kwargs, layer, valid, self.recipe.window, queries)
+            view = self._prefill_view(idx, args, kwargs, layer, valid, queries)
             scores, forced = self._score(view)
         self._evict(_ScoredLayer(idx, cache, layer.keys, layer.values, scores, forced, valid))
+
+    def _prefill_view(self, idx: int, args: tuple, kwargs: dict, layer: object, valid: torch.Tensor,
+                      queries: torch.Tensor | None) -> LayerView:
+        """The view of a one-shot prefill's layer: every entry's input and position known."""
+        length = layer.keys.shape[2]
+        positions = self._position_ids
+        if positions is None or positions.shape[-1] != length:  # the model counts from 0 in a prefill of an empty cache
+            positions = torch.arange(length, device=layer.keys.device)[None]
+        positions = positions.expand(valid.shape[0], -1)
+        return self.adapter.layer_view_from_call(idx, args, kwargs, layer, valid, self.recipe.window, queries,
+                                                 positions=positions, compression_ratio=self.recipe.compression_ratio)
 
     def _end_forward(self, module: nn.Module, args: tuple, kwargs: dict, output: object) -> None:
         if self._mine() and self._chunking is not None and self._chunking.stop >= self._chunking.total:
@@ -431,7 +443,7 @@ class CompressionSession:
         with self._timed("score"):
             view = self.adapter.layer_view(idx, hidden, kwargs["position_embeddings"], keys, values,
                                            head_valid.any(dim=1), self.recipe.window, queries_from=held - new,
-                                           queries=queries)
+                                           queries=queries, compression_ratio=self.recipe.compression_ratio)
             rows = heads_as_rows(view, head_valid)
             scores, forced = self._score(rows, kept_window=min(self.recipe.window, held),
                                          chunk_start=held - new if accumulate else None)
@@ -479,7 +491,8 @@ class CompressionSession:
         held = keys.shape[2]
         with self._timed("score"):
             view = self.adapter.layer_view(idx, hidden, position_embeddings, keys, values, valid, self.recipe.window,
-                                           queries_from=held - hidden.shape[1], queries=queries)
+                                           queries_from=held - hidden.shape[1], queries=queries,
+                                           compression_ratio=self.recipe.compression_ratio)
             scores, forced = self._score(view, kept_window=min(self.recipe.window, held),
                                          chunk_start=held - hidden.shape[1] if accumulate else None)
         if within:
@@ -495,7 +508,7 @@ class CompressionSession:
         try:
             with self._timed("score"):
                 scores = reconstruction_scores(self.model, self.adapter, self.recipe.strategies.scorer, pending[0].cache,
-                                               self._input_ids, pending[0].valid, getattr(self, "_position_ids", None))
+                                               self._input_ids, pending[0].valid, self._position_ids)
         finally:
             self._thread = thread
         allocator = self.recipe.strategies.allocator

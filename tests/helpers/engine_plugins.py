@@ -82,4 +82,20 @@ class RecordingScorer:
         return torch.zeros(view.batch_size, view.num_kv_heads, view.seq_len, device=view.device)
 
 
-TestPlugin.kvpress_lab_register_scorers = hookimpl(lambda self: [HandScorer, RowAwareHandScorer, RecordingScorer])
+VIEWS: dict[int, LayerView] = {}
+
+
+@dataclass(frozen=True)
+class ViewRecordingScorer:
+    """Keeps the last :class:`LayerView` of every layer in ``VIEWS`` (to test what the contract carries)."""
+
+    name: ClassVar[str] = "test_views"
+
+    def score(self, view: LayerView) -> torch.Tensor:
+        VIEWS[view.layer_idx] = view
+        return torch.zeros(view.batch_size, view.num_kv_heads, view.seq_len, device=view.device)
+
+
+TestPlugin.kvpress_lab_register_scorers = hookimpl(
+    lambda self: [HandScorer, RowAwareHandScorer, RecordingScorer, ViewRecordingScorer]
+)
