@@ -37,23 +37,29 @@ class RepeatPrompt:
     repeat: tuple[int, ...]
     continue_: tuple[int, ...]
     suffix: tuple[int, ...]
+    prefix_length: int = 0
 
     @classmethod
     def from_tokenizer(cls, tokenizer: Any) -> RepeatPrompt:
-        """The reference's prompt for ``tokenizer`` (a transformers tokenizer), as kvpress builds it."""
+        """The reference's prompt for ``tokenizer`` (a transformers tokenizer), as kvpress builds it.
+
+        ``prefix_length`` is the token count of the chat template's text before a user message
+        (0 without a template), which kvpress's ``KVzipPress`` never reconstructs.
+        """
         if getattr(tokenizer, "chat_template", None) is None:
-            suffix_text = "\n"
-        else:  # the template's text between a user message and the assistant's answer
+            prefix_text, suffix_text = "", "\n"
+        else:  # the template's text around a user message, up to the assistant's answer
             dummy = "dummy context"
             separator = "\n" + "#" * len(dummy)
             text = tokenizer.apply_chat_template([{"role": "user", "content": dummy + separator}],
                                                  add_generation_prompt=True, tokenize=False, enable_thinking=False)
-            suffix_text = text.split(separator)[1]
+            context, suffix_text = text.split(separator)
+            prefix_text = context.split(dummy)[0]
 
         def encode(text: str) -> tuple[int, ...]:
             return tuple(int(i) for i in tokenizer.encode(text, add_special_tokens=False))
 
-        return cls(encode(REPEAT_TEXT), encode(CONTINUE_TEXT), encode(suffix_text))
+        return cls(encode(REPEAT_TEXT), encode(CONTINUE_TEXT), encode(suffix_text), len(encode(prefix_text)))
 
 
 def _check_ids(owner: str, field: str, value: object) -> tuple[int, ...] | None:
@@ -97,24 +103,31 @@ class KVzipScorer:
         Token ids of the prompt (:class:`RepeatPrompt`); all three or none. ``None`` (default):
         built from the model's own tokenizer, loaded from ``model.config.name_or_path``
         (:meth:`RepeatPrompt.from_tokenizer`); a model without a local tokenizer then needs them.
+    skip_prefix : int or "chat_template"
+        Leading real tokens never reconstructed (they keep score 0, the sinks among them 1), ``>= 0``.
+        Default 0: the whole prompt is reconstructed. ``"chat_template"``: the length of the chat
+        template's prefix (:attr:`RepeatPrompt.prefix_length`), kvpress's ``KVzipPress`` rule, which
+        assumes the prompt starts with that prefix (kvpress's pipeline wraps the context in it).
+    query_block : int
+        Repeat-token queries scored together, ``>= 1`` (memory ``O(query_block * (chunk + Q))`` per
+        head; the scores do not depend on it). Default 128.
 
     Notes
     -----
     Cost: one more forward over about the prompt's length (plus ~15-25 instruction tokens per
-    chunk), run one row at a time, attending to the whole cache, so about 2x the prefill's time or
-    more; peak memory: the uncompressed cache of every layer until the pass ends (as a
-    ``"global"`` allocator), plus one row's repeat keys and values for every layer and one layer's
-    ``(1, Hq, Q, Q + chunk)`` float32 attention. Measured on the embedded SmolLM2-135M (CPU, float32,
-    2 threads, a 256-token prompt, ``kvzip`` preset at ratio 0.5, on a heavily shared machine, so
-    only the ratios mean anything): prefill + kvzip / plain prefill = 2.50 (medians of 3
-    interleaved repeats; the 21 instruction tokens weigh more on a short prompt); peak RSS 1146 MiB
-    vs 1043 MiB for the plain prefill and 1061 MiB for ``snapkv`` (the model alone: 484 MiB).
+    chunk), run one row at a time, attending to the whole cache, plus the scores: the repeat
+    queries (the ones the attention computed, handed over by
+    :mod:`~kvpress_lab.engine.query_capture`) against the chunk's keys, ``query_block`` queries at a
+    time in one reused buffer. Peak memory: the uncompressed cache of every layer until the pass
+    ends (as a ``"global"`` allocator), plus one row's repeat keys and values for every layer and
+    one ``(1, Hq, query_block, chunk + Q)`` float32 block (``benchmarks/kvzip_speed.py`` measures
+    the time).
 
-    Differences from kvpress: the whole prompt is reconstructed (kvpress skips its chat
-    template's prefix, whose entries then score 0 except the sinks); the softmax uses the
-    module's own ``scaling`` (``1/sqrt(D)`` except Gemma3) and float32; batches and left padding
-    are supported (kvpress: batch 1); budget allocation is the recipe's allocator (the
-    ``kvzip`` preset's ``global_topk`` with per-head splits is kvpress's ``layerwise=False``).
+    The ``kvzip-kvpress`` preset is kvpress's ``KVzipPress`` (``skip_prefix="chat_template"``,
+    one global ranking of every layer's and head's entries with kvpress's count,
+    ``global_topk(split="heads", count="kvpress")``); ``kvzip`` reconstructs the whole prompt.
+    Batches and left padding are supported (kvpress: batch 1); the softmax uses the module's
+    own ``scaling`` (``1/sqrt(D)`` in every supported family) in float32.
 
     Examples
     --------
@@ -134,10 +147,15 @@ class KVzipScorer:
     repeat_ids: Sequence[int] | None = None
     continue_ids: Sequence[int] | None = None
     suffix_ids: Sequence[int] | None = None
+    skip_prefix: int | str = 0
+    query_block: int = 128
 
     def __post_init__(self) -> None:
         owner = type(self).__name__
         check_int(owner, "n_sink", self.n_sink, minimum=0)
+        check_int(owner, "query_block", self.query_block, minimum=1)
+        if self.skip_prefix != "chat_template":
+            check_int(owner, "skip_prefix", self.skip_prefix, minimum=0)
         check_int(owner, "chunk_size", self.chunk_size, minimum=1)
         check_int(owner, "prev_postfix_size", self.prev_postfix_size, minimum=0)
         ids = {f: _check_ids(owner, f, getattr(self, f)) for f in ("repeat_ids", "continue_ids", "suffix_ids")}
@@ -175,16 +193,21 @@ class KVzipScorer:
         sinks = valid & (valid.long().cumsum(dim=-1) <= self.n_sink)  # (B, T)
         return sinks[:, None, :].expand(-1, view.num_kv_heads, -1).contiguous()
 
+    def skipped(self, prompt: RepeatPrompt) -> int:
+        """Leading real tokens never reconstructed (:attr:`skip_prefix`, resolved against ``prompt``)."""
+        return prompt.prefix_length if self.skip_prefix == "chat_template" else int(self.skip_prefix)
+
     def chunks(self, context: torch.Tensor, prompt: RepeatPrompt) -> list[tuple[int, int, torch.Tensor]]:
         """The reconstruction forwards of one row: ``(start, stop, repeat_ids)`` per chunk.
 
         ``context`` is the row's ``(n,)`` int64 real token ids; ``repeat_ids`` is ``(Q,)``:
-        instruction, suffix, then ``context[start:stop]``.
+        instruction, suffix, then ``context[start:stop]``. Chunks cover ``context[skipped:]``.
         """
         out = []
-        for start in range(0, context.shape[0], self.chunk_size):
+        first = min(self.skipped(prompt), context.shape[0])
+        for start in range(first, context.shape[0], self.chunk_size):
             stop = min(start + self.chunk_size, context.shape[0])
-            if start == 0:
+            if start == first:
                 instruction = torch.tensor(prompt.repeat, dtype=torch.int64)
             else:
                 previous = context[max(start - self.prev_postfix_size, 0):start] if self.prev_postfix_size else context[:0]
@@ -193,6 +216,7 @@ class KVzipScorer:
             out.append((start, stop, torch.cat([instruction, suffix, context[start:stop].long()])))
         return out
 
+    @torch.no_grad()  # scores pick entries: nothing to differentiate, and matmul(out=) refuses tensors that need grad
     def reconstruction_scores(self, queries: torch.Tensor, context_keys: torch.Tensor, new_keys: torch.Tensor,
                               start: int, stop: int, scaling: float) -> torch.Tensor:
         """Scores of context entries ``start:stop`` from one reconstruction forward.
@@ -217,11 +241,89 @@ class KVzipScorer:
         """
         batch, num_heads, length, dim = queries.shape
         kv_heads = context_keys.shape[1]
+        groups = num_heads // kv_heads
         sink = min(self.n_sink, start)
         keys = torch.cat([context_keys[:, :, :sink], context_keys[:, :, start:stop], new_keys], dim=2).float()
-        q = queries.float().reshape(batch, kv_heads, num_heads // kv_heads, length, dim)  # (B, Hkv, G, Q, D)
-        logits = torch.einsum("bhgqd,bhkd->bhgqk", q, keys) * scaling  # (B, Hkv, G, Q, S)
-        causal = torch.ones(length, length, dtype=torch.bool, device=q.device).tril()
-        visible = torch.cat([torch.ones(length, keys.shape[2] - length, dtype=torch.bool, device=q.device), causal], dim=1)
-        probs = logits.masked_fill(~visible, float("-inf")).softmax(dim=-1)
-        return probs[..., sink : sink + stop - start].amax(dim=(2, 3))  # (B, Hkv, stop - start)
+        old = keys.shape[2] - length  # sinks and chunk: every repeat query sees them all
+        keys_t = keys.transpose(-1, -2)  # (B, Hkv, D, S)
+        q = queries.float().reshape(batch, kv_heads, groups, length, dim)  # (B, Hkv, G, Q, D): head h*G + g
+        block = min(self.query_block, length)
+        buffer = keys.new_empty(batch * kv_heads * groups * block * keys.shape[2])  # one block's logits, reused
+        future = torch.ones(block, block, dtype=torch.bool, device=keys.device).triu(1)  # (b, b) keys after the query
+        best = keys.new_zeros(batch, kv_heads, stop - start)
+        for a in range(0, length, block):
+            b = min(a + block, length)
+            width, seen = b - a, old + b  # the block's queries see the sinks, the chunk and repeat keys < b
+            rows = q[:, :, :, a:b].reshape(batch, kv_heads, groups * width, dim) * scaling  # (B, Hkv, G*w, D)
+            probs = buffer[: batch * kv_heads * groups * width * seen].view(batch, kv_heads, groups * width, seen)
+            torch.matmul(rows, keys_t[..., :seen], out=probs)  # logits
+            probs[..., old + a : seen].view(batch, kv_heads, groups, width, width).masked_fill_(
+                future[:width, :width], float("-inf"))
+            torch.softmax(probs, dim=-1, out=probs)
+            best = torch.maximum(best, probs[..., sink : sink + stop - start].amax(dim=-2))  # max over G and queries
+        return best
+
+    @torch.no_grad()
+    def attend_and_score(self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, padding: torch.Tensor,
+                         scaling: float, sinks: slice, chunk: slice, new: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The reconstruction forward's attention output and :meth:`reconstruction_scores`, from one softmax.
+
+        The repeat tokens attend to the whole cache (causally among themselves); the scores
+        renormalise each query's probabilities over the keys the reference scores with (sinks,
+        chunk, repeat tokens): ``p_sub[t] = p[t] / sum_{s in sinks, chunk, new} p[s]``, the softmax
+        over those keys alone. When they are every key the queries see (a prompt of one chunk), the
+        divisor is 1. Queries go ``query_block`` at a time through one reused buffer; a block's
+        queries never compute the repeat keys after them.
+
+        Parameters
+        ----------
+        query : torch.Tensor
+            ``(1, Hq, Q, D)`` rotated queries of the repeat tokens.
+        key, value : torch.Tensor
+            ``(1, Hkv, n + Q, D)`` the row's whole cache: ``n`` prefill entries, then the repeat tokens.
+        padding : torch.Tensor
+            ``(n,)`` bool, ``True`` on the prefill's padded entries (never attended).
+        scaling : float
+            Softmax scale.
+        sinks, chunk : slice
+            Key columns of the sinks and of the chunk being reconstructed.
+        new : int
+            ``n``, the first repeat token's column.
+
+        Returns
+        -------
+        tuple of torch.Tensor
+            The attention output ``(1, Q, Hq, D)`` (transformers' layout) and the chunk's scores
+            ``(1, Hkv, chunk length)`` float32.
+        """
+        batch, num_heads, length, dim = query.shape
+        kv_heads = key.shape[1]
+        groups = num_heads // kv_heads
+        # (B, Hkv, Q, G, D), scaled once: a block of queries is then a view (rows (q, g)), never a copy
+        q = (query.float() * scaling).view(batch, kv_heads, groups, length, dim).transpose(2, 3).contiguous()
+        keys_t, values = key.float().transpose(-1, -2), value.float()
+        block = min(self.query_block, length)
+        buffer = q.new_empty(batch * kv_heads * block * groups * (new + length))
+        out = q.new_empty(batch, kv_heads, length, groups, dim)
+        best = q.new_zeros(batch, kv_heads, chunk.stop - chunk.start)
+        future = torch.ones(block, block, dtype=torch.bool, device=q.device).triu(1)[:, None, :]  # (b, 1, b): keys after the query
+        padded = padding.to(q.device) if bool(padding.any()) else None
+        whole = padded is None and sinks.stop == sinks.start and chunk.start == 0 and chunk.stop == new  # p_sub = p
+        for a in range(0, length, block):
+            b = min(a + block, length)
+            width, seen = b - a, new + b  # the block's queries see the prefill and the repeat keys before b
+            rows = q[:, :, a:b].reshape(batch, kv_heads, width * groups, dim)  # view
+            probs = buffer[: batch * kv_heads * width * groups * seen].view(batch, kv_heads, width * groups, seen)
+            torch.matmul(rows, keys_t[..., :seen], out=probs)  # logits (1, Hkv, w*G, seen)
+            probs[..., new + a : seen].view(batch, kv_heads, width, groups, width).masked_fill_(
+                future[:width, :, :width], float("-inf"))
+            if padded is not None:
+                probs[..., :new].masked_fill_(padded, float("-inf"))
+            torch.softmax(probs, dim=-1, out=probs)
+            out[:, :, a:b] = torch.matmul(probs, values[:, :, :seen]).view(batch, kv_heads, width, groups, dim)
+            kept = probs[..., chunk]
+            if not whole:  # renormalise over the keys the reference scores with
+                kept = kept / (probs[..., sinks].sum(dim=-1) + kept.sum(dim=-1) + probs[..., new:].sum(dim=-1))[..., None]
+            best = torch.maximum(best, kept.amax(dim=-2))
+        output = out.transpose(1, 2).reshape(batch, length, num_heads, dim).to(query.dtype)  # (1, Q, Hq, D), head h*G + g
+        return output, best

@@ -17,6 +17,7 @@ from ``inputs_embeds`` (there are no token ids to repeat), and
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import functools
 from typing import Any
@@ -26,6 +27,7 @@ from torch import nn
 
 from kvpress_lab.engine.decoding import cache_from_kwargs
 from kvpress_lab.engine.families import ModelAdapter
+from kvpress_lab.engine.query_capture import capture_queries, override_attention
 from kvpress_lab.errors import UnsupportedCacheError
 
 __all__ = ["needs_reconstruction", "reconstruction_prompt", "reconstruction_scores"]
@@ -116,31 +118,62 @@ def reconstruction_scores(
     out = {idx: torch.zeros(layer.keys.shape[:3], dtype=torch.float32, device=layer.keys.device) for idx, layer in layers.items()}
     ids = input_ids.detach().cpu()
     real = valid.detach().cpu().sum(dim=-1).tolist()
+    captured: dict[int, torch.Tensor] = {}  # layer -> (1, Hq, Q, D) queries the attention computed (sdpa, flash)
+    modules = {idx: adapter.attention[idx] for idx in adapter.compressible}
     for row in range(batch):
         n = int(real[row])
         offset = length - n  # left padding of this row
         following = length if position_ids is None else int(position_ids[row, -1]) + 1  # first repeat token's position
         for start, stop, repeat in scorer.chunks(ids[row, offset:], prompt):
-            chunk = _RowChunk(row, offset, start, stop)
-            hooks = [adapter.attention[idx].register_forward_hook(functools.partial(_score_hook, chunk, idx, scorer, layers, out),
-                                                                  with_kwargs=True)
-                     for idx in adapter.compressible]
+            chunk = _RowChunk(row, offset, start, stop, length)
+            hooks = [modules[idx].register_forward_hook(
+                functools.partial(_score_hook, chunk, idx, scorer, layers, out, captured), with_kwargs=True)
+                for idx in adapter.compressible]
+            fused = functools.partial(_attend_and_score, chunk, scorer, out)
             try:
-                _repeat_forward(adapter, _row_cache(cache, row), repeat, valid[row], following)
+                with _fusing(modules, fused, scorer), capture_queries(modules, captured.__setitem__):
+                    _repeat_forward(adapter, _row_cache(cache, row), repeat, valid[row], following)
             finally:
                 for hook in hooks:
                     hook.remove()
-        sinks = min(int(getattr(scorer, "n_sink", 0)), n)
-        for scores in out.values():
-            scores[row, :, offset : offset + sinks] = 1.0  # the reference's sink score (they are forced anyway)
+            sinks = min(int(getattr(scorer, "n_sink", 0)), n)
+            for scores in out.values():
+                scores[row, :, offset : offset + sinks] = 1.0  # the reference's sink score (they are forced anyway)
     return out
 
 
 class _RowChunk:
-    """Where one reconstruction forward's scores go: row, its padding offset, the chunk's range."""
+    """Where one reconstruction forward's scores go: row, its padding offset, the chunk's range, the prompt's length."""
 
-    def __init__(self, row: int, offset: int, start: int, stop: int):
-        self.row, self.offset, self.start, self.stop = row, offset, start, stop
+    def __init__(self, row: int, offset: int, start: int, stop: int, length: int):
+        self.row, self.offset, self.start, self.stop, self.length = row, offset, start, stop, length
+        self.scored: set[int] = set()  # layers whose attention already scored this chunk (fused)
+
+
+def _fusing(modules: dict, fused: Any, scorer: Any) -> Any:
+    """:func:`~kvpress_lab.engine.query_capture.override_attention` with ``fused`` when the scorer can fuse, else nothing."""
+    if getattr(scorer, "attend_and_score", None) is None:
+        return contextlib.nullcontext()
+    return override_attention(modules, fused)
+
+
+def _attend_and_score(chunk: _RowChunk, scorer: Any, out: dict, idx: int, module: nn.Module, query: torch.Tensor,
+                      key: torch.Tensor, value: torch.Tensor, attention_mask: torch.Tensor | None, *args: Any,
+                      scaling: float | None = None, **kwargs: Any) -> tuple[torch.Tensor, None]:
+    """The repeat forward's attention of layer ``idx``, computed by the scorer together with the chunk's scores.
+
+    The mask is the one :func:`_repeat_forward` asks for (the row's padding, then causal among the
+    repeat tokens), so the scorer builds it from the row's padding instead of reading the model's.
+    """
+    sink = min(int(scorer.n_sink), chunk.start)
+    base = chunk.offset
+    sinks, cols = slice(base, base + sink), slice(base + chunk.start, base + chunk.stop)
+    padding = torch.arange(chunk.length, device=key.device) < chunk.offset  # (n,) the row's left padding
+    output, scores = scorer.attend_and_score(query, key, value, padding, float(module.scaling if scaling is None else scaling),
+                                             sinks, cols, chunk.length)
+    out[idx][chunk.row, :, cols] = scores[0].to(out[idx].device)
+    chunk.scored.add(idx)
+    return output, None
 
 
 def _row_cache(cache: Any, row: int) -> Any:
@@ -164,11 +197,15 @@ def _repeat_forward(adapter: ModelAdapter, cache: Any, repeat: torch.Tensor, val
                         position_ids=positions, use_cache=True)
 
 
-def _score_hook(chunk: _RowChunk, idx: int, scorer: Any, layers: dict, out: dict,
+def _score_hook(chunk: _RowChunk, idx: int, scorer: Any, layers: dict, out: dict, captured: dict,
                 module: nn.Module, args: tuple, kwargs: dict, output: object) -> None:
+    if idx in chunk.scored:
+        return  # the attention itself scored the chunk (_attend_and_score)
     hidden = ModelAdapter.hidden_states(args, kwargs)  # (1, Q, hidden)
-    cos, sin = kwargs["position_embeddings"]
-    queries = ModelAdapter.queries(module, hidden, cos, sin)  # (1, Hq, Q, D)
+    queries = captured.pop(idx, None)  # what the attention computed; eager attention hands nothing over
+    if queries is None or queries.shape[-2] != hidden.shape[1]:
+        cos, sin = kwargs["position_embeddings"]
+        queries = ModelAdapter.queries(module, hidden, cos, sin)  # (1, Hq, Q, D)
     new_keys = cache_from_kwargs(kwargs).layers[idx].keys[:, :, -hidden.shape[1]:]  # (1, Hkv, Q, D)
     context = layers[idx].keys[chunk.row : chunk.row + 1, :, chunk.offset:]  # (1, Hkv, n, D)
     scores = scorer.reconstruction_scores(queries, context, new_keys, chunk.start, chunk.stop, float(module.scaling))

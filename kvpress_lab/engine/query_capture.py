@@ -29,12 +29,15 @@ import torch
 from torch import nn
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
-__all__ = ["capture_queries"]
+__all__ = ["capture_queries", "override_attention"]
 
 Listener = Callable[[int, torch.Tensor], None]
+#: ``fn(idx, module, query, key, value, attention_mask, **kwargs) -> (output, weights)``, transformers' attention signature
+Override = Callable[..., tuple]
 
 _LOCK = threading.Lock()
 _LISTENERS: dict[int, tuple[int, Listener]] = {}  # id(attention module) -> (layer index, listener)
+_OVERRIDES: dict[int, tuple[int, Override, int]] = {}  # id(attention module) -> (layer index, replacement, thread)
 _INSTALLED: dict[str, tuple[int, object]] = {}  # implementation -> (blocks using it, local override it replaced or _ABSENT)
 _ABSENT = object()  # no local override was there before
 
@@ -56,9 +59,7 @@ def capture_queries(modules: Mapping[int, nn.Module], listener: Listener) -> Ite
     RuntimeError
         If another block already listens to one of the modules.
     """
-    implementations = sorted({name for module in modules.values()
-                              if isinstance(name := getattr(module.config, "_attn_implementation", None), str)
-                              and name in ALL_ATTENTION_FUNCTIONS})
+    implementations = _implementations(modules)
     with _LOCK:
         taken = [idx for idx, module in modules.items() if id(module) in _LISTENERS]
         if taken:
@@ -75,6 +76,49 @@ def capture_queries(modules: Mapping[int, nn.Module], listener: Listener) -> Ite
                 _LISTENERS.pop(id(module), None)
             for name in implementations:
                 _uninstall(name)
+
+
+@contextlib.contextmanager
+def override_attention(modules: Mapping[int, nn.Module], fn: Override) -> Iterator[None]:
+    """Inside the block, the attention kernel of ``modules[idx]`` is ``fn(idx, module, query, key, value, mask, **kwargs)``.
+
+    ``fn`` takes and returns what transformers' attention functions do (``ALL_ATTENTION_FUNCTIONS``:
+    ``(B, Hq, Q, D)`` query, ``(B, Hkv, S, D)`` key and value, the mask the model built for the
+    implementation; it returns ``(attn_output (B, Q, Hq, D), weights or None)``), so a pass can
+    compute the attention and read it in one go (KVzip's reconstruction). Implementations the model
+    does not resolve through ``ALL_ATTENTION_FUNCTIONS`` (``"eager"``) are not overridden: check
+    whether ``fn`` ran. Only calls made in the thread that entered the block are overridden; other
+    threads' calls of the same modules run the original kernel.
+
+    Raises
+    ------
+    RuntimeError
+        If another block already overrides one of the modules.
+    """
+    implementations = _implementations(modules)
+    with _LOCK:
+        taken = [idx for idx, module in modules.items() if id(module) in _OVERRIDES]
+        if taken:
+            raise RuntimeError(f"the attention of layers {taken} is already overridden by another block.")
+        for idx, module in modules.items():
+            _OVERRIDES[id(module)] = (idx, fn, threading.get_ident())
+        for name in implementations:
+            _install(name)
+    try:
+        yield
+    finally:
+        with _LOCK:
+            for module in modules.values():
+                _OVERRIDES.pop(id(module), None)
+            for name in implementations:
+                _uninstall(name)
+
+
+def _implementations(modules: Mapping[int, nn.Module]) -> list[str]:
+    """The ``ALL_ATTENTION_FUNCTIONS`` entries ``modules`` resolve their attention through."""
+    return sorted({name for module in modules.values()
+                   if isinstance(name := getattr(module.config, "_attn_implementation", None), str)
+                   and name in ALL_ATTENTION_FUNCTIONS})
 
 
 def _install(name: str) -> None:
@@ -100,6 +144,9 @@ def _capturing(original: Callable) -> Callable:
         entry = _LISTENERS.get(id(module))
         if entry is not None:
             entry[1](entry[0], query)
+        replacement = _OVERRIDES.get(id(module))
+        if replacement is not None and replacement[2] == threading.get_ident():
+            return replacement[1](replacement[0], module, query, *args, **kwargs)
         return original(module, query, *args, **kwargs)
 
     attention.__wrapped__ = original

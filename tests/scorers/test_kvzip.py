@@ -82,6 +82,24 @@ def test_scores_match_brute_force_restatement(family):
         torch.testing.assert_close(got[layer][0], want[layer], rtol=1e-4, atol=1e-6)
 
 
+@pytest.mark.parametrize("family", ["llama", "qwen3", "phi3"])
+def test_scores_fused_into_the_attention_match_the_restatement(family):
+    """Under sdpa the repeat forward's attention computes the scores itself (one softmax); same scores as eager's."""
+    ids = random_prompt(1, 23, seed=3)
+    want = _brute_force(tiny_model(family, "eager"), ids, SCORER)
+    model = tiny_model(family, "sdpa")
+    recomputed = []
+    original = KVzipScorer.reconstruction_scores
+    try:  # the reference path must not run: every layer is scored inside its attention
+        KVzipScorer.reconstruction_scores = lambda self, *a, **k: recomputed.append(1) or original(self, *a, **k)
+        got = _engine_scores(model, ids, None, SCORER)
+    finally:
+        KVzipScorer.reconstruction_scores = original
+    assert not recomputed
+    for layer in want:
+        torch.testing.assert_close(got[layer][0], want[layer], rtol=1e-4, atol=1e-6)
+
+
 def test_left_padded_rows_score_like_each_row_alone():
     model = tiny_model("llama")
     rows = [random_prompt(1, n, seed=n)[0] for n in (23, 11, 17)]
