@@ -60,6 +60,7 @@ class AdaptiveAllocator:
     """
 
     name: ClassVar[str] = "adaptive"
+    needs_window: ClassVar[bool] = True  # its statistic reads the observation window's attention
     scope: ClassVar[str] = "global"
     statistic: str = "entropy"
     floor: float = 0.2

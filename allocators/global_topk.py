@@ -36,6 +36,16 @@ class GlobalTopKAllocator:
         ``"none"`` (default, KVzip): raw scores, right for attention probabilities (``kvzip``,
         ``snapkv_window``); ``"minmax"``: per row and layer, for scores of layer-dependent scale
         (``knorm``, ``keydiff``, ...).
+    split : {"layers", "heads"}
+        ``"layers"`` (default): each layer's budget per head, proportional to its winners (see
+        above), split across its heads by the recipe's ``head_allocation``. ``"heads"``: every
+        ``(layer, KV head)`` keeps exactly its own winners of the global ranking (KVzip and
+        kvpress's ``KVzipPress``: a layer's total is then any number, not a multiple of ``Hkv``);
+        needs a per-head executor (``ragged``) and ``head_allocation="uniform"``.
+    count : {"budget", "kvpress"}
+        How many entries survive in all: ``"budget"`` (default) ``L * Hkv * budget``;
+        ``"kvpress"``, ``KVzipPress``'s ``N - int(N * ratio)`` over the ``N = L * Hkv * n`` entries,
+        with the recipe's ``compression_ratio`` (``"budget"``'s count with an absolute budget).
 
     Notes
     -----
@@ -56,21 +66,37 @@ class GlobalTopKAllocator:
     name: ClassVar[str] = "global_topk"
     scope: ClassVar[str] = "global"
     normalise: str = "none"
+    split: str = "layers"
+    count: str = "budget"
 
     def __post_init__(self) -> None:
         check_choice(type(self).__name__, "normalise", self.normalise, NORMALISATIONS)
+        check_choice(type(self).__name__, "split", self.split, ("layers", "heads"))
+        check_choice(type(self).__name__, "count", self.count, ("budget", "kvpress"))
+
+    @property
+    def per_head(self) -> bool:
+        """Whether :meth:`allocate` returns a budget per ``(layer, KV head)`` (``split="heads"``)."""
+        return self.split == "heads"
 
     def scores_statistic(self, scores: torch.Tensor, forced: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
         """``(B, Hkv, T)`` float32: this layer's normalised scores, forced ``+inf``, padding ``-inf``."""
         return ranking_statistic(scores, forced, valid, self.normalise)
 
-    def allocate(self, request: BudgetRequest) -> list[int]:
-        """``L`` budgets summing to ``L * budget``, proportional to each layer's winners of the global ranking."""
+    def allocate(self, request: BudgetRequest) -> list[int] | list[list[int]]:
+        """``L`` budgets, proportional to each layer's winners of the global ranking (``split="heads"``: ``L`` lists of ``Hkv``)."""
         layers, length, budget, min_kept = check_budget_request("GlobalTopKAllocator", request)
-        stats = check_entry_statistics("GlobalTopKAllocator", request.layer_statistics, layers, request.num_kv_heads, length)
-        if length <= budget:
-            return [length] * layers
-        per_layer = stats.shape[1] * stats.shape[2]
-        order = torch.sort(stats.reshape(-1), descending=True, stable=True).indices[: layers * request.num_kv_heads * budget]
-        winners = torch.bincount(order // per_layer, minlength=layers).tolist()  # (L,) entries kept per layer
+        heads = request.num_kv_heads
+        stats = check_entry_statistics("GlobalTopKAllocator", request.layer_statistics, layers, heads, length)
+        entries = layers * heads * length
+        total = layers * heads * budget
+        if self.count == "kvpress" and request.compression_ratio is not None:
+            total = entries - int(entries * request.compression_ratio)  # KVzipPress: n_pruned = int(N * ratio)
+        if total >= entries:
+            return [[length] * heads for _ in range(layers)] if self.per_head else [length] * layers
+        order = torch.sort(stats.reshape(-1), descending=True, stable=True).indices[:total]
+        if self.per_head:
+            winners = torch.bincount(order // stats.shape[2], minlength=layers * heads)  # (L * Hkv,) per head
+            return winners.view(layers, heads).tolist()
+        winners = torch.bincount(order // (heads * stats.shape[2]), minlength=layers).tolist()  # (L,) entries kept per layer
         return proportional_budgets([float(c) for c in winners], layers * budget, min(min_kept, length), length)

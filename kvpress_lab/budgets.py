@@ -39,6 +39,7 @@ __all__ = [
     "check_minimum_kept",
     "check_budget_request",
     "checked_allocation",
+    "checked_head_allocation",
     "check_forced_fit",
     "plan_budgets",
     "RATIO_ROUNDINGS",
@@ -333,17 +334,29 @@ def checked_allocation(budgets: object, request: BudgetRequest, name: str) -> li
     if not isinstance(budgets, (list, tuple)) or len(budgets) != request.num_layers:
         raise ValueError(f"Allocator {name!r} must return {request.num_layers} per-layer budgets, got {budgets!r}.")
     floor = min(request.min_kept, request.prompt_length)
-    out = []
-    for layer, value in enumerate(budgets):
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise TypeError(f"Allocator {name!r} returned a non-integer budget {value!r} for layer {layer}.")
-        if value < floor:
-            raise ValueError(
-                f"Allocator {name!r} gave layer {layer} a budget of {value}, below min(window, T)={floor}; "
-                "the observation window must fit in every layer."
-            )
-        out.append(int(value))
-    return out
+    return [_checked_budget(value, floor, name, f"layer {layer}") for layer, value in enumerate(budgets)]
+
+
+def checked_head_allocation(budgets: object, request: BudgetRequest, name: str) -> list[list[int]]:
+    """Guard a per-head allocator's answer: ``L`` lists of ``Hkv`` integers, each ``>= min(min_kept, T)``."""
+    if not isinstance(budgets, (list, tuple)) or len(budgets) != request.num_layers or any(
+            not isinstance(row, (list, tuple)) or len(row) != request.num_kv_heads for row in budgets):
+        raise ValueError(f"Allocator {name!r} (per_head) must return {request.num_layers} lists of {request.num_kv_heads} "
+                         f"per-head budgets, got {budgets!r}.")
+    floor = min(request.min_kept, request.prompt_length)
+    return [[_checked_budget(value, floor, name, f"layer {layer}, KV head {head}") for head, value in enumerate(row)]
+            for layer, row in enumerate(budgets)]
+
+
+def _checked_budget(value: object, floor: int, name: str, where: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"Allocator {name!r} returned a non-integer budget {value!r} for {where}.")
+    if value < floor:
+        raise ValueError(
+            f"Allocator {name!r} gave {where} a budget of {value}, below min(window, T)={floor}; "
+            "the observation window must fit in every layer."
+        )
+    return int(value)
 
 
 def check_forced_fit(forced_counts: torch.Tensor, keep: torch.Tensor) -> None:
@@ -368,18 +381,25 @@ class BudgetPlan:
     real_lengths : list[int]
         ``n_b``, real (unpadded) tokens of each row.
     keep : torch.Tensor
-        ``(B, L)`` int64 on the CPU, ``<= n_b``: entries each row keeps in each compressible layer.
+        ``(B, L)`` int64 on the CPU, ``<= n_b``: entries each row keeps in each compressible layer
+        (per KV head; with :attr:`head_keep`, the largest head's).
     budgets : list[list[int]]
-        The allocator's raw per-layer budgets for each row (before clamping to ``n_b``).
+        The allocator's raw per-layer budgets for each row (before clamping to ``n_b``); per-head
+        allocators give ``L`` lists of ``Hkv``.
+    head_keep : torch.Tensor or None
+        ``(B, L, Hkv)`` int64 on the CPU: entries each KV head keeps, when the allocator decides
+        per head (``per_head``, e.g. ``global_topk`` with ``split="heads"``); ``None`` otherwise.
     """
 
     real_lengths: list[int]
     keep: torch.Tensor
-    budgets: list[list[int]]
+    budgets: list[list[int]] | list[list[list[int]]]
+    head_keep: torch.Tensor | None = None
 
     def evicts(self, ordinal: int) -> bool:
         """Whether any row drops entries in compressible layer ``ordinal``."""
-        return any(int(self.keep[b, ordinal]) < n for b, n in enumerate(self.real_lengths))
+        kept = self.keep[:, ordinal] if self.head_keep is None else self.head_keep[:, ordinal].amin(dim=-1)
+        return any(int(kept[b]) < n for b, n in enumerate(self.real_lengths))
 
 
 def plan_budgets(
@@ -407,13 +427,19 @@ def plan_budgets(
     statistics : torch.Tensor or None
         ``(B, L)`` float32 per-layer statistics for allocators of scope ``"global"``.
     """
-    per_row: dict[tuple[int, int], list[int]] = {}
+    per_head = bool(getattr(allocator, "per_head", False))
+    check = checked_head_allocation if per_head else checked_allocation
+    per_row: dict[tuple[int, int], list] = {}
     keys = [(n, row if statistics is not None else -1) for row, n in enumerate(real_lengths)]  # static: length only
     for row, (n, key_row) in enumerate(keys):
         if (n, key_row) not in per_row:
             stats = None if statistics is None else statistics[row].detach().float().cpu()
             request = spec.request(num_layers, num_kv_heads, n, stats)
-            per_row[(n, key_row)] = checked_allocation(allocator.allocate(request), request, allocator.name)
+            per_row[(n, key_row)] = check(allocator.allocate(request), request, allocator.name)
     budgets = [per_row[key] for key in keys]
+    lengths = torch.tensor(real_lengths, dtype=torch.int64)
+    if per_head:
+        head_keep = torch.minimum(torch.tensor(budgets, dtype=torch.int64), lengths[:, None, None])  # (B, L, Hkv)
+        return BudgetPlan(real_lengths=list(real_lengths), keep=head_keep.amax(dim=-1), budgets=budgets, head_keep=head_keep)
     keep = torch.tensor([[min(b, n) for b in row] for row, n in zip(budgets, real_lengths)], dtype=torch.int64)
     return BudgetPlan(real_lengths=list(real_lengths), keep=keep.reshape(len(real_lengths), num_layers), budgets=budgets)

@@ -14,14 +14,17 @@ import torch
 
 from kvpress_lab.budgets import check_forced_fit
 
-__all__ = ["HEAD_ALLOCATIONS", "adaptive_head_budgets"]
+__all__ = ["HEAD_ALLOCATIONS", "HEAD_FLOOR_RULES", "adaptive_head_budgets", "safeguard_entries"]
 
 #: Valid values of ``Recipe.head_allocation`` (see :class:`kvpress_lab.Recipe`).
 HEAD_ALLOCATIONS = ("uniform", "adaptive")
+#: Valid values of ``Recipe.head_floor_rule``: what AdaKV's safeguard counts.
+HEAD_FLOOR_RULES = ("free", "kvpress")
 
 
 def adaptive_head_budgets(
-    scores: torch.Tensor, keep: torch.Tensor, forced: torch.Tensor, candidates: torch.Tensor, alpha: float
+    scores: torch.Tensor, keep: torch.Tensor, forced: torch.Tensor, candidates: torch.Tensor, alpha: float,
+    rule: str = "free",
 ) -> torch.Tensor:
     """Split each row's ``keep[b] * Hkv`` entries across its KV heads.
 
@@ -37,8 +40,13 @@ def adaptive_head_budgets(
         ``(B, T)`` bool, ``False`` on padding; or ``(B, Hkv, T)``, per head (a per-head layer's
         held entries, right-aligned with filler, re-compressed during a chunked prefill).
     alpha : float
-        Safeguard: each head keeps at least ``floor(alpha * k_free)`` of the entries it may choose,
-        where ``k_free`` is the per-head average left after its forced entries.
+        Safeguard ``alpha`` in ``[0, 1]``.
+    rule : {"free", "kvpress"}
+        What the safeguard guarantees each head beyond its forced entries: ``"free"``,
+        ``floor(alpha * k_free)`` of the entries it may choose (``k_free = k - forced``);
+        ``"kvpress"``, kvpress's ``AdaKVPress``: its top ``n_safe = max(1, floor(alpha * k))``
+        entries by score (``0`` when ``alpha = 0``), forced ones counted first (kvpress scores
+        the window above everything), so ``max(0, n_safe - forced)`` more.
 
     Returns
     -------
@@ -53,6 +61,8 @@ def adaptive_head_budgets(
     >>> adaptive_head_budgets(scores, torch.tensor([3]), forced, torch.ones(1, 5, dtype=torch.bool), 0.0).tolist()
     [[4, 2]]
     """
+    if rule not in HEAD_FLOOR_RULES:
+        raise ValueError(f"head floor rule must be one of {HEAD_FLOOR_RULES}, got {rule!r}.")
     batch, heads, _ = scores.shape
     if candidates.dim() == 2:
         candidates = candidates[:, None, :].expand(-1, heads, -1)  # (B, Hkv, T): the same for every head
@@ -67,7 +77,12 @@ def adaptive_head_budgets(
             out[b] = real[b]
             continue
         free = forced_count[b].neg() + k  # (Hkv,) per-head choosable entries at uniform split
-        floor = torch.minimum(torch.floor(free.double() * alpha).long(), real[b] - forced_count[b])  # (Hkv,) never beyond a head's entries
+        if rule == "kvpress":
+            safe = max(1, math.floor(k * alpha)) if alpha > 0 else 0
+            guaranteed = (safe - forced_count[b]).clamp(min=0)  # (Hkv,) beyond the forced ones
+        else:
+            guaranteed = torch.floor(free.double() * alpha).long()
+        floor = torch.minimum(guaranteed, real[b] - forced_count[b])  # (Hkv,) never beyond a head's entries
         pool = scores[b].float().nan_to_num(nan=float("-inf"), posinf=float("inf"), neginf=float("-inf"))  # NaN ranks lowest, as in the executors
         pool = pool.masked_fill(forced[b] | ~candidates[b], float("-inf"))  # (Hkv, T)
         ranked = torch.sort(pool, dim=-1, descending=True, stable=True).values  # (Hkv, T)
@@ -85,3 +100,40 @@ def adaptive_head_budgets(
     if not math.isclose(float(out.sum()), float(sum(min(int(keep[b]) * heads, int(real[b].sum())) for b in range(batch)))):
         raise RuntimeError(f"internal error: head budgets {out.tolist()} do not sum to the layer budget.")
     return out
+
+
+def safeguard_entries(
+    scores: torch.Tensor, keep: torch.Tensor, forced: torch.Tensor, candidates: torch.Tensor, alpha: float
+) -> torch.Tensor:
+    """kvpress's AdaKV safeguard as entries: each head's top ``max(1, floor(alpha * k))`` by ``scores``, forced first.
+
+    ``(B, Hkv, T)`` bool. kvpress's ``CriticalAdaKVPress`` gives these entries the largest float
+    before its second stage, so they survive whatever their refined scores; the engine keeps them
+    as forced entries (``head_floor_rule="kvpress"`` with ``split_heads_on="base"``).
+
+    Parameters
+    ----------
+    scores : torch.Tensor
+        ``(B, Hkv, T)`` float32, the scores the heads were split on.
+    keep : torch.Tensor
+        ``(B,)`` int64 on the CPU, the layer's per-head budget ``k``.
+    forced, candidates : torch.Tensor
+        As in :func:`adaptive_head_budgets` (``candidates`` ``(B, T)``).
+    alpha : float
+        The safeguard.
+
+    >>> scores = torch.tensor([[[5.0, 1.0, 3.0, 0.0]]])
+    >>> forced = torch.tensor([[[False, False, False, True]]])
+    >>> safeguard_entries(scores, torch.tensor([4]), forced, torch.ones(1, 4, dtype=torch.bool), 0.5).int().tolist()
+    [[[1, 0, 0, 1]]]
+    """
+    from kvpress_lab.executors.gather import rank_entries  # the executors' order: forced first, ties to the earlier token
+
+    safe = torch.tensor([max(1, math.floor(int(k) * alpha)) if alpha > 0 else 0 for k in keep.tolist()])  # (B,)
+    width = int(safe.max()) if safe.numel() else 0
+    out = torch.zeros_like(forced)
+    if width == 0:
+        return out
+    order = rank_entries(scores, forced & candidates[:, None, :], candidates)[..., :width]  # (B, Hkv, width)
+    chosen = torch.arange(width, device=scores.device) < safe.to(scores.device)[:, None, None]
+    return out.scatter(-1, order, chosen.expand_as(order)) & candidates[:, None, :]

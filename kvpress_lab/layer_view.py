@@ -82,7 +82,6 @@ class LayerView:
     positions of the cached entries, the next one    :attr:`positions`, :attr:`next_positions`
     rotary tables of any position (future ones too)  :meth:`rotary`, with :mod:`kvpress_lab.rotary`
     the output projection ``W_o``                    :attr:`output_projection`
-    the recipe's compression ratio                   :attr:`compression_ratio`
     ===============================================  ===============================================
 
     Inputs (hidden states, and so queries and pre-RoPE keys) exist for the entries whose
@@ -121,9 +120,6 @@ class LayerView:
         ``(B, T)`` int64 positions of the cached entries (the prompt's position ids; left padding
         as the model ran it). ``None`` where the engine does not know them per entry (entries
         kept from earlier chunks of a chunked prefill, decoding-time compression).
-    compression_ratio : float or None
-        The recipe's ``compression_ratio``, for methods whose published arithmetic reads it
-        (kvpress's Compactor blends by it); ``None`` when the recipe gave an absolute budget.
 
     Examples
     --------
@@ -150,7 +146,6 @@ class LayerView:
     output_projection: torch.Tensor | None = field(default=None, repr=False)
     inputs: LayerInputs | None = field(default=None, repr=False)
     positions: torch.Tensor | None = field(default=None, repr=False)
-    compression_ratio: float | None = None
 
     @property
     def batch_size(self) -> int:
@@ -262,5 +257,10 @@ class LayerView:
 
     @cached_property
     def window_queries(self) -> torch.Tensor:
-        """Queries of the observation window: ``(B, Hq, W, D)``."""
+        """Queries of the observation window: ``(B, Hq, W, D)``; a ``ValueError`` when ``W = 0``."""
+        if self.window == 0:
+            raise ValueError(
+                f"the observation window of layer {self.layer_idx} is empty (Recipe.window=0), so it has no queries; a "
+                "scorer that reads them needs window >= 1 (and should declare needs_window = True)."
+            )
         return self.queries(self.seq_len - self.window, self.seq_len)

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 from kvpress_lab.budgets import RATIO_ROUNDINGS, BudgetSpec, check_minimum_kept, minimum_kept
 from kvpress_lab.frozen_mapping import FrozenMapping
-from kvpress_lab.head_allocation import HEAD_ALLOCATIONS
+from kvpress_lab.head_allocation import HEAD_ALLOCATIONS, HEAD_FLOOR_RULES
 from kvpress_lab.registry import Role, get_registry
 from kvpress_lab.validation import check_bool, check_choice, check_float, check_int
 
@@ -22,7 +22,10 @@ if TYPE_CHECKING:
     from kvpress_lab.engine.session import CompressionSession
     from kvpress_lab.protocols import Allocator, Executor, Scorer
 
-__all__ = ["Recipe", "Strategies", "DEFAULT_BUDGET", "RECIPE_FORMAT_VERSION"]
+__all__ = ["Recipe", "Strategies", "DEFAULT_BUDGET", "RECIPE_FORMAT_VERSION", "DECODE_SCHEDULES"]
+
+#: Valid values of ``Recipe.decode_schedule``.
+DECODE_SCHEDULES = ("slack", "every")
 
 #: Entries per layer kept when a recipe gives neither ``budget`` nor ``compression_ratio``
 #: (the PyramidKV paper's headline setting).
@@ -68,7 +71,9 @@ class Recipe:
         (``compression_ratio=0.5`` at ``T=4009``: 2005 vs 2004). The ``*-kvpress`` presets use it.
     window : int
         ``W``, the observation window: the last ``W`` prompt tokens, always kept, whose queries
-        score the rest. Default 8 (the PyramidKV paper's LongBench setting).
+        score the rest. Default 8 (the PyramidKV paper's LongBench setting). ``0`` forces no
+        recent entry (kvpress's query-agnostic presses); a scorer that reads the window's queries
+        then raises when it runs.
     head_allocation : {"uniform", "adaptive"}
         How a layer's budget is split across its KV heads: equally, or AdaKV-style by a top-k
         over all heads' scores (https://arxiv.org/abs/2407.11550), which needs a per-head
@@ -76,6 +81,11 @@ class Recipe:
     head_floor : float
         AdaKV's safeguard ``alpha`` in ``[0, 1]``: every head keeps at least this fraction of
         the per-head average. Default 0.2.
+    head_floor_rule : {"free", "kvpress"}
+        What the safeguard counts (:func:`~kvpress_lab.head_allocation.adaptive_head_budgets`):
+        ``"free"`` (default) guarantees every head its forced entries plus ``floor(alpha * (k - f))``
+        of the ``k - f`` it may choose; ``"kvpress"`` guarantees the top ``max(1, floor(alpha * k))``
+        entries by score, forced ones first, as kvpress's ``AdaKVPress`` does.
     allocator_kwargs, scorer_kwargs, executor_kwargs : Mapping[str, Any]
         Hyperparameters of each strategy (its dataclass fields). Must be JSON-serialisable.
     preset_name : str or None
@@ -94,6 +104,17 @@ class Recipe:
         Re-rotate the kept keys of every compressed layer to contiguous positions (StreamingLLM,
         Finch, kvpress's KeyRerotationPress), RoPE families only; default ``False`` (kept keys keep
         their true positions). See :mod:`kvpress_lab.engine.rerotation`.
+    decode_schedule : {"slack", "every"}
+        When decoding-time compression cuts: ``"slack"`` (default) as soon as a layer holds
+        ``decode_budget + compress_every`` entries; ``"every"``, kvpress's ``DecodingPress``: every
+        ``compress_every`` decoding steps, down to ``decode_budget``.
+    block_size : int or None
+        Score the one-shot prefill block by block, as kvpress's ``BlockPress`` simulates the KeyDiff
+        paper's block prompt processing inside one forward: the first ``k`` entries are kept, then
+        each block of ``block_size`` further entries is scored together with the kept ones and the
+        best ``k`` stay. ``None`` (default): one scoring of the whole prompt. A scorer that reads
+        queries or hidden states cannot score such a block (its entries differ per head); for the
+        real thing, a chunked prefill (``prefill_chunk_size``), use a chunkable scorer.
 
     Examples
     --------
@@ -116,6 +137,7 @@ class Recipe:
     window: int = 8
     head_allocation: str = "uniform"
     head_floor: float = 0.2
+    head_floor_rule: str = "free"
     allocator_kwargs: Mapping[str, Any] = field(default_factory=dict)
     scorer_kwargs: Mapping[str, Any] = field(default_factory=dict)
     executor_kwargs: Mapping[str, Any] = field(default_factory=dict)
@@ -125,9 +147,11 @@ class Recipe:
     compress_prefill: bool = True
     ratio_rounding: str = "half_up"
     rerotate_keys: bool = False
+    decode_schedule: str = "slack"
+    block_size: int | None = None
 
     def __post_init__(self) -> None:
-        check_int("Recipe", "window", self.window, minimum=1)
+        check_int("Recipe", "window", self.window, minimum=0)
         if self.budget is not None and self.compression_ratio is not None:
             raise ValueError(
                 f"Recipe takes either budget or compression_ratio, not both; got budget={self.budget!r} "
@@ -143,6 +167,14 @@ class Recipe:
         check_choice("Recipe", "head_allocation", self.head_allocation, HEAD_ALLOCATIONS)
         check_choice("Recipe", "ratio_rounding", self.ratio_rounding, RATIO_ROUNDINGS)
         object.__setattr__(self, "head_floor", check_float("Recipe", "head_floor", self.head_floor, minimum=0.0, maximum=1.0))
+        check_choice("Recipe", "head_floor_rule", self.head_floor_rule, HEAD_FLOOR_RULES)
+        check_choice("Recipe", "decode_schedule", self.decode_schedule, DECODE_SCHEDULES)
+        if self.block_size is not None:
+            check_int("Recipe", "block_size", self.block_size, minimum=1)
+            if self.head_allocation != "uniform" or self.rerotate_keys or self.decode_budget is not None:
+                raise ValueError("Recipe.block_size (kvpress's BlockPress) scores the one-shot prefill block by block with "
+                                 "one budget per layer; it does not combine with head_allocation='adaptive', rerotate_keys "
+                                 "or decode_budget.")
         if self.executor is None:
             object.__setattr__(self, "executor", "ragged" if self.head_allocation == "adaptive" else "gather")
         check_int("Recipe", "compress_every", self.compress_every, minimum=1)
@@ -172,6 +204,30 @@ class Recipe:
                 "executor cannot store (it does not declare per_head_budgets); use executor='ragged' (the default "
                 "for adaptive head allocation)."
             )
+        if self.block_size is not None:
+            reasons = []
+            if built.allocator.scope != "static":
+                reasons.append(f"allocator {self.allocator!r} has scope {built.allocator.scope!r}")
+            if getattr(built.scorer, "needs", None) == "reconstruction":
+                reasons.append(f"scorer {self.scorer!r} is scored by a reconstruction pass")
+            if minimum_kept(self.window, built.scorer) > self.window:
+                reasons.append(f"scorer {self.scorer!r} forces entries (sinks) defined on the whole prompt")
+            if reasons:
+                raise ValueError("Recipe.block_size (kvpress's BlockPress) rescores subsets of a layer with a static "
+                                 f"budget; {'; '.join(reasons)}.")
+        if self.window == 0:
+            readers = [f"{role} {getattr(self, role)!r}" for role, obj in zip(("allocator", "scorer"), built[:2])
+                       if getattr(obj, "needs_window", False)]
+            if readers:
+                raise ValueError(f"Recipe.window=0 leaves no observation window, but {' and '.join(readers)} reads the "
+                                 "observation window's queries; give window >= 1.")
+        if getattr(built.allocator, "per_head", False):
+            if self.head_allocation != "uniform":
+                raise ValueError(f"Allocator {self.allocator!r} {dict(self.allocator_kwargs)} gives every KV head its own budget "
+                                 "already; head_allocation must be 'uniform' (got 'adaptive').")
+            if not getattr(type(built.executor), "per_head_budgets", False):
+                raise ValueError(f"Allocator {self.allocator!r} {dict(self.allocator_kwargs)} gives KV heads different budgets, "
+                                 f"which the {self.executor!r} executor cannot store; use executor='ragged'.")
         if self.decode_budget is not None and getattr(built.scorer, "needs", None) == "reconstruction":
             raise ValueError(f"Recipe.decode_budget does not combine with scorer {self.scorer!r}: it is scored by a reconstruction "
                              "pass after the prefill, which decoding-time compression cannot rerun; drop decode_budget.")
@@ -195,7 +251,7 @@ class Recipe:
                 f"Recipe.{kwargs_field}: {role} {name!r} ({cls.__name__}) has no parameter "
                 f"{', '.join(repr(u) for u in unknown)}; accepted: {', '.join(accepted) or '(none)'}."
             )
-        return cls(**kwargs)
+        return cls(**_with_recipe_fields(cls, kwargs, self))
 
     # -- derived values --------------------------------------------------------------------
 
@@ -326,6 +382,22 @@ class Recipe:
         from kvpress_lab.engine.prefill import prefill  # lazy: importing a Recipe loads no engine
 
         return prefill(self, model, input_ids, attention_mask, chunk_size=chunk_size)
+
+
+def _with_recipe_fields(cls: type, kwargs: Mapping[str, Any], recipe: Recipe) -> dict[str, Any]:
+    """``kwargs`` plus the recipe's own values of the fields ``cls`` declares in ``recipe_fields`` (unless given).
+
+    A strategy whose published arithmetic reads a number of the recipe (kvpress's Compactor blends
+    by the compression ratio, ChunkKV counts chunks from it) declares
+    ``recipe_fields: ClassVar[tuple[str, ...]] = ("compression_ratio",)`` and a dataclass field of
+    that name; the recipe fills it in. The value is not recorded in the ``*_kwargs`` (the recipe
+    records it once, as its own field).
+    """
+    merged = dict(kwargs)
+    for name in getattr(cls, "recipe_fields", ()):
+        if name not in merged:
+            merged[name] = getattr(recipe, name)
+    return merged
 
 
 def _frozen_json_mapping(value: Any, where: str) -> Mapping[str, Any]:

@@ -97,7 +97,6 @@ class ModelAdapter:
         queries_from: int = 0,
         queries: torch.Tensor | None = None,
         positions: torch.Tensor | None = None,
-        compression_ratio: float | None = None,
     ) -> LayerView:
         """The :class:`~kvpress_lab.LayerView` of layer ``idx``: the one place views are built.
 
@@ -126,8 +125,6 @@ class ModelAdapter:
         positions : torch.Tensor or None
             ``(B, T)`` int64 positions of the cached entries, when every entry's is known (a
             one-shot prefill); ``None`` otherwise.
-        compression_ratio : float or None
-            The recipe's compression ratio (``None`` with an absolute budget).
         """
         module = self.attention[idx]
         cos, sin = position_embeddings
@@ -147,7 +144,6 @@ class ModelAdapter:
             output_projection=self.output_projection(idx),
             inputs=ModuleInputs(module, self.rotary_module, self.layer_type(idx), hidden, queries_from),
             positions=None if positions is None else positions.to(keys.device, torch.int64),
-            compression_ratio=compression_ratio,
         )
 
     @property
@@ -186,12 +182,11 @@ class ModelAdapter:
         return weight.detach() if isinstance(weight, torch.Tensor) else None
 
     def layer_view_from_call(self, idx: int, args: tuple, kwargs: dict, layer: object, valid: torch.Tensor, window: int,
-                             queries: torch.Tensor | None = None, positions: torch.Tensor | None = None,
-                             compression_ratio: float | None = None) -> LayerView:
+                             queries: torch.Tensor | None = None, positions: torch.Tensor | None = None) -> LayerView:
         """:meth:`layer_view` from an attention module's forward-hook arguments and its cache ``layer``."""
         hidden = self.hidden_states(args, kwargs)
         return self.layer_view(idx, hidden, kwargs["position_embeddings"], layer.keys, layer.values, valid, window,
-                               queries=queries, positions=positions, compression_ratio=compression_ratio)
+                               queries=queries, positions=positions)
 
     @staticmethod
     def queries(module: nn.Module, hidden: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:

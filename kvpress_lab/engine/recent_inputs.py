@@ -21,6 +21,8 @@ class RecentInputs:
     ...     recent.add(torch.full((1, 1, 4), float(step)), (torch.zeros(1, 1, 2), torch.zeros(1, 1, 2)))
     >>> recent.hidden[0, :, 0].tolist(), len(recent)
     ([1.0, 2.0], 2)
+    >>> empty = RecentInputs(window=0); empty.add(torch.zeros(1, 3, 4), (torch.zeros(1, 3, 2),) * 2); len(empty)
+    0
     """
 
     def __init__(self, window: int):
@@ -54,4 +56,4 @@ def _last(tensor: torch.Tensor, window: int) -> torch.Tensor:
     over 30 layers, held until the session ends)."""
     if tensor.shape[1] <= window:
         return tensor.detach()
-    return tensor[:, -window:].detach().clone()
+    return tensor[:, tensor.shape[1] - window :].detach().clone()  # not [-window:]: window 0 keeps nothing

@@ -15,6 +15,7 @@ from transformers.cache_utils import DynamicLayer
 
 from kvpress_lab.budgets import BudgetPlan, check_forced_fit, plan_budgets
 from kvpress_lab.cache_layers import check_layer
+from kvpress_lab.engine.block_scoring import select_in_blocks
 from kvpress_lab.engine.cache_checks import check_cache, check_generate_options, held_entries
 from kvpress_lab.engine.chunking import ChunkedPrefill, check_chunkable
 from kvpress_lab.engine.decoding import DecodingHooks, PaddingCapture, cache_from_kwargs, mark_compressed, persistent_hooks
@@ -30,7 +31,7 @@ from kvpress_lab.engine.recent_inputs import RecentInputs
 from kvpress_lab.engine.rerotation import rerotate_kept_keys
 from kvpress_lab.executors.two_stage import first_stage_entries
 from kvpress_lab.engine.role_timers import RoleTimers, timers_for
-from kvpress_lab.head_allocation import adaptive_head_budgets
+from kvpress_lab.head_allocation import adaptive_head_budgets, safeguard_entries
 from kvpress_lab.layer_view import LayerView
 from kvpress_lab.protocols import Selection
 
@@ -132,6 +133,7 @@ class CompressionSession:
         self._thread: int | None = None
         self._chunking: ChunkedPrefill | None = None
         self._recent = {idx: RecentInputs(recipe.window) for idx in self.adapter.compressible}  # decoding compression
+        self._decode_steps = dict.fromkeys(self.adapter.compressible, 0)  # decoding forwards since the last cut ("every")
         self._decode_plan: BudgetPlan | None = None
         self._queries: dict[int, torch.Tensor] = {}  # layer -> (B, Hq, S, D) its attention call computed (query_capture)
         self._query_capture = contextlib.ExitStack()
@@ -302,6 +304,7 @@ class CompressionSession:
                 self._compress_decoding(idx, kwargs, cache, hidden)
             return
         self._recent[idx].reset()
+        self._decode_steps[idx] = 0
         if self.recipe.decode_budget is not None:  # decoding-time compression scores with the latest inputs
             self._recent[idx].add(hidden, kwargs["position_embeddings"])
         if not self.recipe.compress_prefill:
@@ -324,6 +327,13 @@ class CompressionSession:
             self.plan = self._plan(valid)
         if not self.plan.evicts(self._ordinal[idx]) and not self._stores_every_layer():
             return
+        if self.recipe.block_size is not None:  # kvpress's BlockPress: rescored block by block (engine/block_scoring)
+            with self._timed("score"):
+                view = self._prefill_view(idx, args, kwargs, layer, valid, queries)
+                selection = select_in_blocks(self.recipe.strategies.scorer, view, self.plan.keep[:, self._ordinal[idx]],
+                                             self.recipe.block_size, view.window)
+            self._build(idx, cache, layer.keys, layer.values, selection)
+            return
         with self._timed("score"):
             view = self._prefill_view(idx, args, kwargs, layer, valid, queries)
             scores, forced = self._score(view)
@@ -338,7 +348,7 @@ class CompressionSession:
             positions = torch.arange(length, device=layer.keys.device)[None]
         positions = positions.expand(valid.shape[0], -1)
         return self.adapter.layer_view_from_call(idx, args, kwargs, layer, valid, self.recipe.window, queries,
-                                                 positions=positions, compression_ratio=self.recipe.compression_ratio)
+                                                 positions=positions)
 
     def _end_forward(self, module: nn.Module, args: tuple, kwargs: dict, output: object) -> None:
         if self._mine() and self._chunking is not None and self._chunking.stop >= self._chunking.total:
@@ -443,7 +453,7 @@ class CompressionSession:
         with self._timed("score"):
             view = self.adapter.layer_view(idx, hidden, kwargs["position_embeddings"], keys, values,
                                            head_valid.any(dim=1), self.recipe.window, queries_from=held - new,
-                                           queries=queries, compression_ratio=self.recipe.compression_ratio)
+                                           queries=queries)
             rows = heads_as_rows(view, head_valid)
             scores, forced = self._score(rows, kept_window=min(self.recipe.window, held),
                                          chunk_start=held - new if accumulate else None)
@@ -457,9 +467,19 @@ class CompressionSession:
             self.accumulated_scores[idx] = _kept_scores(scores, selection)
 
     def _compress_decoding(self, idx: int, kwargs: dict, cache: object, hidden: torch.Tensor) -> None:
-        """Cut layer ``idx`` back to its decoding budget once a row holds ``compress_every`` entries more."""
+        """Cut layer ``idx`` back to its decoding budget once a row holds ``compress_every`` entries more.
+
+        With ``decode_schedule="every"`` (kvpress's ``DecodingPress``): every ``compress_every`` decoding
+        forwards instead, down to the budget when the layer holds more.
+        """
         recent = self._recent[idx]
         recent.add(hidden, kwargs["position_embeddings"])
+        slack = self.recipe.compress_every
+        if self.recipe.decode_schedule == "every":  # kvpress's DecodingPress: a cut every N decoding forwards
+            self._decode_steps[idx] += 1
+            if self._decode_steps[idx] < self.recipe.compress_every:
+                return
+            self._decode_steps[idx], slack = 0, 0
         layer = cache.layers[idx]
         held = layer.keys.shape[2] if type(layer) is DynamicLayer else 0
         padding = self._padding
@@ -472,8 +492,7 @@ class CompressionSession:
             self._decode_plan = plan_budgets(self.recipe.strategies.allocator, self.recipe.decode_spec, lengths,
                                              len(self.adapter.compressible), self.adapter.num_kv_heads)
         keep = torch.minimum(self._decode_plan.keep[:, self._ordinal[idx]], valid.sum(dim=-1).cpu())
-        self._recompress(idx, cache, keys, values, valid, keep, self.recipe.compress_every, recent.hidden,
-                         (recent.cos, recent.sin))
+        self._recompress(idx, cache, keys, values, valid, keep, slack, recent.hidden, (recent.cos, recent.sin))
 
     def _recompress(self, idx, cache, keys, values, valid, keep, slack: int, hidden, position_embeddings, tokens=None,
                     accumulate: bool = False, queries: torch.Tensor | None = None) -> None:
@@ -491,8 +510,7 @@ class CompressionSession:
         held = keys.shape[2]
         with self._timed("score"):
             view = self.adapter.layer_view(idx, hidden, position_embeddings, keys, values, valid, self.recipe.window,
-                                           queries_from=held - hidden.shape[1], queries=queries,
-                                           compression_ratio=self.recipe.compression_ratio)
+                                           queries_from=held - hidden.shape[1], queries=queries)
             scores, forced = self._score(view, kept_window=min(self.recipe.window, held),
                                          chunk_start=held - hidden.shape[1] if accumulate else None)
         if within:
@@ -562,19 +580,29 @@ class CompressionSession:
 
     def _evict(self, scored: _ScoredLayer, layer_keep: torch.Tensor | None = None, tokens: torch.Tensor | None = None) -> Selection:
         strategies = self.recipe.strategies
+        head_keep = None
         if layer_keep is None:
             layer_keep = self.plan.keep[:, self._ordinal[scored.idx]]  # (B,) on the CPU
+            if self.plan.head_keep is not None:  # a per-head allocator decided every head's count
+                head_keep = self.plan.head_keep[:, self._ordinal[scored.idx]]  # (B, Hkv)
         with self._timed("allocate"):
             per_head = scored.valid.dim() == 3  # (B, Hkv, T): a ragged layer's held entries (chunked prefill)
             forced = scored.forced & (scored.valid if per_head else scored.valid[:, None, :])
-            check_forced_fit(forced.sum(dim=-1), layer_keep[:, None])  # a scorer's forced entries fit every head
-            if self.recipe.head_allocation == "adaptive":
-                keep = adaptive_head_budgets(scored.scores, layer_keep, forced, scored.valid, self.recipe.head_floor)
+            check_forced_fit(forced.sum(dim=-1), layer_keep[:, None] if head_keep is None else head_keep)
+            first = self._stage_one.pop(scored.idx, None)  # (B, Hkv, T) stage-one scores of a two-stage scorer
+            if head_keep is not None:
+                keep = head_keep
+            elif self.recipe.head_allocation == "adaptive":
+                split_on = first if first is not None and getattr(strategies.scorer, "split_heads_on", "refined") == "base" \
+                    else scored.scores
+                keep = adaptive_head_budgets(split_on, layer_keep, forced, scored.valid, self.recipe.head_floor,
+                                             self.recipe.head_floor_rule)
+                if split_on is first and self.recipe.head_floor_rule == "kvpress":  # kvpress keeps the safeguard outright
+                    forced = forced | safeguard_entries(first, layer_keep, forced, scored.valid, self.recipe.head_floor)
             else:
                 keep = layer_keep[:, None].expand(-1, scored.scores.shape[1]).contiguous()  # (B, Hkv)
                 if per_head:
                     keep = torch.minimum(keep, scored.valid.sum(dim=-1).cpu())
-            first = self._stage_one.pop(scored.idx, None)
             if first is not None:  # two-stage selection: stage one's winners are kept, the executor fills the rest
                 forced = first_stage_entries(first, keep, forced, scored.valid, strategies.scorer.first_stage_ratio)
         with self._timed("select"):
@@ -582,23 +610,28 @@ class CompressionSession:
                 selection = select_per_head(strategies.executor, scored.scores, keep, forced, scored.valid)
             else:
                 selection = strategies.executor.select(scored.scores, keep, forced, scored.valid)
-        layer = scored.cache.layers[scored.idx]
-        keys = scored.keys
+        return self._build(scored.idx, scored.cache, scored.keys, scored.values, selection, tokens)
+
+    def _build(self, idx: int, cache: object, keys: torch.Tensor, values: torch.Tensor, selection: Selection,
+               tokens: torch.Tensor | None = None) -> Selection:
+        """Replace layer ``idx`` of ``cache`` by the executor's layer of the ``selection`` of ``keys`` / ``values``."""
+        strategies = self.recipe.strategies
+        layer = cache.layers[idx]
         if self.recipe.rerotate_keys:  # kept keys to contiguous positions (kvpress_lab.engine.rerotation)
-            rotary = self._rotary.pop(scored.idx, None)
+            rotary = self._rotary.pop(idx, None)
             if rotary is None:
                 raise UnsupportedCacheError(
                     "Recipe.rerotate_keys re-rotates the keys of a one-pass prefill only; this layer is re-compressed from "
                     "held entries (chunked prefill or decoding-time compression), or its model passes no rotary tables."
                 )
-            keys = rerotate_kept_keys(scored.keys, selection, rotary)
+            keys = rerotate_kept_keys(keys, selection, rotary)
         with self._timed("gather"):
-            built = strategies.executor.build_layer(keys, scored.values, selection, layer.get_seq_length())
+            built = strategies.executor.build_layer(keys, values, selection, layer.get_seq_length())
             check_layer(built, strategies.executor.name)
-        scored.cache.layers[scored.idx] = built
-        mark_compressed(scored.cache, self._input_ids if tokens is None else tokens)
+        cache.layers[idx] = built
+        mark_compressed(cache, self._input_ids if tokens is None else tokens)
         if self.record_indices:
-            self.selections[scored.idx] = selection
+            self.selections[idx] = selection
         return selection
 
 

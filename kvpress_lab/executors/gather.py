@@ -11,9 +11,9 @@ from kvpress_lab.budgets import check_forced_fit
 from kvpress_lab.cache_layers import CompressedLayer, QuantizedLayer
 from kvpress_lab.cache_layers.quantized_storage import QUANT_BITS
 from kvpress_lab.protocols import Selection
-from kvpress_lab.validation import check_int
+from kvpress_lab.validation import check_choice, check_int
 
-__all__ = ["GatherExecutor", "select_top_k", "rank_entries"]
+__all__ = ["GatherExecutor", "select_top_k", "select_top_k_torch", "rank_entries", "TIES"]
 
 
 def rank_entries(scores: torch.Tensor, forced: torch.Tensor, candidates: torch.Tensor) -> torch.Tensor:
@@ -94,6 +94,36 @@ def select_top_k(scores: torch.Tensor, keep: torch.Tensor, forced: torch.Tensor,
     return Selection(indices=top.clamp(min=0), valid=valid)
 
 
+def select_top_k_torch(scores: torch.Tensor, keep: torch.Tensor, forced: torch.Tensor, candidates: torch.Tensor) -> Selection:
+    """:func:`select_top_k` with ties broken by ``torch.topk`` itself, as kvpress's ``ScorerPress`` does.
+
+    Forced entries score ``+inf`` and padding ``-inf`` (only where there are any: with neither,
+    ``torch.topk`` runs on the scorer's tensor untouched, so equal scores go exactly where
+    kvpress's call sends them). Kept entries are returned in original order, fillers first.
+
+    >>> scores = torch.tensor([[[0.5, 0.5, 0.5, 0.5]]])
+    >>> select_top_k_torch(scores, torch.tensor([[2]]), torch.zeros(1, 1, 4, dtype=torch.bool),
+    ...                    torch.ones(1, 4, dtype=torch.bool)).indices.shape
+    torch.Size([1, 1, 2])
+    """
+    forced = forced & candidates[:, None, :]
+    check_forced_fit(forced.sum(dim=-1), keep.to(scores.device))
+    if bool(forced.any()):
+        scores = scores.masked_fill(forced, float("inf"))
+    if not bool(candidates.all()):
+        scores = scores.masked_fill(~candidates[:, None, :], float("-inf"))
+    width = int(keep.max())
+    top = scores.topk(width, dim=-1).indices  # (B, Hkv, K), kvpress's call
+    in_budget = torch.arange(width, device=scores.device) < keep.to(scores.device)[..., None]
+    top = torch.sort(torch.where(in_budget, top, torch.full_like(top, -1)), dim=-1).values
+    return Selection(indices=top.clamp(min=0), valid=top >= 0)
+
+
+#: How equal scores are broken: ``"first"`` (the earlier token, stable, whatever the scores around)
+#: or ``"topk"`` (as ``torch.topk`` breaks them, kvpress's rule).
+TIES = ("first", "topk")
+
+
 @dataclass(frozen=True)
 class GatherExecutor:
     """Dense executor: keeps the top-``k`` entries of every KV head and gathers them on their device.
@@ -115,6 +145,10 @@ class GatherExecutor:
     residual_length : int
         Tokens generated during decoding kept in full precision until this many accumulate
         (KIVI's ``R``, default 32).
+    ties : {"first", "topk"}
+        How equal scores are broken: ``"first"`` (default) keeps the earlier token, whatever the
+        other scores; ``"topk"`` leaves it to ``torch.topk`` on the scores, exactly kvpress's
+        ``ScorerPress`` (LagKV's rank scores tie by the hundred; the ``*-kvpress`` presets use it).
 
     Examples
     --------
@@ -129,12 +163,14 @@ class GatherExecutor:
     kv_bits: int | None = None
     group_size: int = 32
     residual_length: int = 32
+    ties: str = "first"
 
     def __post_init__(self) -> None:
         if self.kv_bits is not None and (isinstance(self.kv_bits, bool) or self.kv_bits not in QUANT_BITS):
             raise ValueError(f"GatherExecutor.kv_bits must be None (no quantization), 8 or 4, got {self.kv_bits!r}.")
         check_int("GatherExecutor", "group_size", self.group_size, minimum=1)
         check_int("GatherExecutor", "residual_length", self.residual_length, minimum=1)
+        check_choice("GatherExecutor", "ties", self.ties, TIES)
 
     @property
     def stores_every_layer(self) -> bool:
@@ -148,6 +184,8 @@ class GatherExecutor:
                 "The 'gather' executor keeps the same number of entries in every KV head of a row; "
                 f"got per-head counts {keep.tolist()}. Use the ragged executor for per-head budgets."
             )
+        if self.ties == "topk":
+            return select_top_k_torch(scores, keep, forced, candidates)
         return select_top_k(scores, keep, forced, candidates)
 
     def build_layer(self, keys: torch.Tensor, values: torch.Tensor, selection: Selection, logical_length: int) -> CompressedLayer:
