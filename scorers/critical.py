@@ -12,7 +12,7 @@ import torch
 from kvpress_lab.frozen_mapping import FrozenMapping
 from kvpress_lab.layer_view import LayerView
 from kvpress_lab.registry import get_registry
-from kvpress_lab.validation import check_float
+from kvpress_lab.validation import check_choice, check_float
 
 __all__ = ["CriticalScorer", "projected_value_norms"]
 
@@ -68,6 +68,11 @@ class CriticalScorer:
     first_stage_ratio : float
         Fraction of each head's budget chosen by ``s`` alone, in ``[0, 1]``. Default 0.5 (kvpress
         and the paper).
+    split_heads_on : {"refined", "base"}
+        With ``head_allocation="adaptive"``, which scores split a layer's budget across its heads:
+        ``"refined"`` (default) the final ``(s + epsilon) * norms``; ``"base"`` the base scores
+        ``s``, as kvpress's ``CriticalAdaKVPress`` does (with ``head_floor_rule="kvpress"`` the
+        safeguard entries are then kept outright, as there).
 
     Notes
     -----
@@ -81,12 +86,11 @@ class CriticalScorer:
     projection (``view.output_projection``); the L1 norm and the mean over the ``G`` query heads of
     a KV head follow kvpress's ``vwl1norm``.
 
-    Differences from kvpress: kvpress sizes stage one as ``int((1 - ratio) * T * first_stage_ratio)``
-    from the compression ratio; here it is ``floor(first_stage_ratio * k)`` of the budget ``k`` the
-    allocator gave the head (the same number up to kvpress's truncation), and with
-    ``head_allocation="adaptive"`` the head budgets come from the refined scores (kvpress's
-    CriticalAdaKV allocates from the base scores). Base scores should be non-negative (attention
-    mass, as in the paper): with negative scores the product reverses their order.
+    kvpress sizes stage one as ``int((1 - ratio) * T * first_stage_ratio)`` from the compression
+    ratio; here it is ``floor(first_stage_ratio * k)`` of the budget ``k`` the allocator gave the
+    head: the same number whenever ``first_stage_ratio = 1/m`` (``floor(floor(x) / m) = floor(x / m)``),
+    kvpress's 0.5 included. Base scores should be non-negative (attention mass, as in the paper):
+    with negative scores the product reverses their order.
     """
 
     name: ClassVar[str] = "critical"
@@ -94,6 +98,7 @@ class CriticalScorer:
     base_kwargs: Mapping[str, Any] = field(default_factory=dict)
     epsilon: float = 1e-4
     first_stage_ratio: float = 0.5
+    split_heads_on: str = "refined"
     _base: Any = field(init=False, repr=False, compare=False, hash=False)
 
     def __post_init__(self) -> None:
@@ -109,6 +114,7 @@ class CriticalScorer:
         object.__setattr__(self, "epsilon", check_float(owner, "epsilon", self.epsilon, minimum=0.0))
         object.__setattr__(self, "first_stage_ratio",
                            check_float(owner, "first_stage_ratio", self.first_stage_ratio, minimum=0.0, maximum=1.0))
+        check_choice(owner, "split_heads_on", self.split_heads_on, ("refined", "base"))
         cls = get_registry().get("scorer", self.base).obj
         accepted = [f.name for f in dataclasses.fields(cls) if f.init]
         unknown = sorted(set(self.base_kwargs) - set(accepted))
@@ -122,6 +128,11 @@ class CriticalScorer:
         """Chunkable when the base scorer is (the value norms need only the held values), unless the base keeps
         running scores across chunks (``accumulates_scores``, H2O): the engine would accumulate the refined ones."""
         return bool(getattr(self._base, "chunked_prefill", False)) and not getattr(self._base, "accumulates_scores", False)
+
+    @property
+    def needs_window(self) -> bool:
+        """As the base scorer: whether it reads the observation window's queries."""
+        return bool(getattr(self._base, "needs_window", False))
 
     @property
     def reads_every_query(self) -> bool:

@@ -8,7 +8,7 @@ from typing import ClassVar
 import torch
 
 from kvpress_lab.layer_view import LayerView
-from kvpress_lab.validation import check_int
+from kvpress_lab.validation import check_choice, check_int
 
 __all__ = ["H2OScorer", "attention_received"]
 
@@ -27,6 +27,13 @@ class H2OScorer:
         the block of queries ``s:e`` needs ``(B, Hq, e - s, e)`` float32 (causal: keys after the
         block's last query are never computed), i.e. memory ``O(T * chunk_size)`` per head; the
         result does not depend on the block size (up to float rounding).
+
+    normalization : {"sum", "queries"}
+        ``"sum"`` (default, the H2O paper): the attention each entry receives, summed over the
+        queries. ``"queries"``, kvpress's ``ObservedAttentionPress``: divided by the number of
+        queries that see the entry, ``T - t`` for entry ``t``, so late entries are not penalised
+        for having been seen by fewer queries. Not chunkable (the count of queries an entry kept
+        from earlier chunks has seen is not tracked).
 
     Notes
     -----
@@ -53,17 +60,26 @@ class H2OScorer:
     """
 
     name: ClassVar[str] = "h2o"
-    chunked_prefill: ClassVar[bool] = True  # scores a chunk's queries; the engine accumulates across chunks
     accumulates_scores: ClassVar[bool] = True  # the engine adds score_chunk() to the kept entries' running scores
     reads_every_query: ClassVar[bool] = True  # the engine hands over the queries the layer computed (query_capture)
     chunk_size: int = 64
+    normalization: str = "sum"
 
     def __post_init__(self) -> None:
         check_int(type(self).__name__, "chunk_size", self.chunk_size, minimum=1)
+        check_choice(type(self).__name__, "normalization", self.normalization, ("sum", "queries"))
+
+    @property
+    def chunked_prefill(self) -> bool:
+        """Scores a chunk's queries and the engine accumulates across chunks; not with ``normalization="queries"``."""
+        return self.normalization == "sum"
 
     def score(self, view: LayerView) -> torch.Tensor:
-        """``(B, Hkv, T)`` float32 attention received from all prompt queries."""
-        return attention_received(view, 0, self.chunk_size)
+        """``(B, Hkv, T)`` float32 attention received from all prompt queries (summed, or per query seeing it)."""
+        total = attention_received(view, 0, self.chunk_size)
+        if self.normalization == "queries":  # kvpress: / arange(T, 0, -1), the queries that see each entry
+            total = total / torch.arange(view.seq_len, 0, -1, device=total.device, dtype=total.dtype)
+        return total
 
     def score_chunk(self, view: LayerView, query_start: int) -> torch.Tensor:
         """``(B, Hkv, T)`` float32 attention received from the queries of entries ``query_start:T`` only.

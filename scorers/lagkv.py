@@ -54,6 +54,11 @@ class LagKVScorer:
         Partition length ``L``, ``>= 1``. Default 128 (paper, kvpress).
     cross_scoring : bool
         Compare softmax scores across partitions instead of ranks. Default ``False`` (kvpress).
+    force_sinks : bool
+        Force the sinks (:meth:`forced_keep`). Default ``True``. kvpress only scores them 1, the
+        tail's score, which keeps them too; ``False`` leaves the scores as kvpress's alone, so a
+        top-k over them (the ``lagkv-kvpress`` preset, ``ties="topk"``) breaks the partitions'
+        many ties exactly as kvpress does.
 
     Notes
     -----
@@ -67,18 +72,22 @@ class LagKVScorer:
     n_sink: int = 4
     lag_size: int = 128
     cross_scoring: bool = False
+    force_sinks: bool = True
 
     def __post_init__(self) -> None:
         check_int(type(self).__name__, "n_sink", self.n_sink, minimum=0)
         check_int(type(self).__name__, "lag_size", self.lag_size, minimum=1)
         check_bool(type(self).__name__, "cross_scoring", self.cross_scoring)
+        check_bool(type(self).__name__, "force_sinks", self.force_sinks)
 
     def minimum_budget(self, window: int) -> int:
-        """Smallest budget holding the sinks and the window: ``n_sink + window``."""
-        return self.n_sink + window
+        """Smallest budget holding the (forced) sinks and the window: ``n_sink + window``."""
+        return self.n_sink + window if self.force_sinks else window
 
-    def forced_keep(self, view: LayerView) -> torch.Tensor:
-        """``(B, Hkv, T)`` bool: the first ``n_sink`` real tokens of each row."""
+    def forced_keep(self, view: LayerView) -> torch.Tensor | None:
+        """``(B, Hkv, T)`` bool: the first ``n_sink`` real tokens of each row (``None`` without ``force_sinks``)."""
+        if not self.force_sinks:
+            return None
         valid = view.valid.to(view.device)
         sinks = valid & (valid.long().cumsum(dim=-1) <= self.n_sink)  # (B, T)
         return sinks[:, None, :].expand(-1, view.num_kv_heads, -1).contiguous()

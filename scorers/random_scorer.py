@@ -9,7 +9,7 @@ from typing import ClassVar
 import torch
 
 from kvpress_lab.layer_view import LayerView
-from kvpress_lab.validation import check_int
+from kvpress_lab.validation import check_bool, check_int
 
 __all__ = ["RandomScorer"]
 
@@ -27,6 +27,10 @@ class RandomScorer:
         Seed, ``>= 0``. Default 0. Each layer draws from its own ``torch.Generator`` created on
         the view's device and seeded from ``(seed, layer_idx)``; the same seed gives the same
         scores on the same device type (CPU and CUDA streams differ).
+    per_layer : bool
+        Mix the layer index into the seed (default ``True``). ``False`` seeds every layer's
+        generator with ``seed`` itself, kvpress's ``RandomPress(seed=...)``: every layer draws the
+        same numbers.
 
     Notes
     -----
@@ -37,14 +41,16 @@ class RandomScorer:
     name: ClassVar[str] = "random"
     chunked_prefill: ClassVar[bool] = True  # scores from the held entries and the current chunk's queries
     seed: int = 0
+    per_layer: bool = True
 
     def __post_init__(self) -> None:
         check_int(type(self).__name__, "seed", self.seed, minimum=0)
+        check_bool(type(self).__name__, "per_layer", self.per_layer)
 
     def score(self, view: LayerView) -> torch.Tensor:
         """``(B, Hkv, T)`` float32 uniform scores drawn on ``view.device``."""
         generator = torch.Generator(device=view.device)
-        generator.manual_seed(layer_seed(self.seed, view.layer_idx))
+        generator.manual_seed(layer_seed(self.seed, view.layer_idx) if self.per_layer else self.seed)
         shape = (view.batch_size, view.num_kv_heads, view.seq_len)
         return torch.rand(shape, generator=generator, dtype=torch.float32, device=view.device)
 

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 
 from kvpress_lab.attention import reduce_groups, window_attention
 from kvpress_lab.layer_view import LayerView
-from kvpress_lab.validation import check_choice, check_int
+from kvpress_lab.validation import check_bool, check_choice, check_int
 
 __all__ = ["SnapKVWindowScorer", "pool_scores"]
 
@@ -46,6 +46,11 @@ class SnapKVWindowScorer:
         Pooling type. Default ``"max"``.
     reduction : {"sum", "mean"}
         How the window's ``W`` attention rows are combined. Default ``"sum"``.
+    pad_window : bool
+        Score every window entry ``max + 1`` (the maximum over the layer's other scores, all rows
+        and heads), as kvpress's ``SnapKVPress`` does, instead of its own votes. The engine keeps
+        the window either way; the values matter to what reads the scores themselves (kvpress's
+        ChunkKV averages them over chunks). Default ``False``.
 
     Notes
     -----
@@ -56,9 +61,11 @@ class SnapKVWindowScorer:
 
     name: ClassVar[str] = "snapkv_window"
     chunked_prefill: ClassVar[bool] = True  # scores from the held entries and the current chunk's queries
+    needs_window: ClassVar[bool] = True  # scores with the observation window's queries: Recipe refuses window=0
     kernel_size: int = 7
     pooling: str = "max"
     reduction: str = "sum"
+    pad_window: bool = False
 
     def __post_init__(self) -> None:
         check_int(type(self).__name__, "kernel_size", self.kernel_size, minimum=1)
@@ -66,6 +73,7 @@ class SnapKVWindowScorer:
             raise ValueError(f"{type(self).__name__}.kernel_size must be odd (same-length pooling), got {self.kernel_size}.")
         check_choice(type(self).__name__, "pooling", self.pooling, ("max", "avg"))
         check_choice(type(self).__name__, "reduction", self.reduction, ("sum", "mean"))
+        check_bool(type(self).__name__, "pad_window", self.pad_window)
 
     def score(self, view: LayerView) -> torch.Tensor:
         """``(B, Hkv, T)`` float32 window-attention votes."""
@@ -74,4 +82,7 @@ class SnapKVWindowScorer:
         votes = reduce_groups(votes, view.num_kv_heads, "mean")  # (B, Hkv, T)
         prefix = view.seq_len - view.window
         pooled = pool_scores(votes[..., :prefix], self.kernel_size, self.pooling)
-        return torch.cat([pooled, votes[..., prefix:]], dim=-1)
+        window = votes[..., prefix:]
+        if self.pad_window and pooled.numel():
+            window = torch.full_like(window, float(pooled.max()) + 1)  # kvpress: F.pad(..., value=scores.max() + 1)
+        return torch.cat([pooled, window], dim=-1)

@@ -9,6 +9,7 @@ import torch
 
 from kvpress_lab.attention import attention_probs, reduce_groups
 from kvpress_lab.layer_view import LayerView
+from kvpress_lab.validation import check_choice
 
 __all__ = ["TOVAScorer"]
 
@@ -19,10 +20,17 @@ class TOVAScorer:
 
     Based on https://arxiv.org/abs/2401.06104 (Transformers are Multi-State RNNs).
 
+    Parameters
+    ----------
+    heads : {"group", "all"}
+        Which query heads a KV head's score averages: ``"group"`` (default) the ``G`` heads it
+        serves, so each KV head keeps what its own queries attend to; ``"all"``, kvpress's
+        ``TOVAPress``: the mean over all ``Hq`` heads, one score shared by every KV head.
+
     Notes
     -----
-    Float32 softmax, padding never attended. kvpress's ``TOVAPress`` averages over *all* query
-    heads and shares one score across KV heads; here each KV head is scored by its own group.
+    Float32 softmax, padding never attended. The last prompt token itself is kept by the
+    observation window (``W >= 1``; kvpress scores it ``max + 1``, which keeps it too).
 
     Examples
     --------
@@ -35,9 +43,15 @@ class TOVAScorer:
 
     name: ClassVar[str] = "tova"
     chunked_prefill: ClassVar[bool] = True  # scores from the held entries and the current chunk's queries
+    heads: str = "group"
+
+    def __post_init__(self) -> None:
+        check_choice(type(self).__name__, "heads", self.heads, ("group", "all"))
 
     def score(self, view: LayerView) -> torch.Tensor:
         """``(B, Hkv, T)`` float32 attention of the last prompt query."""
         last = view.seq_len - 1
         probs = attention_probs(view.queries(last, view.seq_len), view.keys, view.valid, last, view.scaling)  # (B, Hq, 1, T)
+        if self.heads == "all":  # kvpress: mean over every query head, repeated for each KV head
+            return probs[:, :, 0].mean(dim=1, keepdim=True).expand(-1, view.num_kv_heads, -1).contiguous()
         return reduce_groups(probs[:, :, 0], view.num_kv_heads, "mean")  # (B, Hkv, T)

@@ -8,7 +8,7 @@ from kvpress_lab.strategies.adakv import ADAKV, PYRAMID_ADAKV
 from kvpress_lab.strategies.adaptive import ADAPTIVE
 from kvpress_lab.strategies.h2o import H2O
 from kvpress_lab.strategies.kvzip import KVZIP, KVZIP_THRESHOLD
-from kvpress_lab.strategies.kvpress_flavours import PYRAMIDKV_KVPRESS, SNAPKV_KVPRESS
+from kvpress_lab.strategies.kvpress_flavours import KVPRESS_FLAVOURS
 from kvpress_lab.strategies.learned import LEARNED
 from kvpress_lab.strategies.pyramidkv import PYRAMIDKV
 from kvpress_lab.strategies.query_agnostic import COMPACTOR, CUR, EXPECTED_ATTENTION, KEYDIFF, LAGKV
@@ -18,9 +18,9 @@ from kvpress_lab.strategies.streamingllm import STREAMINGLLM
 
 __all__ = ["PRESETS", "kvpress_lab_register_presets"]
 
-PRESETS: tuple[Preset, ...] = (PYRAMIDKV, SNAPKV, H2O, STREAMINGLLM, PYRAMIDKV_KVPRESS, SNAPKV_KVPRESS, ADAKV, PYRAMID_ADAKV, ADAPTIVE, LEARNED,
+PRESETS: tuple[Preset, ...] = (PYRAMIDKV, SNAPKV, H2O, STREAMINGLLM, ADAKV, PYRAMID_ADAKV, ADAPTIVE, LEARNED,
                            KEYDIFF, LAGKV, COMPACTOR, CUR, EXPECTED_ATTENTION,
-                           CRITICALKV, CHUNKKV, SNAPKV_MERGE, STREAMINGLLM_REROTATED, KVZIP, KVZIP_THRESHOLD)
+                           CRITICALKV, CHUNKKV, SNAPKV_MERGE, STREAMINGLLM_REROTATED, KVZIP, KVZIP_THRESHOLD) + KVPRESS_FLAVOURS
 
 
 @hookimpl

@@ -30,7 +30,7 @@ LAGKV = Preset(
 
 COMPACTOR = Preset(
     name="compactor",
-    description="Compactor: uniform budget per layer, leverage + non-causal attention (blend 0.35, chunk 256, W=4)",
+    description="Compactor: uniform budget per layer, exact pre-RoPE leverage + scaled non-causal attention (blend 0.35, chunk 256, W=4)",
     recipe={"allocator": "uniform", "scorer": "compactor", "window": 4,
             "scorer_kwargs": {"blending": 0.35, "sink_size_start": 8, "sink_size_end": 4, "chunk_size": 256}},
     paper="https://arxiv.org/abs/2507.08143",
@@ -46,8 +46,8 @@ CUR = Preset(
 
 EXPECTED_ATTENTION = Preset(
     name="expected-attention",
-    description="Expected Attention: uniform budget per layer, Gaussian model of the last 512 queries (4 sinks, W=1)",
+    description="Expected Attention: uniform budget per layer, Gaussian model of future queries over 512 positions (4 sinks, W=1)",
     recipe={"allocator": "uniform", "scorer": "expected_attention", "window": 1,
-            "scorer_kwargs": {"n_window": 512, "n_sink": 4, "use_covariance": True, "use_vnorm": True}},
+            "scorer_kwargs": {"n_future_positions": 512, "n_sink": 4, "use_covariance": True, "use_vnorm": True}},
     paper="https://arxiv.org/abs/2510.00636",
 )

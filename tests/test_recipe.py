@@ -145,8 +145,8 @@ def test_compression_ratio_with_budget():
 
 @pytest.mark.parametrize(
     ("window", "error", "message"),
-    [(0, ValueError, "Recipe.window must be an integer >= 1, got 0."),
-     (-3, ValueError, "Recipe.window must be an integer >= 1, got -3."),
+    [(-1, ValueError, "Recipe.window must be an integer >= 0, got -1."),
+     (-3, ValueError, "Recipe.window must be an integer >= 0, got -3."),
      (8.0, TypeError, "Recipe.window must be an integer, got 8.0 of type float.")],
 )
 def test_invalid_window(window, error, message):
@@ -155,12 +155,19 @@ def test_invalid_window(window, error, message):
     assert str(info.value) == message
 
 
+def test_window_zero_forces_nothing_and_is_refused_where_the_window_scores():
+    assert Recipe(scorer="knorm", window=0, budget=4).minimum_budget == 1 - 1  # nothing forced, no sink
+    for kwargs in ({"scorer": "snapkv_window"}, {"scorer": "critical"}, {"allocator": "adaptive", "scorer": "knorm"}):
+        with pytest.raises(ValueError, match=r"Recipe.window=0 .* reads the observation window's queries"):
+            Recipe(window=0, **kwargs)
+
+
 def test_unknown_strategy_kwarg_names_the_accepted_ones():
     with pytest.raises(TypeError) as info:
         Recipe(scorer_kwargs={"kernal_size": 5})
     assert str(info.value) == (
         "Recipe.scorer_kwargs: scorer 'snapkv_window' (SnapKVWindowScorer) has no parameter 'kernal_size'; "
-        "accepted: kernel_size, pooling, reduction."
+        "accepted: kernel_size, pooling, reduction, pad_window."
     )
     with pytest.raises(TypeError, match=r"allocator 'uniform' \(UniformAllocator\) has no parameter 'beta'; accepted: \(none\)"):
         Recipe(allocator="uniform", allocator_kwargs={"beta": 20})

@@ -14,6 +14,7 @@ from helpers.engine_plugins import VIEWS
 from helpers.tiny_models import left_pad, random_prompt, tiny_model
 from kvpress_lab import Recipe
 from kvpress_lab.engine.families import ModelAdapter
+from kvpress_lab.layer_view import LayerView
 from kvpress_lab.rotary import apply_rotary, undo_rotary
 
 W = 4
@@ -124,16 +125,6 @@ def test_hidden_states_are_the_attention_modules_input(test_strategies):
     assert torch.equal(views[1].hidden_states(3, 9), seen["hidden"][:, 3:9])
 
 
-def test_compression_ratio_reaches_the_view(test_strategies):
-    model = tiny_model("llama")
-    VIEWS.clear()
-    with Recipe(scorer="test_views", compression_ratio=0.5, window=W).apply(model), torch.no_grad():
-        model(random_prompt(1, 20), use_cache=True)
-    assert {view.compression_ratio for view in VIEWS.values()} == {0.5}
-    views, _ = _views(model, random_prompt(1, 20))
-    assert {view.compression_ratio for view in views.values()} == {None}
-
-
 def test_a_view_of_a_chunk_refuses_inputs_of_entries_kept_from_earlier_chunks():
     model = tiny_model("llama")
     adapter = ModelAdapter.for_model(model)
@@ -152,9 +143,9 @@ def test_a_view_of_a_chunk_refuses_inputs_of_entries_kept_from_earlier_chunks():
 
 
 def test_a_hand_built_view_names_what_it_lacks():
-    from helpers.scorer_views import make_view
-
-    view = make_view()
+    keys = torch.zeros(1, 2, 5, 4)
+    view = LayerView(0, keys, keys, torch.ones(1, 5, dtype=torch.bool), window=2, scaling=0.5, num_query_heads=4,
+                     query_fn=lambda a, b: torch.zeros(1, 4, b - a, 4))
     for call in (lambda: view.prerope_keys(), lambda: view.hidden_states(), lambda: view.queries(0, 2, rotated=False),
                  lambda: view.rotary(torch.arange(3)[None])):
         with pytest.raises(ValueError, match="carries no attention inputs"):

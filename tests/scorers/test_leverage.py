@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -36,15 +38,41 @@ def zscore_rows(scores, valid) -> np.ndarray:
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("centered", [True, False])
 @pytest.mark.parametrize("pad", [None, [0, 4, 7]])
-def test_equals_brute_force(pad, centered, device):
+@pytest.mark.parametrize("which", ["pre_rope", "cached"])
+def test_equals_brute_force(which, pad, centered, device):
     view = make_view(batch=3, kv_heads=2, groups=2, length=16, head_dim=4, pad=pad, device=device)
-    keys, valid = view.keys.cpu().double().numpy(), view.valid.cpu().numpy()
+    keys = view.inputs.k if which == "pre_rope" else view.keys  # the default reads the keys before RoPE
+    keys, valid = keys.cpu().double().numpy(), view.valid.cpu().numpy()
     raw = brute_leverage(keys, valid, centered)
-    got = key_leverage(view.keys, view.valid, centered=centered)
+    got = key_leverage(torch.as_tensor(keys, dtype=torch.float32, device=device), view.valid, centered=centered)
     np.testing.assert_allclose(got.cpu().numpy(), raw, rtol=1e-5, atol=1e-6)
-    scores = LeverageScorer(centered=centered).score(view)
+    scores = LeverageScorer(centered=centered, keys=which).score(view)
     assert scores.dtype == torch.float32 and scores.device == view.device
     np.testing.assert_allclose(scores.cpu().numpy(), zscore_rows(raw, valid), rtol=1e-4, atol=1e-5)
+
+
+def test_kvpress_flavour_equals_its_arithmetic_with_a_fixed_sketch():
+    """kvpress's LeverageScorePress: centred pre-RoPE keys, X Phi (Gaussian / sqrt(k)), (X^T X + 1e-2 I)^-1, z-scored."""
+    view = make_view(batch=1, kv_heads=2, groups=1, length=40, head_dim=8)
+    scorer = LeverageScorer(sketch_dimension=6, seed=5, solver="cholesky")
+    phi = (torch.randn(1, 2, 8, 6, generator=torch.Generator().manual_seed(5)) / math.sqrt(6))[0].double().numpy()
+    keys = view.inputs.k[0].double().numpy()
+    raw = []
+    for h in range(2):
+        x = (keys[h] - keys[h].mean(axis=0)) @ phi[h]
+        raw.append(np.diag(x @ np.linalg.inv(x.T @ x + 1e-2 * np.eye(6)) @ x.T).clip(min=0))
+    raw = np.array(raw)
+    np.testing.assert_allclose(scorer.score(view)[0].numpy(), (raw - raw.mean()) / raw.std(ddof=1), rtol=1e-3, atol=1e-4)
+
+
+def test_seed_none_draws_from_torch_global_generator_like_kvpress():
+    view = make_view(length=16, head_dim=8)
+    scorer = LeverageScorer(sketch_dimension=4, seed=None, solver="cholesky")
+    torch.manual_seed(11)
+    first = scorer.score(view)
+    torch.manual_seed(11)
+    assert torch.equal(first, scorer.score(view))
+    assert not torch.equal(first, scorer.score(view))  # the global generator moved on
 
 
 def test_leverages_sum_to_the_rank_and_flag_the_outlier():

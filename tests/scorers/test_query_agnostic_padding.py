@@ -8,9 +8,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-from helpers.scorer_views import DEVICES
+from helpers.scorer_views import DEVICES, rope_view
 
-from kvpress_lab.layer_view import LayerView
 from kvpress_lab.scorers.compactor import CompactorScorer
 from kvpress_lab.scorers.cur import CURScorer
 from kvpress_lab.scorers.expected_attention import ExpectedAttentionScorer
@@ -30,14 +29,13 @@ SCORERS = {
     "compactor": CompactorScorer(chunk_size=5, sink_size_start=3, sink_size_end=2),
     "cur": CURScorer(local_window_size=4),
     "cur-random": CURScorer(use_random_leverage=True, leverage_type="kv_avg"),
-    "expected_attention": ExpectedAttentionScorer(n_window=7, n_sink=2),
-    "expected_attention-all": ExpectedAttentionScorer(n_window=0, use_covariance=False, epsilon=0.1),
+    "expected_attention": ExpectedAttentionScorer(n_future_positions=7, n_sink=2),
+    "expected_attention-mean": ExpectedAttentionScorer(use_covariance=False, epsilon=0.1),
 }
 
 
 def _view(keys, values, queries, valid, kv_heads, groups):
-    return LayerView(0, keys, values, valid, window=2, scaling=keys.shape[-1] ** -0.5,
-                     num_query_heads=kv_heads * groups, query_fn=lambda a, b: queries[:, :, a:b])
+    return rope_view(keys, values, queries, valid, window=2)  # keys and queries given pre-RoPE
 
 
 @pytest.mark.parametrize("device", DEVICES)

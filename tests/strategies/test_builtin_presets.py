@@ -18,8 +18,8 @@ EXPECTED = {
     "snapkv": ("uniform", None, SnapKVWindowScorer(7, "max", "sum"), 8),
     "h2o": ("uniform", None, H2OScorer(), 8),
     "streamingllm": ("uniform", None, SinkScorer(num_sinks=4), 8),
-    "pyramidkv-kvpress": ("pyramid_kvpress", KvpressPyramidAllocator(beta=20), SnapKVWindowScorer(5, "avg", "mean"), 64),
-    "snapkv-kvpress": ("uniform", None, SnapKVWindowScorer(5, "avg", "mean"), 64),
+    "pyramidkv-kvpress": ("pyramid_kvpress", KvpressPyramidAllocator(beta=20), SnapKVWindowScorer(5, "avg", "mean", True), 64),
+    "snapkv-kvpress": ("uniform", None, SnapKVWindowScorer(5, "avg", "mean", True), 64),
 }
 
 
