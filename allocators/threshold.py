@@ -25,8 +25,8 @@ class ThresholdAllocator:
     :meth:`scores_statistic` every layer's scores (forced entries ``+inf``, padding ``-inf``);
     :meth:`allocate` gives layer ``l`` of a row ``ceil(c_l / Hkv)`` entries per KV head, ``c_l``
     the row's entries of that layer (all heads) scoring strictly above ``threshold``, clamped to
-    ``[min(min_kept, n), n]``. The recipe's ``budget`` / ``compression_ratio`` is **not used**
-    (it must still be valid): what a row spends depends on its scores only.
+    ``[min(min_kept, n), n]``. The recipe takes no ``budget`` / ``compression_ratio``
+    (``uses_budget = False``: giving one is an error): what a row spends depends on its scores only.
 
     Parameters
     ----------
@@ -56,6 +56,7 @@ class ThresholdAllocator:
 
     name: ClassVar[str] = "threshold"
     scope: ClassVar[str] = "global"
+    uses_budget: ClassVar[bool] = False  # Recipe refuses budget / compression_ratio: they would be ignored
     threshold: float = 0.5
     normalise: str = "minmax"
 

@@ -1,7 +1,7 @@
 """Compress once, ask many: one compressed prefill for N questions vs N separate compressed prefills.
 
 On one synthetic context of about ``--length`` tokens and ``--questions`` questions, both ways
-run through :func:`kvpress_lab.ask.ask` with the same recipe and generation options:
+run through :func:`kvpress_lab.answers.ask` with the same recipe and generation options:
 
 * **shared**: ``ask(model, tokenizer, context, questions, recipe)`` — one prefill, one copy of
   the compressed cache per question;
@@ -40,7 +40,7 @@ QUESTIONS = (
 def measure(model, tokenizer, context: str, questions, recipe, *, repeats: int = 3, max_new_tokens: int = 16,
             warmup: bool = True) -> dict:
     """Interleaved shared vs separate runs; returns the medians, the per-run times and whether answers agree."""
-    from kvpress_lab.ask import ask
+    from kvpress_lab.answers import ask
 
     options = {"max_new_tokens": max_new_tokens, "min_new_tokens": max_new_tokens}
 

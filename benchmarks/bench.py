@@ -51,6 +51,7 @@ def _sweep(args: argparse.Namespace, benchmark: str, samples: dict[str, Any], pr
     entries.update(ratio_entries(args.recipes, ratios, args.window, decoding_overrides(args)))
     check_long_context_flags(args, list(entries.values()))
     chunk = getattr(args, "prefill_chunk", None)
+    share = share_prefill(args)  # before the model loads: --share-prefill N with --prefill-chunk is a usage error
     cells = plan_cells(args.recipes, [*args.budgets, *(ratio_key(r) for r in ratios)], list(samples))
     check_model_arguments(args)
     out = check_output_file("--out", args.out or f"results/{benchmark}.jsonl")
@@ -66,7 +67,7 @@ def _sweep(args: argparse.Namespace, benchmark: str, samples: dict[str, Any], pr
                         **model_settings(model), config={**config, "mode": args.mode, "prefill_chunk": chunk})
 
     groups = SampleGroups(model, tokenizer, entries, samples, prompt_of, row_of, mode=args.mode,
-                          share=share_prefill(args), prefill_chunk=chunk)
+                          share=share, prefill_chunk=chunk)
 
     def runner(cell: Cell) -> dict[str, Any]:
         recipe = entries[(cell.recipe, cell.budget)]

@@ -64,7 +64,8 @@ class KVPeakProbe:
 
     After each attention layer's forward, that layer's bytes (:func:`layer_bytes`) and slots
     (:func:`layer_entries`) are read; the cache's total is the sum of every layer's last reading
-    (layers change only in their own forward, where compression hooks run after this one).
+    (layers change only in their own forward, where compression hooks run after this one: it is
+    registered first in line).
     ``peak_bytes`` and ``max_entries`` keep the largest seen since the last :meth:`reset`. Use as
     a context manager (hooks removed on exit); one probe follows one cache.
     """
@@ -98,7 +99,8 @@ class KVPeakProbe:
         self.max_entries = max(self.max_entries, layer_entries(layer))
 
     def __enter__(self) -> KVPeakProbe:
-        self._handles = [layer.self_attn.register_forward_hook(self._probe, with_kwargs=True)
+        # prepend: read each layer before kvpress_lab's hooks compress it, whenever those were registered
+        self._handles = [layer.self_attn.register_forward_hook(self._probe, with_kwargs=True, prepend=True)
                          for layer in self.model.get_decoder().layers]
         return self
 

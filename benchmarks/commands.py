@@ -267,17 +267,17 @@ def model_load_error(name: str, exc: BaseException) -> BenchmarkInputError:
 
 def recipe_entries(names: Sequence[str], budgets: Sequence[int], window: int | None = None,
                    decoding: dict[str, Any] | None = None) -> list[tuple[str, int | None, Any]]:
-    """``(label, budget, Recipe or None)`` for every preset x budget; ``"full"`` once, without budget.
+    """``(label, budget, Recipe or None)`` for every preset x budget; ``"full"`` and budget-free presets once, without budget.
 
     ``decoding`` (from :func:`decoding_overrides`) sets the decoding-compression fields of every
     preset's recipe; ``"full"`` stays uncompressed.
     """
-    from kvpress_lab.benchmarks.sweep import FULL, make_recipe
+    from kvpress_lab.benchmarks.sweep import budget_free, make_recipe
 
     overrides = {**({} if window is None else {"window": window}), **(decoding or {})}
     entries: list[tuple[str, int | None, Any]] = []
     for name in dict.fromkeys(names):
-        for budget in ([None] if name == FULL else budgets):
+        for budget in ([None] if budget_free(name) else budgets):
             try:
                 entries.append((name, budget, make_recipe(name, budget, **overrides)))
             except KVPressLabError:

@@ -118,7 +118,7 @@ def count_masks(step: Callable[[], object]) -> int:
 
 def measure(model, tokenizer, lengths: Sequence[int], budget: int, steps: int, repeats: int, seed: int = 0) -> list[dict]:
     """One row per ``T`` and clock (wall, cpu): median ms per step of each variant, the two ratios, masks per step."""
-    from kvpress_lab.engine.decoding import disable_compressed_decoding, enable_compressed_decoding
+    from kvpress_lab.engine.model_hooks import disable_compressed_decoding, enable_compressed_decoding
 
     def run(name: str, cache, steps_tokens: torch.Tensor, start: int) -> list[tuple[float, float]]:
         if name == "plain":

@@ -77,29 +77,25 @@ def measure_setting(model: Any, input_ids: Any, setting: tuple, *, preset: str =
     from kvpress_lab.benchmarks.chunked_prefill import KVPeakProbe, cache_bytes, layer_entries
     from kvpress_lab.benchmarks.generation import ForwardTimer
     from kvpress_lab.benchmarks.speed import PeakMemory
-    from kvpress_lab.engine.decoding import disable_compressed_decoding, persistent_hooks
-    from kvpress_lab.engine.prefill import forward_cache
+    from kvpress_lab.engine.model_hooks import hooks_in_use
+    from kvpress_lab.engine.prefill import compressed_prefill, forward_cache
 
     label, fields, chunk = setting
     recipe = None if fields is None else Recipe.preset(preset, budget=budget, **fields)
     device = next(model.parameters()).device
-    had_hooks = persistent_hooks(model) is not None
-    try:
+    with hooks_in_use(model, "bench memory"):  # decoding hooks for this setting only
         with torch.no_grad(), KVPeakProbe(model) as probe:
             with PeakMemory(device) as memory:
                 if recipe is None:
                     cache = forward_cache(model, input_ids[:, :-1])
                 else:
-                    cache = recipe.prefill(model, input_ids[:, :-1], chunk_size=chunk)
+                    cache = compressed_prefill(recipe, model, input_ids[:, :-1], chunk_size=chunk)
             prefill = (probe.peak_bytes, probe.max_entries, cache_bytes(cache))
             probe.reset()
             decoding = recipe.apply(model) if recipe is not None and recipe.decode_budget is not None else nullcontext()
             with decoding, ForwardTimer(model) as timer:  # durations[0]: the last prompt token, then one per step
                 model.generate(input_ids, attention_mask=torch.ones_like(input_ids), cache=cache, do_sample=False,
                                max_new_tokens=decode_tokens, min_new_tokens=decode_tokens, pad_token_id=pad_token_id)
-    finally:
-        if not had_hooks:
-            disable_compressed_decoding(model)
     steps = timer.durations[1:]
     return {
         "setting": label, "preset": None if recipe is None else preset, "budget": None if recipe is None else budget,

@@ -12,7 +12,9 @@ Each row that ran a recipe stores it as ``recipe_config`` (:meth:`Recipe.to_dict
 
 from __future__ import annotations
 
+import contextlib
 import datetime
+import errno
 import functools
 import json
 import pathlib
@@ -20,11 +22,13 @@ import platform
 import subprocess
 import sys
 import warnings
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
+from kvpress_lab.errors import KVPressLabError
+
 __all__ = ["REQUIRED_META", "model_settings", "run_metadata", "source_commit", "write_result_file", "append_jsonl",
-           "read_jsonl", "read_rows", "read_meta"]
+           "read_jsonl", "ResultsWriteError", "read_rows", "read_meta"]
 
 #: Keys present in every meta record.
 REQUIRED_META = ("benchmark", "model", "recipes", "versions", "plugins", "seed", "timestamp", "device")
@@ -153,6 +157,26 @@ def model_settings(model: Any) -> dict[str, str]:
     }
 
 
+class ResultsWriteError(KVPressLabError, OSError):
+    """Results could not be written (a full disk, a read-only folder, ...): the path, the reason, what to do."""
+
+
+@contextlib.contextmanager
+def _writing(path: pathlib.Path) -> Iterator[None]:
+    """Turn an ``OSError`` while writing ``path`` into a :class:`ResultsWriteError` naming the path and the reason."""
+    try:
+        yield
+    except OSError as error:
+        if isinstance(error, KVPressLabError):
+            raise
+        reason = error.strerror or str(error)
+        full = " (the disk is full)" if error.errno == errno.ENOSPC else ""
+        raise ResultsWriteError(
+            f"could not write results to {path}: {reason}{full}. Rows written before are intact (a line cut short is "
+            "skipped on reading); free space or fix the folder and rerun the same command: finished cells are skipped."
+        ) from error
+
+
 def write_result_file(
     path: str | pathlib.Path,
     meta: Mapping[str, Any],
@@ -164,9 +188,10 @@ def write_result_file(
     if missing:
         raise ValueError(f"meta lacks {missing}; build it with run_metadata().")
     path = pathlib.Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     payload = {"meta": dict(meta), "rows": list(rows), "summary": list(summary or [])}
-    path.write_text(json.dumps(payload, indent=2, default=_jsonable) + "\n", encoding="utf-8")
+    with _writing(path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(payload, indent=2, default=_jsonable) + "\n", encoding="utf-8")
     return path
 
 
@@ -193,15 +218,16 @@ def append_jsonl(path: str | pathlib.Path, records: Sequence[Mapping[str, Any]])
     text = "".join(json.dumps(dict(record), default=repr) + "\n" for record in records)
     if not text:
         return
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with FileLock(str(path) + ".lock"), path.open("a+b") as file:
-        file.seek(0, 2)
-        if file.tell() > 0:
-            file.seek(-1, 2)
-            if file.read(1) != b"\n":  # a killed job left its last line unterminated
-                text = "\n" + text
-        file.write(text.encode("utf-8"))
-        file.flush()
+    with _writing(path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with FileLock(str(path) + ".lock"), path.open("a+b") as file:
+            file.seek(0, 2)
+            if file.tell() > 0:
+                file.seek(-1, 2)
+                if file.read(1) != b"\n":  # a killed job left its last line unterminated
+                    text = "\n" + text
+            file.write(text.encode("utf-8"))
+            file.flush()  # a full disk shows here or at close: _writing names the file
 
 
 def read_jsonl(path: str | pathlib.Path, on_bad_line: Callable[[str], None] | None = None) -> list[dict[str, Any]]:

@@ -32,7 +32,7 @@ __all__ = ["SamplePrompt", "SampleGroups", "ratio_entries", "share_prefill"]
 
 def ratio_entries(names: Sequence[str], ratios: Sequence[float], window: int | None = None,
                   overrides: Mapping[str, Any] | None = None) -> dict[tuple[str, str], Any]:
-    """``(label, ratio key) -> Recipe.preset(label, compression_ratio=r, ...)`` for every preset x ratio (not ``full``).
+    """``(label, ratio key) -> Recipe.preset(label, compression_ratio=r, ...)`` for every preset x ratio (not ``full`` nor budget-free presets).
 
     Raises
     ------
@@ -41,13 +41,13 @@ def ratio_entries(names: Sequence[str], ratios: Sequence[float], window: int | N
     """
     from kvpress_lab.benchmarks.input_errors import BenchmarkInputError
     from kvpress_lab import Recipe
-    from kvpress_lab.benchmarks.sweep import FULL
+    from kvpress_lab.benchmarks.sweep import budget_free
     from kvpress_lab.errors import KVPressLabError
 
     extra = {**({} if window is None else {"window": window}), **(overrides or {})}
     out: dict[tuple[str, str], Any] = {}
     for name in dict.fromkeys(names):
-        if name == FULL:
+        if budget_free(name):  # full, or a threshold preset: one budget-less run (recipe_entries)
             continue
         for ratio in dict.fromkeys(ratios):
             try:
@@ -60,10 +60,24 @@ def ratio_entries(names: Sequence[str], ratios: Sequence[float], window: int | N
 
 
 def share_prefill(args: Any) -> int | None:
-    """Recipes per shared prefill from ``--share-prefill N`` / ``--no-share-prefill`` (``None``: no sharing)."""
+    """Recipes per shared prefill from ``--share-prefill N`` / ``--no-share-prefill`` (``None``: no sharing).
+
+    Raises
+    ------
+    UsageError
+        ``--share-prefill N`` (N > 1) with ``--prefill-chunk``: a shared prefill is one pass, a
+        chunked one is not, so the sharing asked for could not happen. (Without ``--share-prefill``,
+        chunked cells simply prefill alone.)
+    """
     if getattr(args, "no_share_prefill", False):
         return None
     share = getattr(args, "share_prefill", None)
+    chunk = getattr(args, "prefill_chunk", None)
+    if share is not None and share > 1 and chunk is not None:
+        from kvpress_lab.benchmarks.input_errors import UsageError
+
+        raise UsageError(f"--share-prefill {share} compresses several recipes from one one-pass prefill, but --prefill-chunk "
+                         f"{chunk} prefills every cell in chunks of its own; drop one of them.")
     return DEFAULT_SHARE if share is None else (None if share <= 1 else share)
 
 

@@ -33,6 +33,7 @@ is then not a plain argmax.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any
@@ -120,7 +121,7 @@ def generate_answers(
             group = [j for j in shareable if j >= i][:share]
             ready.update(_shared_pass(model, prompt, [recipes[j] for j in group], group, mode))
         cache, shared = ready.pop(i)
-        yield i, _decode(model, tokenizer, prompt, cache, shared, mode, max_new_tokens)
+        yield i, _decode(model, tokenizer, prompt, cache, shared, mode, max_new_tokens, recipe)
 
 
 class _Prompt:
@@ -195,13 +196,15 @@ def _shared_pass(model, prompt: _Prompt, recipes, indices, mode) -> dict[int, tu
 
 
 @torch.no_grad()
-def _decode(model, tokenizer, prompt: _Prompt, cache, shared, mode, max_new_tokens) -> GenerationResult:
+def _decode(model, tokenizer, prompt: _Prompt, cache, shared, mode, max_new_tokens, recipe=None) -> GenerationResult:
     report = cache_report(cache)
     prefill_s = shared["forward_s"] + shared["compress_s"]
     question_s = 0.0
     if mode == "query-agnostic":
         ids = prompt.full_ids
-        with ForwardTimer(model) as timer:
+        # decoding-time compression runs inside the recipe's session, as in generate_answer
+        decoding = recipe.apply(model) if recipe is not None and recipe.decode_budget is not None else contextlib.nullcontext()
+        with decoding, ForwardTimer(model) as timer:
             output = model.generate(ids, cache=cache, max_new_tokens=max_new_tokens, do_sample=False,
                                     attention_mask=torch.ones_like(ids), pad_token_id=tokenizer.pad_token_id)
         question_s, steps = timer.durations[0], timer.durations[1:]

@@ -5,7 +5,7 @@ one per shard or shared), keeps each cell once and compares the whole set with t
 records hold (``grid``, written by :func:`~kvpress_lab.benchmarks.sweep.run_sweep`):
 
 - a *duplicate* is one cell key found more than once (two files, or twice in one file). Copies
-  whose fields agree, timings (``*_s``) aside, are *identical* (a note); copies that differ are
+  whose fields agree, timings (``*_s``, nested ones included) aside, are *identical* (a note); copies that differ are
   *conflicting* (a warning naming the files and the fields); the first copy, in the order the
   files were given, is kept;
 - a *missing* cell is in a recorded grid but in no file (a shard that did not run, or died);
@@ -86,7 +86,9 @@ class MergedSweep:
 
 
 def _compared(row: Mapping[str, Any]) -> dict[str, Any]:
-    return {key: value for key, value in row.items() if not key.endswith("_s")}
+    """``row`` without its timings: ``*_s`` keys, at any depth (``shared_prefill`` nests its own)."""
+    return {key: _compared(value) if isinstance(value, Mapping) else value
+            for key, value in row.items() if not key.endswith("_s")}
 
 
 def merge_sweep_files(paths: Sequence[str | pathlib.Path]) -> MergedSweep:
@@ -106,7 +108,12 @@ def merge_sweep_files(paths: Sequence[str | pathlib.Path]) -> MergedSweep:
     copies: dict[str, list[tuple[dict[str, Any], str]]] = {}
     benchmarks: dict[str, list[str]] = {}
     models: dict[str, list[str]] = {}
+    grids: list[dict[str, Any]] = []
     for path in map(pathlib.Path, paths):
+        if path.is_dir():
+            inside = sorted(p.name for p in path.glob("*.jsonl"))
+            raise ValueError(f"{path} is a folder; summarize takes sweep files: pass them, e.g. {path}/*.jsonl "
+                             f"({len(inside)} .jsonl file(s) there{': ' + ', '.join(inside[:3]) if inside else ''}).")
         if not path.is_file():
             raise FileNotFoundError(f"sweep file {path} does not exist.")
         skipped: list[str] = []
@@ -123,6 +130,13 @@ def merge_sweep_files(paths: Sequence[str | pathlib.Path]) -> MergedSweep:
             raise ValueError(f"{path} is not a sweep file: no line with \"type\": \"meta\" or \"result\" (summarize "
                              "merges the .jsonl files of bench needle|ruler|longbench).")
         for meta in file_metas:
+            if "grid" in meta:
+                try:
+                    grid_keys(meta["grid"])
+                except ValueError as exc:
+                    raise ValueError(f"{path}: a meta line records a damaged grid ({exc}); restore the file from its "
+                                     "shard's output, or remove that meta line (its cells then count as unexpected).") from None
+                grids.append(meta["grid"])
             benchmarks.setdefault(str(meta.get("benchmark")), []).append(str(path))
             models.setdefault(str(meta.get("model")), []).append(str(path))
         metas.extend(file_metas)
@@ -147,7 +161,6 @@ def merge_sweep_files(paths: Sequence[str | pathlib.Path]) -> MergedSweep:
             differing = sorted({field for row, _ in found[1:] for field in set(reference) | set(_compared(row))
                                 if reference.get(field, KeyError) != _compared(row).get(field, KeyError)})
             duplicates.append(Duplicate(key, tuple(path for _, path in found), tuple(differing)))
-    grids = [m["grid"] for m in metas if isinstance(m.get("grid"), dict)]
     expected: list[str] | None = None
     if grids:
         distinct = {json.dumps(g, sort_keys=True) for g in grids}

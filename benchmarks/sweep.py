@@ -16,6 +16,7 @@ Examples
 
 from __future__ import annotations
 
+import json
 import os
 import pathlib
 from collections.abc import Callable, Mapping, Sequence
@@ -51,18 +52,33 @@ def make_recipe(name: str, budget: int | None, **overrides: Any) -> Any:
         return None
     from kvpress_lab import Recipe
 
-    return Recipe.preset(name, budget=budget, **overrides)
+    return Recipe.preset(name, **overrides) if budget is None else Recipe.preset(name, budget=budget, **overrides)
+
+
+def budget_free(name: str) -> bool:
+    """Whether recipe label ``name`` runs without a budget: :data:`FULL`, or a preset whose allocator
+    declares ``uses_budget = False`` (``threshold``: each row keeps what scores above it)."""
+    if name == FULL:
+        return True
+    from kvpress_lab.errors import UnknownStrategyError
+    from kvpress_lab.registry import get_registry
+
+    try:
+        allocator = get_registry().get("preset", name).obj.recipe.get("allocator", "uniform")
+        return not getattr(get_registry().get("allocator", allocator).obj, "uses_budget", True)
+    except UnknownStrategyError:
+        return False  # reported with suggestions when the recipe is built
 
 
 def plan_cells(recipes: Sequence[str], budgets: Sequence[int], samples: Sequence[str]) -> list[Cell]:
-    """Every recipe x budget x sample, recipe-major; :data:`FULL` gets one budget-less pass."""
+    """Every recipe x budget x sample, recipe-major; :data:`FULL` and budget-free presets get one budget-less pass."""
     if not recipes or not samples:
         raise ValueError(f"A sweep needs at least one recipe and one sample, got {len(recipes)} and {len(samples)}.")
     if any(r != FULL for r in recipes) and not budgets:
         raise ValueError("A sweep with compression recipes needs at least one budget.")
     cells: list[Cell] = []
     for recipe in dict.fromkeys(recipes):
-        for budget in ([None] if recipe == FULL else list(dict.fromkeys(budgets))):
+        for budget in ([None] if budget_free(recipe) else list(dict.fromkeys(budgets))):
             cells.extend(Cell(recipe, budget, sample) for sample in samples)
     return cells
 
@@ -180,11 +196,27 @@ def grid_record(cells: Sequence[Cell]) -> dict[str, Any]:
 
 
 def grid_keys(grid: Mapping[str, Any]) -> list[str]:
-    """The cell keys a :func:`grid_record` describes, in sweep order."""
+    """The cell keys a :func:`grid_record` describes, in sweep order.
+
+    Raises
+    ------
+    ValueError
+        A grid that is not one :func:`grid_record` writes (a damaged meta line), saying what is wrong.
+    """
+    if not isinstance(grid, Mapping):
+        raise ValueError(f"the grid must be a JSON object, got {type(grid).__name__}")
     if "keys" in grid:
-        return list(grid["keys"])
-    return [Cell(recipe, budget, sample).key for recipe, budgets in grid["recipes"].items() for budget in budgets
-            for sample in grid["samples"]]
+        keys = grid["keys"]
+        if not isinstance(keys, list) or not all(isinstance(k, str) for k in keys):
+            raise ValueError(f"grid 'keys' must be a list of cell keys (strings), got {json.dumps(keys)[:80]}")
+        return list(keys)
+    recipes, samples = grid.get("recipes"), grid.get("samples")
+    if not isinstance(recipes, Mapping) or not all(isinstance(b, list) for b in recipes.values()):
+        raise ValueError(f"grid 'recipes' must map each recipe to its list of budgets, got {json.dumps(recipes)[:80]}")
+    if not isinstance(samples, list):
+        raise ValueError(f"grid 'samples' must be a list of sample keys, got {json.dumps(samples)[:80]}")
+    return [Cell(recipe, budget, sample).key for recipe, budgets in recipes.items() for budget in budgets
+            for sample in samples]
 
 
 def _records(path: pathlib.Path) -> list[dict[str, Any]]:

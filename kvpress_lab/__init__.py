@@ -39,7 +39,7 @@ from kvpress_lab.registry import (
 if TYPE_CHECKING:
     from kvpress_lab.layer_view import LayerView
     from kvpress_lab.protocols import Allocator, BudgetRequest, Executor, Scorer, Selection
-    from kvpress_lab.ask import Answer, ask
+    from kvpress_lab.answers import Answer, ask
     from kvpress_lab.engine.shared_prefill import compress_many
     from kvpress_lab.recipe import Recipe
 
@@ -53,9 +53,9 @@ _LAZY = {
     "Allocator": "kvpress_lab.protocols",
     "Scorer": "kvpress_lab.protocols",
     "Executor": "kvpress_lab.protocols",
-    "ask": "kvpress_lab.ask",
+    "ask": "kvpress_lab.answers",
     "compress_many": "kvpress_lab.engine.shared_prefill",
-    "Answer": "kvpress_lab.ask",
+    "Answer": "kvpress_lab.answers",
 }
 
 

@@ -10,7 +10,9 @@ shapes and logical length.
   ``kept_counts()``, ``physical_length``, ``get_seq_length()`` (logical length) and ``nbytes()``.
 * An uncompressed full-attention layer (transformers' ``DynamicLayer``) holds every slot it was
   given, padding included (a cache does not know which slots are padding), so its kept count per
-  row and head is its physical length.
+  row and head is its physical length. A static layer (``StaticCache``) preallocates its slots:
+  its kept count is the entries filled so far, its bytes what it allocated (so its ratio may
+  exceed 100%).
 * A sliding-window layer (``DynamicSlidingWindowLayer``, e.g. Gemma3's local layers) is never
   compressed; the uncompressed cache holds exactly what it holds, so it counts as its own
   reference.
@@ -18,7 +20,8 @@ shapes and logical length.
 For a full-attention layer the reference is ``logical_length x Hkv x D x 2 (keys and values) x
 element size x B``: what an uncompressed ``DynamicLayer`` of the same shape holds after the same
 tokens. A compressed layer may hold a little more than its entries (slot masks, segment lengths),
-so a budget at least as long as the prompt gives a ratio slightly above 1.
+so a budget at least as long as the prompt gives a ratio slightly above 1. Anything in
+``cache.layers`` that is not a cache layer is a ``TypeError`` naming its index.
 
 Examples
 --------
@@ -30,6 +33,7 @@ KV cache: 1.6 MiB of 7.5 MiB uncompressed (21.3%), 30 layers (30 compressed), 2 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -150,10 +154,16 @@ class CacheReport:
         """``B`` (the largest over layers; 0 for an empty cache)."""
         return max((layer.batch_size for layer in self.layers), default=0)
 
+    @property
+    def num_preallocated(self) -> int:
+        """Uncompressed layers holding more slots than tokens (a ``StaticCache``'s preallocation)."""
+        return sum(not layer.compressed and layer.physical_length > layer.logical_length for layer in self.layers)
+
     def summary(self) -> str:
-        """One line: bytes held, uncompressed bytes, ratio, layers compressed, rows."""
+        """One line: bytes held, uncompressed bytes, ratio, layers compressed (and preallocated), rows."""
+        preallocated = f", {self.num_preallocated} preallocated" if self.num_preallocated else ""
         return (f"KV cache: {human_bytes(self.total_bytes)} of {human_bytes(self.uncompressed_bytes)} uncompressed "
-                f"({100 * self.ratio:.1f}%), {len(self.layers)} layers ({self.num_compressed} compressed), "
+                f"({100 * self.ratio:.1f}%), {len(self.layers)} layers ({self.num_compressed} compressed{preallocated}), "
                 f"{self.batch_size} row{'' if self.batch_size == 1 else 's'}")
 
     def table(self) -> str:
@@ -222,6 +232,13 @@ def cache_report(cache: Any) -> CacheReport:
     layers = getattr(cache, "layers", None)
     if layers is None:
         raise TypeError(f"cache_report expects a transformers Cache with .layers, got {type(cache).__name__}.")
+    if not isinstance(layers, Sequence) or isinstance(layers, (str, bytes)):
+        raise TypeError(f"cache_report expects cache.layers to be a list of cache layers, got {type(layers).__name__}.")
+    for index, layer in enumerate(layers):
+        if not (hasattr(layer, "keys") and hasattr(layer, "get_seq_length")) and not callable(getattr(layer, "kept_counts", None)):
+            raise TypeError(f"cache_report: layer {index} of this {type(cache).__name__} is a {type(layer).__name__}, not a "
+                            "cache layer (a transformers CacheLayerMixin with keys, values and get_seq_length(), or a "
+                            "kvpress_lab compressed layer).")
     return CacheReport(tuple(_layer_report(index, layer) for index, layer in enumerate(layers)))
 
 
@@ -245,9 +262,9 @@ def _layer_report(index: int, layer: Any) -> LayerReport:
         kept = tuple(tuple(int(n) for n in row) for row in counts.tolist())
         physical = int(layer.physical_length)
         held = int(layer.nbytes())
-    else:  # a transformers layer: keys and values (B, Hkv, P, D)
+    else:  # a transformers layer: keys and values (B, Hkv, P, D); a static layer preallocates P slots, fills `logical`
         batch, heads, physical = (int(n) for n in keys.shape[:3])
-        kept = tuple((physical,) * heads for _ in range(batch))
+        kept = tuple((min(physical, logical),) * heads for _ in range(batch))
         held = sum(int(t.numel()) * int(t.element_size()) for t in (keys, values) if t is not None)
     if sliding:
         reference = held  # never compressed: the uncompressed cache holds exactly this layer

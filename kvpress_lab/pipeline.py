@@ -6,7 +6,7 @@ Importing this module registers the task with transformers (its custom-pipeline 
 are slow to import); :func:`register_pipeline` does the same registration explicitly, and may be
 called any number of times.
 
-The work is :func:`kvpress_lab.ask.ask`'s: one compressed prefill of the context, one private
+The work is :func:`kvpress_lab.answers.ask`'s: one compressed prefill of the context, one private
 copy of the compressed cache per question.
 
 Examples
@@ -27,7 +27,7 @@ from typing import Any
 from transformers import AutoModelForCausalLM, Pipeline
 from transformers.pipelines import PIPELINE_REGISTRY
 
-from kvpress_lab.ask import Answer, ask
+from kvpress_lab.answers import Answer, ask
 
 __all__ = ["TASK", "KVPressLabPipeline", "register_pipeline"]
 
@@ -38,7 +38,7 @@ _UNSET = object()
 
 
 class KVPressLabPipeline(Pipeline):
-    """Question answering on a compressed context (:func:`kvpress_lab.ask.ask` as a pipeline).
+    """Question answering on a compressed context (:func:`kvpress_lab.answers.ask` as a pipeline).
 
     Build it with ``transformers.pipeline("kvpress-lab", model=..., tokenizer=..., recipe=...)``
     after ``import kvpress_lab.pipeline``. Every parameter below can be given when the pipeline
@@ -54,16 +54,23 @@ class KVPressLabPipeline(Pipeline):
     questions : sequence of str
         Several questions on the same compressed context: ``{"answers": [str, ...], "stats":
         [dict, ...]}``. Give ``question`` or ``questions``, not both.
-    recipe : Recipe or None
-        The compression recipe; ``None`` (default) keeps the full cache.
+    recipe : Recipe, str, Mapping or None
+        The compression recipe, a preset name or a dict of Recipe fields (as :func:`kvpress_lab.ask`);
+        ``None`` (default) keeps the full cache.
     chat_template : bool or None
         Wrap context and question in the tokenizer's chat template; default: when it has one.
     prefill_chunk_size : int or None
-        Prefill the context in chunks of this many tokens, compressing after each.
+        Prefill the context in chunks of this many tokens, compressing after each (with no
+        recipe: the full cache, in chunks).
     **generate_kwargs
         Passed to ``model.generate`` (``max_new_tokens``, ``do_sample``, ...; default 64 greedy tokens).
 
-    The ``stats`` of each answer are the other fields of :class:`~kvpress_lab.ask.Answer`:
+    A list of contexts gives a list of results; they run one after the other whatever
+    ``batch_size`` (each is one compressed prefill and its answers, not a row of a batch), so
+    results equal those of one call per context. The pipeline may be called from several threads
+    at once (see :doc:`/explanation/guarantees`).
+
+    The ``stats`` of each answer are the other fields of :class:`~kvpress_lab.answers.Answer`:
     ``question``, ``new_tokens``, ``question_tokens``, ``seconds``, ``context_tokens``,
     ``prefill_seconds``.
     """
@@ -75,14 +82,15 @@ class KVPressLabPipeline(Pipeline):
     _load_feature_extractor = False
     _pipeline_calls_generate = False  # generation options go to ask(), which calls generate
 
-    def __call__(self, inputs: Any = None, *args: Any, context: Any = _UNSET, **kwargs: Any) -> Any:
+    def __call__(self, inputs: Any = None, *args: Any, context: Any = _UNSET, batch_size: Any = None, **kwargs: Any) -> Any:
         if context is not _UNSET:
             if inputs is not None:
                 raise TypeError("the context is given twice, positionally and as context=; give one of them.")
             inputs = context
         if inputs is None:
             raise TypeError("the kvpress-lab pipeline needs a context: pipe(context=..., question=...).")
-        return super().__call__(inputs, *args, **kwargs)
+        # each context is a whole compressed prefill plus its answers: contexts run one at a time, whatever batch_size
+        return super().__call__(inputs, *args, batch_size=1, **kwargs)
 
     def _sanitize_parameters(self, question: Any = None, questions: Any = None, recipe: Any = _UNSET,
                              chat_template: Any = _UNSET, prefill_chunk_size: Any = _UNSET, **generate_kwargs: Any):
@@ -90,6 +98,9 @@ class KVPressLabPipeline(Pipeline):
             raise ValueError("give question= (one question) or questions= (several), not both.")
         preprocess: dict[str, Any] = {}
         if question is not None:
+            if not isinstance(question, str):
+                raise TypeError(f"question= takes one string, got {type(question).__name__}: {question!r:.60}; "
+                                "for several questions use questions=[...].")
             preprocess = {"questions": question, "single": True}
         elif questions is not None:
             if isinstance(questions, str):

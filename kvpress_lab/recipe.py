@@ -60,7 +60,8 @@ class Recipe:
         (per-head storage) when ``head_allocation="adaptive"``.
     budget : int or None
         Mean cache entries kept per layer and KV head, observation window included. Default 128
-        when ``compression_ratio`` is not given either.
+        when ``compression_ratio`` is not given either. An allocator that does not use a budget
+        (``threshold``) refuses one and keeps ``None``.
     compression_ratio : float or None
         Fraction of the prompt's entries to *remove*, in ``[0, 1)`` (kvpress's meaning): the
         budget becomes ``round((1 - ratio) * T)`` for each prompt, halves rounding up, or kvpress's
@@ -160,9 +161,7 @@ class Recipe:
         if self.compression_ratio is not None:
             ratio = check_float("Recipe", "compression_ratio", self.compression_ratio, minimum=0.0, maximum=1.0, max_inclusive=False)
             object.__setattr__(self, "compression_ratio", ratio)
-        else:
-            if self.budget is None:
-                object.__setattr__(self, "budget", DEFAULT_BUDGET)
+        elif self.budget is not None:
             check_int("Recipe", "budget", self.budget, minimum=1)
         check_choice("Recipe", "head_allocation", self.head_allocation, HEAD_ALLOCATIONS)
         check_choice("Recipe", "ratio_rounding", self.ratio_rounding, RATIO_ROUNDINGS)
@@ -198,6 +197,7 @@ class Recipe:
             executor=self._build("executor", self.executor, "executor_kwargs"),
         )
         object.__setattr__(self, "_strategies", built)
+        self._settle_budget(built.allocator)
         if self.head_allocation == "adaptive" and not getattr(type(built.executor), "per_head_budgets", False):
             raise ValueError(
                 f"Recipe.head_allocation='adaptive' gives KV heads different budgets, which the {self.executor!r} "
@@ -231,12 +231,33 @@ class Recipe:
         if self.decode_budget is not None and getattr(built.scorer, "needs", None) == "reconstruction":
             raise ValueError(f"Recipe.decode_budget does not combine with scorer {self.scorer!r}: it is scored by a reconstruction "
                              "pass after the prefill, which decoding-time compression cannot rerun; drop decode_budget.")
-        spec = BudgetSpec(self.budget, self.compression_ratio, self.window, minimum_kept(self.window, built.scorer), self.scorer,
+        planned = DEFAULT_BUDGET if self.budget is None and self.compression_ratio is None else self.budget  # budget-free allocator
+        spec = BudgetSpec(planned, self.compression_ratio, self.window, minimum_kept(self.window, built.scorer), self.scorer,
                           self.ratio_rounding)
         object.__setattr__(self, "_budget_spec", spec)
         if self.decode_budget is not None:
             check_minimum_kept(self.decode_budget, spec.min_kept, window=self.window, source="recipe", scorer=self.scorer,
                                field="decode_budget")
+
+    def _settle_budget(self, allocator: Allocator) -> None:
+        """Default the budget to :data:`DEFAULT_BUDGET`; refuse one for an allocator that does not use it.
+
+        An allocator declaring ``uses_budget = False`` (``threshold``: what a row keeps follows its
+        scores) would ignore ``budget`` / ``compression_ratio``, so a budget sweep would give identical
+        rows; its recipes keep ``budget=None``.
+        """
+        if getattr(allocator, "uses_budget", True):
+            if self.budget is None and self.compression_ratio is None:
+                object.__setattr__(self, "budget", DEFAULT_BUDGET)
+            return
+        given = {k: v for k, v in (("budget", self.budget), ("compression_ratio", self.compression_ratio)) if v is not None}
+        if given:
+            setting = ", ".join(f"{k}={v!r}" for k, v in given.items())
+            raise ValueError(
+                f"Recipe: allocator {self.allocator!r} does not use a budget (what each row keeps follows its scores), so "
+                f"{setting} would be ignored; drop {' and '.join(given)} and tune the allocator instead "
+                f"(allocator_kwargs, e.g. {{'threshold': ...}})."
+            )
 
     def _build(self, role: Role, name: Any, kwargs_field: str) -> Any:
         if not isinstance(name, str):

@@ -19,7 +19,7 @@ import importlib.metadata
 import os
 import re
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -205,9 +205,10 @@ class Registry:
             returned = impl.function()
             if returned is None:
                 continue
-            if isinstance(returned, (str, bytes)) or not isinstance(returned, Iterable):
+            if isinstance(returned, (str, bytes, Mapping)) or not isinstance(returned, Iterable):
+                what = " (iterating a mapping gives its keys: return a list of the classes)" if isinstance(returned, Mapping) else ""
                 raise PluginError(
-                    f"Plugin {impl.plugin_name!r}: {_HOOKS[role]}() must return a list, got {type(returned).__name__}."
+                    f"Plugin {impl.plugin_name!r}: {_HOOKS[role]}() must return a list, got {type(returned).__name__}{what}."
                 )
             for obj in returned:
                 name = _validate(role, obj, impl.plugin_name)

@@ -72,9 +72,13 @@ def check_choice(owner: str, field: str, value: Any, choices: Collection[str]) -
     >>> check_choice("SnapKVWindowScorer", "pooling", "avg", ("avg", "max"))
     'avg'
     """
-    if value not in choices:
+    kinds = tuple({type(c) for c in choices})
+    # 8.0 == 8 and True == 1: a value of another type that compares equal would fail later, far from here
+    same_kind = isinstance(value, kinds) and (bool in kinds or not isinstance(value, bool))
+    if value not in choices or not same_kind:
         listing = ", ".join(repr(c) for c in choices)
-        raise ValueError(f"{_where(owner, field)} must be one of {listing}, got {value!r}.")
+        kind = f" of type {type(value).__name__}" if value in choices else ""  # equal to a choice, but not one
+        raise ValueError(f"{_where(owner, field)} must be one of {listing}, got {value!r}{kind}.")
     return value
 
 

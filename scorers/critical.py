@@ -90,7 +90,9 @@ class CriticalScorer:
     ratio; here it is ``floor(first_stage_ratio * k)`` of the budget ``k`` the allocator gave the
     head: the same number whenever ``first_stage_ratio = 1/m`` (``floor(floor(x) / m) = floor(x / m)``),
     kvpress's 0.5 included. Base scores should be non-negative (attention mass, as in the paper):
-    with negative scores the product reverses their order.
+    a head whose base scores go below 0 (``knorm`` ranks by ``-||k||``) is shifted to start at 0
+    before the product, which would otherwise reverse their order; heads with non-negative scores
+    are used as they are. A base scored by a reconstruction pass (``kvzip``) is refused.
     """
 
     name: ClassVar[str] = "critical"
@@ -122,6 +124,10 @@ class CriticalScorer:
             raise TypeError(f"{owner}.base_kwargs: scorer {self.base!r} ({cls.__name__}) has no parameter "
                             f"{', '.join(repr(u) for u in unknown)}; accepted: {', '.join(accepted) or '(none)'}.")
         object.__setattr__(self, "_base", cls(**self.base_kwargs))
+        if getattr(self._base, "needs", None) == "reconstruction":
+            raise ValueError(f"{owner}.base {self.base!r} is scored by a reconstruction pass after the prefill, which "
+                             "'critical' cannot refine (it rescales scores computed from each layer's view); pick a base "
+                             "that scores from the view (snapkv_window, h2o, tova, knorm, ...).")
 
     @property
     def chunked_prefill(self) -> bool:
@@ -158,8 +164,10 @@ class CriticalScorer:
             )
         base = self._base.score(view).float()  # (B, Hkv, T)
         norms = projected_value_norms(view.values, view.output_projection, view.num_query_heads)  # (B, Hkv, T)
-        refined = (base + self.epsilon) * norms
         valid = view.valid[:, None, :]
+        low = torch.where(valid, base, torch.inf).amin(dim=-1, keepdim=True)  # (B, Hkv, 1) lowest real score
+        shifted = torch.where(low < 0, base - low, base)  # a head with negative scores (knorm: -||k||) starts at 0
+        refined = (shifted + self.epsilon) * norms
         return base, torch.where(valid, refined, 0.0)
 
     def score(self, view: LayerView) -> torch.Tensor:

@@ -1,4 +1,4 @@
-"""kvpress_lab.ask: one compressed prefill, one private cache copy per question (embedded model)."""
+"""kvpress_lab.ask (kvpress_lab/answers.py): one compressed prefill, one private cache copy per question (embedded model)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from kvpress_lab import Recipe
-from kvpress_lab.ask import ask, split_prompt
+from kvpress_lab.answers import ask, split_prompt
 from kvpress_lab.models import load_model
 
 CONTEXT = " ".join(["The grass is green and the sky is blue."] * 12) + " The secret password is tangerine. " + " ".join(

@@ -14,6 +14,7 @@ import json
 import pytest
 import torch
 from helpers.char_tokenizer import CharTokenizer
+from helpers.cli_errors import one_line_error
 from helpers.refuse_loading import ModelLoaded, refuse_loading, tiny_loaded  # noqa: F401 (fixtures)
 from helpers.tiny_models import tiny_model
 
@@ -21,20 +22,6 @@ import kvpress_lab.models
 from kvpress_lab import Recipe
 from kvpress_lab.benchmarks.generation import GenerationResult, generate_answer
 from kvpress_lab.cli import main
-
-
-
-
-def one_line_error(capsys, argv, status: int) -> str:
-    try:
-        code = main(argv)
-    except SystemExit as exc:
-        code = exc.code
-    err = capsys.readouterr().err
-    assert code == status, err
-    assert err.endswith("\n") and err.count("\n") == 1, f"not one line:\n{err}"
-    assert err.startswith("kvpress-lab") and ": error: " in err and "Traceback" not in err, err
-    return err
 
 
 @pytest.mark.parametrize("argv, status, message", [

@@ -24,6 +24,7 @@ import sys
 
 import pytest
 import torch
+from helpers.cli_errors import one_line_error, status_of
 from helpers.refuse_loading import ModelLoaded, refuse_loading, tiny_loaded  # noqa: F401 (fixtures)
 
 import kvpress_lab.models
@@ -48,23 +49,6 @@ def recipes_run(monkeypatch, tiny_loaded):
 
     monkeypatch.setattr("kvpress_lab.benchmarks.generation.generate_answer", generate)
     return seen
-
-
-def status_of(argv) -> int:
-    try:
-        return main(argv)
-    except SystemExit as exc:
-        return exc.code
-
-
-def one_line_error(capsys, argv, status: int) -> str:
-    """Run ``argv``; check the exit status and that stderr is exactly one error line; return it."""
-    code = status_of(argv)
-    err = capsys.readouterr().err
-    assert code == status, err
-    assert err.endswith("\n") and err.count("\n") == 1, f"not one line:\n{err}"
-    assert err.startswith("kvpress-lab") and ": error: " in err and "Traceback" not in err, err
-    return err
 
 
 @pytest.fixture

@@ -18,35 +18,15 @@ from transformers import LlamaConfig, LlamaForCausalLM
 from transformers.cache_utils import DynamicCache, DynamicLayer, StaticCache
 
 import kvpress_lab.registry as registry_module
+from helpers.clean_model import assert_clean, checked_llama, is_compressed  # noqa: F401 (fixture `model`)
 from helpers.tiny_models import left_pad, random_prompt, tiny_model
 from kvpress_lab import Recipe, hookimpl
-from kvpress_lab.engine.decoding import disable_compressed_decoding
+from kvpress_lab.engine.model_hooks import disable_compressed_decoding
 from kvpress_lab.errors import CacheReuseError, UnsupportedCacheError
 from kvpress_lab.profile import ProfileError
 from kvpress_lab.registry import Registry
 
 GENERATE = dict(max_new_tokens=3, do_sample=False, pad_token_id=0)
-
-
-def assert_clean(model) -> None:
-    """No kvpress_lab hook, attribute or generate wrapper is left on ``model``."""
-    for name, module in model.named_modules():
-        assert not module._forward_hooks and not module._forward_pre_hooks, f"hook left on {name or 'the model'}"
-    assert not [a for a in vars(model) if a.startswith("_kvpress_lab")], "attribute left on the model"
-    assert "generate" not in vars(model), "generate wrapper left on the model"
-    assert model.config._attn_implementation in ("sdpa", "eager")
-
-
-@pytest.fixture
-def model():
-    model = tiny_model("llama")
-    yield model
-    disable_compressed_decoding(model)
-    assert_clean(model)
-
-
-def is_compressed(cache) -> bool:
-    return any(hasattr(layer, "prepare_decoding") for layer in cache.layers)
 
 
 # -- 1. compression silently off -----------------------------------------------------------------
@@ -246,44 +226,53 @@ def test_a_ratio_on_prompts_within_the_minimum_keeps_everything(model):
 # -- 9. threads ----------------------------------------------------------------------------------
 
 
-def test_attaching_is_atomic_across_threads(model, monkeypatch):
-    """Force the interleaving: looking the active session up is slow, so a check-then-set would let all in."""
+def test_sessions_of_many_threads_share_one_set_of_hooks(model, monkeypatch):
+    """Six threads enter a session on one model at once: all enter (one per thread), the hooks are
+    registered once, and the last to leave removes them. Registration is slowed down so that a
+    check-then-register without a lock would register twice."""
     import time
 
-    from torch import nn
+    from kvpress_lab.engine import model_hooks
 
-    def slow_lookup(self, name):
-        if name == "_kvpress_lab_session":
-            time.sleep(0.005)
-        return nn.Module.__getattr__(self, name)
+    install = model_hooks.ModelHooks._install
 
-    monkeypatch.setattr(type(model), "__getattr__", slow_lookup)
-    _attach_races(model, rounds=5)
-    monkeypatch.undo()
-    assert_clean(model)
+    def slow_install(self):
+        time.sleep(0.01)
+        install(self)
 
-
-def _attach_races(model, rounds: int) -> None:
-    for _ in range(rounds):
-        barrier, entered, refused = threading.Barrier(6), [], []
+    monkeypatch.setattr(model_hooks.ModelHooks, "_install", slow_install)
+    for _ in range(3):
+        entered, left, counts, errors = threading.Barrier(6), threading.Barrier(6), [], []
         sessions = [Recipe(budget=8, window=2).apply(model) for _ in range(6)]
 
-        def attach(session):
-            barrier.wait()
+        def run(session):
             try:
+                entered.wait()
                 session.attach()
-                entered.append(session)
-            except RuntimeError as error:
-                refused.append(str(error))
+                left.wait()
+                counts.append(sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in model.modules()))
+                session.detach()
+            except Exception as error:  # noqa: BLE001 - collected
+                errors.append(error)
 
-        threads = [threading.Thread(target=attach, args=(s,)) for s in sessions]
+        threads = [threading.Thread(target=run, args=(s,)) for s in sessions]
         for thread in threads:
             thread.start()
         for thread in threads:
             thread.join()
-        assert len(entered) == 1 and len(refused) == 5
-        assert all("already applied to this model" in message for message in refused)
-        entered[0].detach()
+        assert not errors and len(counts) == 6
+        assert set(counts) == {2 + 3 * len(sessions[0].adapter.compressible)}  # one set: decoder 2, each layer 3
+        assert_clean(model)
+
+
+def test_a_second_session_in_the_same_thread_is_refused(model):
+    with Recipe(budget=8, window=2).apply(model):
+        with pytest.raises(RuntimeError, match="already applied to this model in this thread"):
+            with Recipe(budget=16, window=2).apply(model):
+                pass
+        out = model.generate(random_prompt(1, 30), return_dict_in_generate=True, **GENERATE)
+    assert is_compressed(out.cache)  # the refused block left the enclosing one working
+    assert_clean(model)
 
 
 def test_another_threads_calls_are_not_compressed(model):
@@ -337,7 +326,7 @@ def test_a_cache_of_another_prompt_batch_or_model_is_refused(model):
         model.generate(other.repeat(2, 1), cache=copy.deepcopy(cache), **GENERATE)
     wider = LlamaForCausalLM(LlamaConfig(vocab_size=97, hidden_size=64, intermediate_size=96, num_hidden_layers=4,
                                          num_attention_heads=4, num_key_value_heads=4, pad_token_id=0)).eval()
-    from kvpress_lab.engine.decoding import enable_compressed_decoding
+    from kvpress_lab.engine.model_hooks import enable_compressed_decoding
 
     enable_compressed_decoding(wider)
     try:

@@ -13,7 +13,7 @@ from transformers.pipelines import PIPELINE_REGISTRY
 
 import kvpress_lab.pipeline
 from kvpress_lab import Recipe
-from kvpress_lab.ask import ask
+from kvpress_lab.answers import ask
 from kvpress_lab.pipeline import KVPressLabPipeline
 
 TINY_CONTEXT = "the quick brown fox jumps over the lazy dog " * 3

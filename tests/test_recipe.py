@@ -298,8 +298,11 @@ def recipes(draw) -> Recipe:
         sizing = {}  # the default budget, 128 >= 64 + 32 + 32
     scorer = draw(st.sampled_from(buildable("scorer")))
     scorer_kwargs = draw(SNAPKV_KWARGS) if scorer == "snapkv_window" else {}
+    allocator = draw(st.sampled_from(buildable("allocator")))
+    if not getattr(get_registry().get("allocator", allocator).obj, "uses_budget", True):
+        sizing = {}  # threshold: what a row keeps follows its scores; a budget is refused
     return Recipe(
-        allocator=draw(st.sampled_from(buildable("allocator"))),
+        allocator=allocator,
         scorer=scorer,
         executor=draw(st.sampled_from(buildable("executor"))),
         window=window,

@@ -36,7 +36,7 @@ import torch
 
 from kvpress_lab.errors import UnsupportedCacheError
 
-__all__ = ["ChunkedPrefill", "check_chunkable"]
+__all__ = ["ChunkedPrefill", "check_chunkable", "check_chunk_size"]
 
 
 @dataclass
@@ -70,17 +70,27 @@ class ChunkedPrefill:
         return None if self.input_ids is None else self.input_ids[:, : self.stop]
 
 
+def check_chunk_size(chunk_size: object, name: str = "chunk_size") -> None:
+    """Refuse a chunk size that is not ``None`` or an integer ``>= 1`` (``name``: the argument, for the message)."""
+    if chunk_size is None:
+        return
+    if isinstance(chunk_size, bool) or not isinstance(chunk_size, int):
+        raise TypeError(f"{name} must be an integer >= 1 or None, got {chunk_size!r} of type {type(chunk_size).__name__}.")
+    if chunk_size < 1:
+        raise ValueError(f"{name} must be an integer >= 1 or None, got {chunk_size!r}.")
+
+
 def check_chunkable(recipe: object, chunk_size: int | None = None) -> None:
     """Refuse a recipe that cannot compress during a chunked prefill, naming what and why.
 
     Raises
     ------
     UnsupportedCacheError
-        For a scorer that does not declare ``chunked_prefill``, a ``"global"`` allocator, or a chunk
-        size below 1.
+        For a scorer that does not declare ``chunked_prefill``, or a ``"global"`` allocator.
+    TypeError, ValueError
+        For a chunk size that is not an integer >= 1.
     """
-    if chunk_size is not None and (isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1):
-        raise UnsupportedCacheError(f"prefill chunk size must be an integer >= 1, got {chunk_size!r}.")
+    check_chunk_size(chunk_size, "prefill chunk size")
     strategies = recipe.strategies
     reasons = []
     if not getattr(strategies.scorer, "chunked_prefill", False):

@@ -20,7 +20,6 @@ host); they are compared with ``generate``'s ``input_ids`` only when ``generate`
 
 from __future__ import annotations
 
-import functools
 import inspect
 import threading
 
@@ -31,8 +30,8 @@ from kvpress_lab.cache_layers import DecodingStep, LayerAttention, causal_layer_
 from kvpress_lab.cache_layers.protocol import StepMemo
 from kvpress_lab.cache_layers.varlen_attention import VarlenKernel
 from kvpress_lab.engine.families import ModelAdapter
-from kvpress_lab.engine.generate_guard import GenerateCall, guard_generate
-from kvpress_lab.errors import CacheReuseError
+from kvpress_lab.engine.generate_guard import GenerateCall
+from kvpress_lab.errors import CacheReuseError, UnsupportedCacheError
 
 __all__ = [
     "DecodingHooks",
@@ -41,14 +40,13 @@ __all__ = [
     "mark_compressed",
     "is_compressed",
     "check_cache_matches",
-    "enable_compressed_decoding",
-    "disable_compressed_decoding",
-    "persistent_hooks",
+    "mark_decoding_compression",
+    "check_decoding_compression",
 ]
 
 COMPRESSED_FLAG = "_kvpress_lab_compressed"
 _TOKENS_ATTR = "_kvpress_lab_tokens"  # list of (B, q) int64 tensors (on their devices): every token consumed, or None
-_PERSISTENT_ATTR = "_kvpress_lab_decoding_hooks"
+_DECODE_RECIPE_ATTR = "_kvpress_lab_decode_recipe"  # the Recipe whose decode_budget this cache expects
 
 
 def cache_from_kwargs(kwargs: dict) -> object | None:
@@ -98,7 +96,10 @@ class PaddingCapture:
 
 
 class DecodingHooks:
-    """Hooks on the decoder and its attention modules that let each compressed layer shape its attention.
+    """What each compressed layer needs before a decoding step: its mask, or its own attention call.
+
+    Pure logic: :class:`~kvpress_lab.engine.model_hooks.ModelHooks` registers the hooks and calls
+    these methods (every thread's forwards, each with its own per-forward state).
 
     Parameters
     ----------
@@ -115,43 +116,25 @@ class DecodingHooks:
         self.adapter = adapter
         self.ragged_kernel = ragged_kernel
         self.model = model
-        self.handles: list[torch.utils.hooks.RemovableHandle] = []
-        self._local = threading.local()  # the padding mask of the forward running in *this* thread
+        self._steps: dict[int, tuple[torch.Tensor | None, StepMemo]] = {}  # thread ident -> (padding mask, memo) of its forward
         self._capture = PaddingCapture(adapter.decoder)
         self._routed: list[tuple[object, str | None]] = []  # (config, implementation) to restore
-        self._unguard = None
+
+    def __getstate__(self) -> dict:
+        """Copies carry no forward in flight."""
+        return {**self.__dict__, "_steps": {}, "_routed": []}
 
     @property
     def padding_mask(self) -> torch.Tensor | None:
         """``(B, past + q)`` bool mask of the current forward in this thread, or ``None``."""
-        return getattr(self._local, "padding_mask", None)
+        step = self._steps.get(threading.get_ident())
+        return None if step is None else step[0]
 
-    def attach(self) -> None:
-        """Register the hooks (idempotent)."""
-        if self.handles:
-            return
-        self.handles.append(self.adapter.decoder.register_forward_pre_hook(self._capture_inputs, with_kwargs=True))
-        for idx in self.adapter.compressible:
-            module = self.adapter.attention[idx]
-            hook = functools.partial(self._prepare_layer, idx)
-            self.handles.append(module.register_forward_pre_hook(hook, with_kwargs=True))
-            self.handles.append(module.register_forward_hook(self._restore_implementation, always_call=True))
-        if self.model is not None:
-            self._unguard = guard_generate(self.model, self._check_generate)
+    # -- what the hooks call -----------------------------------------------------------------
 
-    def detach(self) -> None:
-        """Remove every hook this object registered."""
-        while self.handles:
-            self.handles.pop().remove()
-        if self._unguard is not None:
-            self._unguard()
-            self._unguard = None
-
-    # -- hooks -----------------------------------------------------------------------------
-
-    def _capture_inputs(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
-        self._local.padding_mask = self._capture(args, kwargs)
-        self._local.memo = StepMemo()  # shared by this forward's layers
+    def capture_inputs(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
+        """Before the decoder's forward: keep this thread's padding mask; record the tokens a compressed cache consumes."""
+        self._steps[threading.get_ident()] = (self._capture(args, kwargs), StepMemo())  # the memo: shared by this forward's layers
         cache = cache_from_kwargs(kwargs)
         if cache is not None and is_compressed(cache):
             tokens = getattr(cache, _TOKENS_ATTR, None)
@@ -161,21 +144,34 @@ class DecodingHooks:
             elif tokens is not None:  # fed embeddings: what the cache holds is no longer known
                 setattr(cache, _TOKENS_ATTR, None)
 
-    def _check_generate(self, call: GenerateCall) -> None:
+    def end_forward(self) -> None:
+        """After the decoder's forward: forget this thread's per-forward state."""
+        self._steps.pop(threading.get_ident(), None)
+
+    def check_generate(self, call: GenerateCall) -> None:
         """Refuse ``generate`` on a compressed cache that does not belong to its inputs."""
         cache = call.cache
         if cache is None or not is_compressed(cache):
             return
         check_cache_matches(cache, call.input_ids, self.adapter.num_kv_heads)
+        expand = max(call.option("num_beams") or 1, call.option("num_return_sequences") or 1)
+        if expand > 1:
+            raise CacheReuseError(
+                f"generate(num_beams={call.option('num_beams')}, num_return_sequences={call.option('num_return_sequences')}) "
+                f"repeats every prompt {expand} times, but a compressed cache holds one row per prompt and cannot be "
+                "repeated; generate one sequence per prompt (num_beams=1, num_return_sequences=1), or repeat the prompt "
+                "in input_ids before the prefill."
+            )
 
-    def _prepare_layer(self, idx: int, module: nn.Module, args: tuple, kwargs: dict):
+    def prepare_layer(self, idx: int, module: nn.Module, args: tuple, kwargs: dict):
+        """Before full-attention layer ``idx``: hand a compressed layer its decoding step, apply its mask (or kernel)."""
         cache = cache_from_kwargs(kwargs)
         if cache is None or not is_compressed(cache) or idx >= len(cache.layers):
             return None
-        memo = getattr(self._local, "memo", None)
+        padding, memo = self._steps.get(threading.get_ident(), (None, None))
         step = DecodingStep(
             config=self.adapter.config, cache=cache, layer_idx=idx, hidden_states=self.adapter.hidden_states(args, kwargs),
-            padding_mask=self.padding_mask, num_query_heads=self.adapter.num_query_heads, varlen_kernel=self.ragged_kernel,
+            padding_mask=padding, num_query_heads=self.adapter.num_query_heads, varlen_kernel=self.ragged_kernel,
             memo=StepMemo() if memo is None else memo,
         )
         prepare = getattr(cache.layers[idx], "prepare_decoding", None)
@@ -192,10 +188,38 @@ class DecodingHooks:
         self._routed.append((config, config._attn_implementation))
         config._attn_implementation = implementation
 
-    def _restore_implementation(self, module: nn.Module, args: tuple, output: object) -> None:
+    def restore_implementation(self, module: nn.Module, args: tuple, output: object) -> None:
+        """After a full-attention layer's forward (also on error): undo the routing of :meth:`prepare_layer`."""
         while self._routed:
             config, implementation = self._routed.pop()
             config._attn_implementation = implementation
+
+
+def mark_decoding_compression(cache: object, recipe: object) -> None:
+    """Record on ``cache`` that ``recipe`` compresses it while decoding (``decode_budget``), so decoding it
+    outside that recipe's session is refused (:func:`check_decoding_compression`)."""
+    if getattr(recipe, "decode_budget", None) is not None:
+        setattr(cache, _DECODE_RECIPE_ATTR, recipe)
+
+
+def check_decoding_compression(cache: object, compressing: bool) -> None:
+    """Refuse to extend a cache whose recipe compresses decoding, unless the forward's thread does (``compressing``).
+
+    Raises
+    ------
+    UnsupportedCacheError
+        Naming the recipe's ``decode_budget`` and where decoding-time compression runs.
+    """
+    recipe = None if cache is None else getattr(cache, _DECODE_RECIPE_ATTR, None)
+    if recipe is None or compressing:
+        return
+    raise UnsupportedCacheError(
+        f"This cache was prefilled by a recipe with decode_budget={recipe.decode_budget} (compress_every="
+        f"{recipe.compress_every}), but this call runs outside `with recipe.apply(model)`, where decoding is never "
+        "compressed: the cache would grow past its decode budget without a word. Generate inside the block "
+        "(`with recipe.apply(model): model.generate(..., cache=cache)`, as kvpress_lab.ask does), or prefill with a "
+        "recipe without decode_budget."
+    )
 
 
 def check_cache_matches(cache: object, input_ids: torch.Tensor | None, num_kv_heads: int) -> None:
@@ -240,42 +264,3 @@ def check_cache_matches(cache: object, input_ids: torch.Tensor | None, num_kv_he
             "a cache in place: pass copy.deepcopy(cache) for each question, and input_ids = the prefill tokens "
             "followed by the new ones."
         )
-
-
-def enable_compressed_decoding(model: nn.Module, *, ragged_kernel: VarlenKernel | None = None) -> DecodingHooks:
-    """Keep the decoding hooks on ``model`` so caches from :func:`~kvpress_lab.engine.prefill.prefill` decode correctly.
-
-    Idempotent; the hooks are inert for ordinary caches. Remove them with
-    :func:`disable_compressed_decoding`. Sessions of :meth:`Recipe.apply <kvpress_lab.Recipe.apply>`
-    use these hooks when present.
-
-    Parameters
-    ----------
-    model : transformers.PreTrainedModel
-        A causal LM of a supported family.
-    ragged_kernel : VarlenKernel or None
-        When given, ragged (per-head) layers attend through this variable-length kernel instead
-        of the one the attention implementation implies (see :class:`DecodingHooks`); set on
-        existing hooks too.
-    """
-    hooks = getattr(model, _PERSISTENT_ATTR, None)
-    if hooks is None:
-        hooks = DecodingHooks(ModelAdapter.for_model(model), ragged_kernel=ragged_kernel, model=model)
-        hooks.attach()
-        setattr(model, _PERSISTENT_ATTR, hooks)
-    elif ragged_kernel is not None:
-        hooks.ragged_kernel = ragged_kernel
-    return hooks
-
-
-def disable_compressed_decoding(model: nn.Module) -> None:
-    """Remove the hooks installed by :func:`enable_compressed_decoding` (no-op when absent)."""
-    hooks = getattr(model, _PERSISTENT_ATTR, None)
-    if hooks is not None:
-        hooks.detach()
-        delattr(model, _PERSISTENT_ATTR)
-
-
-def persistent_hooks(model: nn.Module) -> DecodingHooks | None:
-    """The persistent decoding hooks of ``model``, if any."""
-    return getattr(model, _PERSISTENT_ATTR, None)

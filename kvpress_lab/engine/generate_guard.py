@@ -2,21 +2,19 @@
 
 Module hooks see one forward pass at a time; some mistakes are only visible from ``generate``'s
 arguments (``use_cache=False``, ``cache_implementation="static"``, ``prefill_chunk_size``, a
-compressed cache reused for another prompt). :func:`guard_generate` wraps the model instance's
-``generate`` (not the class: other models are untouched) until the returned function is called.
-Wrappers nest: each removes itself, and a wrapper that cannot be unlinked (something wrapped
-over it) becomes inert.
+compressed cache reused for another prompt). :class:`GuardedGenerate` replaces the model
+instance's ``generate`` (not the class: other models are untouched) until it is removed. A guard
+that cannot be unlinked (something was set over it) becomes inert.
 """
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Callable
 from typing import Any
 
 from torch import nn
 
-__all__ = ["GenerateCall", "guard_generate"]
+__all__ = ["GenerateCall", "GuardedGenerate"]
 
 
 class GenerateCall:
@@ -56,31 +54,54 @@ class GenerateCall:
         return getattr(config, name, None)
 
 
-def guard_generate(model: nn.Module, check: Callable[[GenerateCall], None]) -> Callable[[], None]:
-    """Run ``check`` before every ``model.generate(...)`` call; return the function that removes it.
+class GuardedGenerate:
+    """``model.generate`` while kvpress_lab hooks are on the model: ``check`` the call, then generate.
 
-    ``check`` raises to refuse the call. A model without ``generate`` (a bare decoder) is left alone.
+    Set as the model *instance*'s ``generate`` attribute by :meth:`install` (the class, and so every
+    other model, is untouched). It is a plain object rather than a closure so that
+    ``copy.deepcopy(model)`` and ``torch.save(model)`` copy it bound to the copy: the copy's
+    ``generate`` runs the copy's weights.
+
+    Parameters
+    ----------
+    model : nn.Module
+        The model whose ``generate`` is guarded.
+    check : Callable[[GenerateCall], None]
+        Raises to refuse a call.
+    previous : Callable or None
+        An instance attribute ``generate`` someone set before (called instead of the class's).
     """
-    inner = getattr(model, "generate", None)
-    if inner is None:
-        return lambda: None
-    previous = model.__dict__.get("generate")  # an instance attribute someone set before us, or None
-    active = [True]
 
-    @functools.wraps(inner)
-    def generate(*args: Any, **kwargs: Any) -> Any:
-        if active[0]:
-            check(GenerateCall(model, args, kwargs))
-        return inner(*args, **kwargs)
+    def __init__(self, model: nn.Module, check: Callable[[GenerateCall], None], previous: Callable | None = None):
+        self.model = model
+        self.check = check
+        self.previous = previous
+        self.active = True
 
-    object.__setattr__(model, "generate", generate)
+    @classmethod
+    def install(cls, model: nn.Module, check: Callable[[GenerateCall], None]) -> GuardedGenerate | None:
+        """Guard ``model.generate``; ``None`` for a model without ``generate`` (a bare decoder)."""
+        if getattr(model, "generate", None) is None:
+            return None
+        guard = cls(model, check, model.__dict__.get("generate"))
+        model.__dict__["generate"] = guard
+        return guard
 
-    def remove() -> None:
-        active[0] = False
-        if model.__dict__.get("generate") is generate:
-            if previous is None:
-                del model.__dict__["generate"]
+    def remove(self) -> None:
+        """Stop checking; unlink from the model unless something was set over this guard since."""
+        self.active = False
+        if self.model.__dict__.get("generate") is self:
+            if self.previous is None:
+                del self.model.__dict__["generate"]
             else:
-                object.__setattr__(model, "generate", previous)
+                self.model.__dict__["generate"] = self.previous
 
-    return remove
+    @property
+    def __wrapped__(self) -> Callable:
+        """The ``generate`` this guard calls (``inspect.signature`` follows it)."""
+        return self.previous if self.previous is not None else type(self.model).generate.__get__(self.model)
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        if self.active:
+            self.check(GenerateCall(self.model, args, kwargs))
+        return self.__wrapped__(*args, **kwargs)

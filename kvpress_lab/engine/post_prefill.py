@@ -27,6 +27,7 @@ from torch import nn
 
 from kvpress_lab.engine.decoding import cache_from_kwargs
 from kvpress_lab.engine.families import ModelAdapter
+from kvpress_lab.engine.model_hooks import HookListener, thread_listener
 from kvpress_lab.engine.query_capture import capture_queries, override_attention
 from kvpress_lab.errors import UnsupportedCacheError
 
@@ -44,10 +45,12 @@ def reconstruction_prompt(scorer: Any, model: nn.Module) -> Any:
     Raises
     ------
     ValueError
-        When the scorer has no ids and no tokenizer can be loaded from ``model.config.name_or_path``.
+        When the scorer has no ids and no tokenizer can be loaded from ``model.config.name_or_path``,
+        or its ids are not token ids of this model (beyond its vocabulary).
     """
     prompt = scorer.prompt()
     if prompt is not None:
+        _check_vocabulary(scorer, prompt, model)
         return prompt
     path = str(getattr(getattr(model, "config", None), "name_or_path", "") or "")
     tokenizer = _local_tokenizer(path) if path else None
@@ -58,6 +61,20 @@ def reconstruction_prompt(scorer: Any, model: nn.Module) -> Any:
             "'suffix_ids': [...]}} (kvpress_lab.scorers.kvzip.RepeatPrompt.from_tokenizer(tokenizer) builds them)."
         )
     return scorer.prompt_from_tokenizer(tokenizer)
+
+
+def _check_vocabulary(scorer: Any, prompt: Any, model: nn.Module) -> None:
+    """Refuse repeat-prompt ids the model has no embedding for (they would fail as an IndexError mid-prefill)."""
+    embeddings = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
+    size = getattr(embeddings, "num_embeddings", None)
+    if size is None:
+        return
+    for field, ids in (("repeat_ids", prompt.repeat), ("continue_ids", prompt.continue_), ("suffix_ids", prompt.suffix)):
+        beyond = [int(i) for i in ids if int(i) >= size]
+        if beyond:
+            raise ValueError(f"Scorer {scorer.name!r}: scorer_kwargs {field} holds token ids {beyond[:5]} beyond this model's "
+                             f"vocabulary of {size}; build the ids with this model's tokenizer "
+                             "(kvpress_lab.scorers.kvzip.RepeatPrompt.from_tokenizer(tokenizer)).")
 
 
 @functools.lru_cache(maxsize=4)
@@ -126,20 +143,24 @@ def reconstruction_scores(
         following = length if position_ids is None else int(position_ids[row, -1]) + 1  # first repeat token's position
         for start, stop, repeat in scorer.chunks(ids[row, offset:], prompt):
             chunk = _RowChunk(row, offset, start, stop, length)
-            hooks = [modules[idx].register_forward_hook(
-                functools.partial(_score_hook, chunk, idx, scorer, layers, out, captured), with_kwargs=True)
-                for idx in adapter.compressible]
+            listener = _ChunkScores(chunk, scorer, layers, out, captured)  # layers the attention did not score itself
             fused = functools.partial(_attend_and_score, chunk, scorer, out)
-            try:
-                with _fusing(modules, fused, scorer), capture_queries(modules, captured.__setitem__):
-                    _repeat_forward(adapter, _row_cache(cache, row), repeat, valid[row], following)
-            finally:
-                for hook in hooks:
-                    hook.remove()
-            sinks = min(int(getattr(scorer, "n_sink", 0)), n)
-            for scores in out.values():
-                scores[row, :, offset : offset + sinks] = 1.0  # the reference's sink score (they are forced anyway)
+            with thread_listener(model, listener), _fusing(modules, fused, scorer), capture_queries(modules, captured.__setitem__):
+                _repeat_forward(adapter, _row_cache(cache, row), repeat, valid[row], following)
+        sinks = min(int(getattr(scorer, "n_sink", 0)), n)
+        for scores in out.values():
+            scores[row, :, offset : offset + sinks] = 1.0  # the reference's sink score (they are forced anyway)
     return out
+
+
+class _ChunkScores(HookListener):
+    """Scores one reconstruction chunk from every full-attention layer's forward (see :func:`_score_hook`)."""
+
+    def __init__(self, chunk: _RowChunk, scorer: Any, layers: dict, out: dict, captured: dict):
+        self.chunk, self.scorer, self.layers, self.out, self.captured = chunk, scorer, layers, out, captured
+
+    def attention_post(self, idx: int, module: nn.Module, args: tuple, kwargs: dict, output: object) -> None:
+        _score_hook(self.chunk, idx, self.scorer, self.layers, self.out, self.captured, module, args, kwargs, output)
 
 
 class _RowChunk:

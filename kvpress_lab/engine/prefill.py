@@ -9,15 +9,16 @@ import torch
 from torch import nn
 from transformers.cache_utils import Cache, DynamicCache
 
-from kvpress_lab.engine.chunking import check_chunkable
-from kvpress_lab.engine.decoding import disable_compressed_decoding, enable_compressed_decoding, persistent_hooks
+from kvpress_lab.engine.chunking import check_chunk_size, check_chunkable
+from kvpress_lab.engine.decoding import mark_decoding_compression
+from kvpress_lab.engine.model_hooks import enable_compressed_decoding, hooks_in_use
 from kvpress_lab.engine.padding import check_left_padding, padded_positions
 from kvpress_lab.engine.session import CompressionSession
 
 if TYPE_CHECKING:
     from kvpress_lab.recipe import Recipe
 
-__all__ = ["prefill", "padded_positions", "forward_cache", "last_logits_only"]
+__all__ = ["prefill", "compressed_prefill", "full_prefill", "padded_positions", "forward_cache", "last_logits_only"]
 
 
 @torch.no_grad()
@@ -54,33 +55,60 @@ def prefill(
         (context + question) and its attention mask. Decoding appends to the cache in place:
         ``copy.deepcopy(cache)`` before each question to reuse one compressed context.
 
+    Raises
+    ------
+    RuntimeError
+        Inside a ``with recipe.apply(model)`` block of the same thread (its session would compress
+        this prefill too).
+
     Notes
     -----
     Layers of a compressed cache hold different numbers of entries, so each layer needs its own
     attention mask; this function therefore leaves lightweight hooks on ``model`` (inert for
-    ordinary caches). Remove them with :func:`kvpress_lab.engine.decoding.disable_compressed_decoding`.
+    ordinary caches). Remove them with :func:`kvpress_lab.engine.model_hooks.disable_compressed_decoding`.
+    With a recipe's ``decode_budget``, decoding the cache is compressed only inside ``with
+    recipe.apply(model)``; outside, it is refused (:class:`~kvpress_lab.UnsupportedCacheError`).
     """
     check_prompt(model, input_ids, attention_mask)
-    position_ids = None if attention_mask is None else padded_positions(attention_mask)
-    had_hooks = persistent_hooks(model) is not None
-    enable_compressed_decoding(model)
-    try:
-        with CompressionSession(recipe, model) as session:
-            if chunk_size is None:
-                cache = forward_cache(model, input_ids, attention_mask=attention_mask, position_ids=position_ids)
-            else:
-                cache = _chunked(session, model, input_ids, attention_mask, position_ids, chunk_size)
-    except BaseException:
-        if not had_hooks:  # leave the model as it was
-            disable_compressed_decoding(model)
-        raise
+    with hooks_in_use(model, "Recipe.prefill"):
+        cache = compressed_prefill(recipe, model, input_ids, attention_mask, chunk_size=chunk_size)
+        enable_compressed_decoding(model)  # before the scope ends: the hooks stay registered, never removed and re-added
     return cache
 
 
-def _chunked(session, model, input_ids, attention_mask, position_ids, chunk_size: int) -> Cache:
+@torch.no_grad()
+def compressed_prefill(recipe: Recipe, model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                       *, chunk_size: int | None = None) -> Cache:
+    """:func:`prefill` for a caller that decodes the cache inside :func:`~kvpress_lab.engine.model_hooks.hooks_in_use`.
+
+    Leaves no decoding hooks on the model beyond the caller's scope (:func:`kvpress_lab.ask` uses it).
+    """
+    check_chunk_size(chunk_size)
+    position_ids = None if attention_mask is None else padded_positions(attention_mask)
+    with CompressionSession(recipe, model) as session:
+        if chunk_size is None:
+            cache = forward_cache(model, input_ids, attention_mask=attention_mask, position_ids=position_ids)
+        else:
+            check_chunkable(recipe, chunk_size)
+            session.begin_chunked_prefill(input_ids, attention_mask)
+            cache = _forward_chunks(model, input_ids, attention_mask, position_ids, chunk_size)
+    mark_decoding_compression(cache, recipe)
+    return cache
+
+
+@torch.no_grad()
+def full_prefill(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, *,
+                 chunk_size: int | None = None) -> Cache:
+    """The uncompressed cache of ``input_ids`` ``(B, T)``: one forward, or chunks of ``chunk_size`` tokens."""
+    check_chunk_size(chunk_size)
+    position_ids = None if attention_mask is None else padded_positions(attention_mask)
+    if chunk_size is None:
+        return forward_cache(model, input_ids, attention_mask=attention_mask, position_ids=position_ids)
+    return _forward_chunks(model, input_ids, attention_mask, position_ids, chunk_size)
+
+
+def _forward_chunks(model, input_ids, attention_mask, position_ids, chunk_size: int) -> Cache:
     """Run the prompt chunk by chunk into one cache, and return it."""
-    check_chunkable(session.recipe, chunk_size)
-    session.begin_chunked_prefill(input_ids, attention_mask)
     cache = DynamicCache(config=model.config)
     for start in range(0, input_ids.shape[1], chunk_size):
         stop = min(start + chunk_size, input_ids.shape[1])

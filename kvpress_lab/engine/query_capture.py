@@ -12,8 +12,9 @@ the model computes exactly what it computes without the wrapper.
 
 The wrapper is a local override in transformers' shared ``ALL_ATTENTION_FUNCTIONS``; the first
 :func:`capture_queries` block that needs an implementation installs it and the last one to exit
-removes it (reference-counted, under a lock), restoring whatever was there before. Modules no
-block listens to pass straight through. Implementations the model does not resolve through
+removes it (reference-counted, under a lock), restoring whatever was there before. Listeners are
+per thread: a call reaches the block of the thread that makes it, and modules no block of that
+thread listens to pass straight through (several threads' sessions share one model). Implementations the model does not resolve through
 that mapping — ``"eager"``, which each family module resolves to its own default function —
 simply hand nothing over, and the scorer's queries are recomputed from the layer's input as
 before (same scores up to float rounding; eager attention is the slow path anyway).
@@ -36,15 +37,17 @@ Listener = Callable[[int, torch.Tensor], None]
 Override = Callable[..., tuple]
 
 _LOCK = threading.Lock()
-_LISTENERS: dict[int, tuple[int, Listener]] = {}  # id(attention module) -> (layer index, listener)
-_OVERRIDES: dict[int, tuple[int, Override, int]] = {}  # id(attention module) -> (layer index, replacement, thread)
+_LISTENERS: dict[tuple[int, int], tuple[int, Listener]] = {}  # (id(attention module), thread) -> (layer index, listener)
+_OVERRIDES: dict[tuple[int, int], tuple[int, Override]] = {}  # (id(attention module), thread) -> (layer index, replacement)
 _INSTALLED: dict[str, tuple[int, object]] = {}  # implementation -> (blocks using it, local override it replaced or _ABSENT)
 _ABSENT = object()  # no local override was there before
 
 
 @contextlib.contextmanager
 def capture_queries(modules: Mapping[int, nn.Module], listener: Listener) -> Iterator[None]:
-    """Inside the block, every call of ``modules[idx]`` first runs ``listener(idx, query)``.
+    """Inside the block, every call of ``modules[idx]`` made in this thread first runs ``listener(idx, query)``.
+
+    Other threads' calls of the same modules pass straight through (or reach their own block's listener).
 
     Parameters
     ----------
@@ -57,15 +60,16 @@ def capture_queries(modules: Mapping[int, nn.Module], listener: Listener) -> Ite
     Raises
     ------
     RuntimeError
-        If another block already listens to one of the modules.
+        If another block of this thread already listens to one of the modules.
     """
     implementations = _implementations(modules)
+    thread = threading.get_ident()
     with _LOCK:
-        taken = [idx for idx, module in modules.items() if id(module) in _LISTENERS]
+        taken = [idx for idx, module in modules.items() if (id(module), thread) in _LISTENERS]
         if taken:
             raise RuntimeError(f"the queries of attention layers {taken} are already being captured by another block.")
         for idx, module in modules.items():
-            _LISTENERS[id(module)] = (idx, listener)
+            _LISTENERS[(id(module), thread)] = (idx, listener)
         for name in implementations:
             _install(name)
     try:
@@ -73,7 +77,7 @@ def capture_queries(modules: Mapping[int, nn.Module], listener: Listener) -> Ite
     finally:
         with _LOCK:
             for module in modules.values():
-                _LISTENERS.pop(id(module), None)
+                _LISTENERS.pop((id(module), thread), None)
             for name in implementations:
                 _uninstall(name)
 
@@ -96,12 +100,13 @@ def override_attention(modules: Mapping[int, nn.Module], fn: Override) -> Iterat
         If another block already overrides one of the modules.
     """
     implementations = _implementations(modules)
+    thread = threading.get_ident()
     with _LOCK:
-        taken = [idx for idx, module in modules.items() if id(module) in _OVERRIDES]
+        taken = [idx for idx, module in modules.items() if (id(module), thread) in _OVERRIDES]
         if taken:
             raise RuntimeError(f"the attention of layers {taken} is already overridden by another block.")
         for idx, module in modules.items():
-            _OVERRIDES[id(module)] = (idx, fn, threading.get_ident())
+            _OVERRIDES[(id(module), thread)] = (idx, fn)
         for name in implementations:
             _install(name)
     try:
@@ -109,7 +114,7 @@ def override_attention(modules: Mapping[int, nn.Module], fn: Override) -> Iterat
     finally:
         with _LOCK:
             for module in modules.values():
-                _OVERRIDES.pop(id(module), None)
+                _OVERRIDES.pop((id(module), thread), None)
             for name in implementations:
                 _uninstall(name)
 
@@ -141,11 +146,11 @@ def _uninstall(name: str) -> None:
 
 def _capturing(original: Callable) -> Callable:
     def attention(module: nn.Module, query: torch.Tensor, *args, **kwargs):
-        entry = _LISTENERS.get(id(module))
+        entry = _LISTENERS.get((id(module), threading.get_ident()))
         if entry is not None:
             entry[1](entry[0], query)
-        replacement = _OVERRIDES.get(id(module))
-        if replacement is not None and replacement[2] == threading.get_ident():
+        replacement = _OVERRIDES.get((id(module), threading.get_ident()))
+        if replacement is not None:
             return replacement[1](replacement[0], module, query, *args, **kwargs)
         return original(module, query, *args, **kwargs)
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import functools
 import threading
 import warnings
 from dataclasses import dataclass
@@ -18,9 +17,10 @@ from kvpress_lab.cache_layers import check_layer
 from kvpress_lab.engine.block_scoring import select_in_blocks
 from kvpress_lab.engine.cache_checks import check_cache, check_generate_options, held_entries
 from kvpress_lab.engine.chunking import ChunkedPrefill, check_chunkable
-from kvpress_lab.engine.decoding import DecodingHooks, PaddingCapture, cache_from_kwargs, mark_compressed, persistent_hooks
-from kvpress_lab.engine.generate_guard import GenerateCall, guard_generate
+from kvpress_lab.engine.decoding import PaddingCapture, cache_from_kwargs, mark_compressed
+from kvpress_lab.engine.generate_guard import GenerateCall
 from kvpress_lab.engine.global_statistics import layer_statistic, ranks_scores
+from kvpress_lab.engine.model_hooks import HookListener, ModelHooks, add_listener, remove_listener
 from kvpress_lab.engine.post_prefill import needs_reconstruction, reconstruction_scores
 from kvpress_lab.engine.query_capture import capture_queries
 from kvpress_lab.errors import UnsupportedCacheError
@@ -40,8 +40,6 @@ if TYPE_CHECKING:
 
 __all__ = ["CompressionSession"]
 
-_ACTIVE_ATTR = "_kvpress_lab_session"
-_ATTACH_LOCK = threading.Lock()  # makes "is a session applied? then apply mine" atomic across threads
 _UNTIMED = contextlib.nullcontext()  # what _timed returns when role timing is off
 
 
@@ -58,7 +56,7 @@ class _ScoredLayer:
     valid: torch.Tensor  # (B, T) bool
 
 
-class CompressionSession:
+class CompressionSession(HookListener):
     """Context manager returned by :meth:`Recipe.apply <kvpress_lab.Recipe.apply>`.
 
     Inside the ``with`` block every prefill the model runs (a forward pass that fills an empty
@@ -71,8 +69,10 @@ class CompressionSession:
     per layer). All hooks are removed on exit, also after an exception.
 
     Compression is scoped to the thread that entered the block: another thread's calls on the same
-    model run as if no recipe were applied (a model holds one session at a time; a second ``with``
-    block, in any thread, raises). What cannot be compressed is refused, never run uncompressed
+    model run as if no recipe were applied, and other threads may apply recipes of their own to the
+    same model meanwhile (each thread one at a time: a second ``with`` block in the same thread
+    raises). The hooks are shared with every other user of the model
+    (:mod:`kvpress_lab.engine.model_hooks`). What cannot be compressed is refused, never run uncompressed
     silently: ``use_cache=False``, a cache other than transformers' ``DynamicCache`` (static,
     quantized, offloaded). ``generate(..., prefill_chunk_size=C)`` compresses after every chunk
     (:mod:`kvpress_lab.engine.chunking`) when the recipe can, and is refused when it cannot. A
@@ -123,13 +123,11 @@ class CompressionSession:
         self._stage_one: dict[int, torch.Tensor] = {}  # layer -> (B, Hkv, T) stage-one scores (two-stage scorers)
         self._rotary: dict[int, tuple] = {}  # layer -> prefill (cos, sin), kept for Recipe.rerotate_keys
         self._ordinal = {idx: n for n, idx in enumerate(self.adapter.compressible)}
-        self._decoding = DecodingHooks(self.adapter, model=model)
         self._capture_padding = PaddingCapture(self.adapter.decoder)
         self._padding: torch.Tensor | None = None  # (B, T) bool of the current forward, or None: no 2-D mask
         self._input_ids: torch.Tensor | None = None  # (B, T) ids of the current forward, None on embeddings
         self._position_ids: torch.Tensor | None = None  # (B or 1, T) position ids the current forward was given, or None
-        self._handles: list[torch.utils.hooks.RemovableHandle] = []
-        self._unguard = None
+        self._hooks: ModelHooks | None = None  # while attached
         self._thread: int | None = None
         self._chunking: ChunkedPrefill | None = None
         self._recent = {idx: RecentInputs(recipe.window) for idx in self.adapter.compressible}  # decoding compression
@@ -158,23 +156,11 @@ class CompressionSession:
         self.detach()
 
     def attach(self) -> None:
-        """Register the hooks; prefer the ``with`` form, which always detaches."""
+        """Start compressing this thread's calls on the model; prefer the ``with`` form, which always detaches."""
         self._entered = True
-        with _ATTACH_LOCK:
-            if getattr(self.model, _ACTIVE_ATTR, None) is not None:
-                raise RuntimeError("A kvpress_lab recipe is already applied to this model; exit that `with` block first.")
-            setattr(self.model, _ACTIVE_ATTR, self)
         self._thread = threading.get_ident()
+        self._hooks = add_listener(self.model, self, "`with recipe.apply(model)`")  # atomic: one session per thread
         try:
-            if persistent_hooks(self.model) is None:
-                self._decoding.attach()
-            self._unguard = guard_generate(self.model, self._check_generate)
-            decoder = self.adapter.decoder
-            self._handles.append(decoder.register_forward_pre_hook(self._new_forward, with_kwargs=True))
-            self._handles.append(decoder.register_forward_hook(self._end_forward, with_kwargs=True))
-            for idx in self.adapter.compressible:
-                hook = functools.partial(self._compress_layer, idx)
-                self._handles.append(self.adapter.attention[idx].register_forward_hook(hook, with_kwargs=True))
             if getattr(self.recipe.strategies.scorer, "reads_every_query", False):
                 modules = {idx: self.adapter.attention[idx] for idx in self.adapter.compressible}
                 self._query_capture.enter_context(capture_queries(modules, self._keep_queries))
@@ -183,24 +169,35 @@ class CompressionSession:
             raise
 
     def detach(self) -> None:
-        """Remove every hook this session registered."""
-        while self._handles:
-            self._handles.pop().remove()
-        if self._unguard is not None:
-            self._unguard()
-            self._unguard = None
+        """Stop compressing; the model's hooks go when their last user leaves."""
         self._query_capture.close()
         self._queries.clear()
-        self._decoding.detach()
         self._pending.clear()
-        with _ATTACH_LOCK:
-            if getattr(self.model, _ACTIVE_ATTR, None) is self:
-                delattr(self.model, _ACTIVE_ATTR)
+        if self._hooks is not None:
+            self._hooks = None
+            remove_listener(self.model, self)
 
     @property
     def num_hooks(self) -> int:
-        """Hooks currently registered by this session."""
-        return len(self._handles) + len(self._decoding.handles)
+        """Module hooks on the model while this session is attached (shared with the model's other users), else 0."""
+        return 0 if self._hooks is None else self._hooks.num_hooks
+
+    # -- what the model's hooks call in this session's thread ------------------------------
+
+    def decoder_pre(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
+        self._new_forward(module, args, kwargs)
+
+    def decoder_post(self, module: nn.Module, args: tuple, kwargs: dict, output: object) -> None:
+        self._end_forward(module, args, kwargs, output)
+
+    def attention_post(self, idx: int, module: nn.Module, args: tuple, kwargs: dict, output: object) -> None:
+        self._compress_layer(idx, module, args, kwargs, output)
+
+    def check_generate(self, call: GenerateCall) -> None:
+        self._check_generate(call)
+
+    def applies_decoding_compression(self) -> bool:
+        return self.recipe.decode_budget is not None
 
     # -- checks ----------------------------------------------------------------------------
 
@@ -215,7 +212,11 @@ class CompressionSession:
         chunk_size = check_generate_options(call, self.adapter.compressible)
         if chunk_size is not None:
             check_chunkable(self.recipe, chunk_size)
-            self.begin_chunked_prefill(call.input_ids, call.kwargs.get("attention_mask"))
+            ids, mask = call.input_ids, call.kwargs.get("attention_mask")
+            expand = max(call.option("num_beams") or 1, call.option("num_return_sequences") or 1)
+            if expand > 1:  # generate repeats every prompt row before the prefill (beams, sequences)
+                ids, mask = ids.repeat_interleave(expand, dim=0), None if mask is None else mask.repeat_interleave(expand, dim=0)
+            self.begin_chunked_prefill(ids, mask)
 
     def begin_chunked_prefill(self, input_ids: torch.Tensor | None, attention_mask: torch.Tensor | None = None) -> None:
         """Announce that the next forwards prefill ``input_ids`` ``(B, T)`` in chunks (into an empty cache).

@@ -28,8 +28,9 @@ from typing import TYPE_CHECKING
 import torch
 from torch import nn
 
-from kvpress_lab.engine.decoding import disable_compressed_decoding, enable_compressed_decoding, persistent_hooks
+from kvpress_lab.engine.decoding import mark_decoding_compression
 from kvpress_lab.engine.families import ModelAdapter
+from kvpress_lab.engine.model_hooks import HookListener, add_listener, enable_compressed_decoding, hooks_in_use, remove_listener
 from kvpress_lab.engine.padding import padded_positions
 from kvpress_lab.engine.prefill import check_prompt, forward_cache
 from kvpress_lab.engine.session import CompressionSession
@@ -73,6 +74,12 @@ def compress_many(
         One cache per recipe, in order, each equal to ``recipe.prefill(model, input_ids,
         attention_mask)`` (the full cache for ``None``; no two share a layer): pass ``copy.deepcopy`` of one to ``generate`` per question. Decoding
         hooks stay on ``model`` as after :func:`~kvpress_lab.engine.prefill.prefill`.
+
+    Raises
+    ------
+    RuntimeError
+        Inside a ``with recipe.apply(model)`` block of the same thread: its session would compress
+        the pass, and every cache would be that recipe's.
     """
     from kvpress_lab.recipe import Recipe
 
@@ -84,35 +91,39 @@ def compress_many(
         raise ValueError(f"max_recipes must be an integer >= 1 or None, got {max_recipes!r}.")
     check_prompt(model, input_ids, attention_mask)
     step = max_recipes or len(recipes)
-    had_hooks = persistent_hooks(model) is not None
-    enable_compressed_decoding(model)
-    try:
+    with hooks_in_use(model, "compress_many"):
         caches: list[Cache] = []
         for start in range(0, len(recipes), step):
             caches += _one_pass(model, input_ids, attention_mask, recipes[start : start + step])
-        return caches
-    except BaseException:
-        if not had_hooks:
-            disable_compressed_decoding(model)
-        raise
+        enable_compressed_decoding(model)
+    for recipe, cache in zip(recipes, caches):
+        mark_decoding_compression(cache, recipe)
+    return caches
+
+
+class _LayerInputs(HookListener):
+    """Keeps what each full-attention layer receives during one pass (this thread's calls only)."""
+
+    def __init__(self, adapter: ModelAdapter):
+        self.adapter = adapter
+        self.inputs: dict[int, dict] = {}
+
+    def attention_pre(self, idx: int, module: nn.Module, args: tuple, kwargs: dict) -> None:
+        self.inputs[idx] = {"hidden_states": self.adapter.hidden_states(args, kwargs),
+                            "position_embeddings": kwargs["position_embeddings"]}
 
 
 def _one_pass(model, input_ids, attention_mask, recipes) -> list[Cache]:
     adapter = ModelAdapter.for_model(model)
     sessions = [None if recipe is None else CompressionSession(recipe, model) for recipe in recipes]  # validates first
-    inputs: dict[int, dict] = {}
-
-    def capture(idx: int, module: nn.Module, args: tuple, kwargs: dict) -> None:
-        inputs[idx] = {"hidden_states": adapter.hidden_states(args, kwargs), "position_embeddings": kwargs["position_embeddings"]}
-
-    handles = [adapter.attention[idx].register_forward_pre_hook(lambda m, a, k, idx=idx: capture(idx, m, a, k), with_kwargs=True)
-               for idx in adapter.compressible]
+    capture = _LayerInputs(adapter)
+    add_listener(model, capture, "compress_many")
     try:
         position_ids = None if attention_mask is None else padded_positions(attention_mask)
         full = forward_cache(model, input_ids, attention_mask=attention_mask, position_ids=position_ids)
     finally:
-        for handle in handles:
-            handle.remove()
+        remove_listener(model, capture)
+    inputs = capture.inputs
     caches = [None if session is None else _replay(session, adapter, full, inputs, input_ids, attention_mask)
               for session in sessions]
     wanted = [i for i, session in enumerate(sessions) if session is None]  # the full cache: no replay reads it now

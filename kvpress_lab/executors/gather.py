@@ -166,8 +166,9 @@ class GatherExecutor:
     ties: str = "first"
 
     def __post_init__(self) -> None:
-        if self.kv_bits is not None and (isinstance(self.kv_bits, bool) or self.kv_bits not in QUANT_BITS):
-            raise ValueError(f"GatherExecutor.kv_bits must be None (no quantization), 8 or 4, got {self.kv_bits!r}.")
+        if self.kv_bits is not None and (type(self.kv_bits) is not int or self.kv_bits not in QUANT_BITS):  # not 8.0, not True
+            raise ValueError(f"GatherExecutor.kv_bits must be None (no quantization), 8 or 4, got {self.kv_bits!r} "
+                             f"of type {type(self.kv_bits).__name__}.")
         check_int("GatherExecutor", "group_size", self.group_size, minimum=1)
         check_int("GatherExecutor", "residual_length", self.residual_length, minimum=1)
         check_choice("GatherExecutor", "ties", self.ties, TIES)

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from kvpress_lab import Recipe
-from kvpress_lab.engine.decoding import disable_compressed_decoding
+from kvpress_lab.engine.model_hooks import disable_compressed_decoding
 from helpers.reference import full_prefill, gathered_cache, greedy_with_positions
 from helpers.tiny_models import left_pad, random_prompt, tiny_model
 

@@ -167,7 +167,7 @@ def test_recorded_tokens_are_copies_of_the_inputs():
 def test_the_benchmark_compares_caches_holding_the_same_entries():
     from helpers.char_tokenizer import CharTokenizer
     from kvpress_lab.benchmarks.decode_overhead import make_caches, measure
-    from kvpress_lab.engine.decoding import disable_compressed_decoding, enable_compressed_decoding
+    from kvpress_lab.engine.model_hooks import disable_compressed_decoding, enable_compressed_decoding
 
     model = tiny_model("llama")
     caches = make_caches(model, CharTokenizer(), 64, 16)

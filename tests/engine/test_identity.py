@@ -7,7 +7,8 @@ import torch
 
 from kvpress_lab import Recipe
 from kvpress_lab.cache_layers.dense import CompressedLayer
-from kvpress_lab.engine.decoding import COMPRESSED_FLAG, disable_compressed_decoding, enable_compressed_decoding
+from kvpress_lab.engine.decoding import COMPRESSED_FLAG
+from kvpress_lab.engine.model_hooks import disable_compressed_decoding, enable_compressed_decoding
 from kvpress_lab.engine.prefill import padded_positions
 from helpers.tiny_models import left_pad, random_prompt, tiny_model
 

@@ -37,6 +37,8 @@ def _build(name: str, budget: int, num_layers: int) -> Recipe | None:
     preset = dict(get_registry().get("preset", name).obj.recipe)
     extra = {"allocator_kwargs": allocator_kwargs(preset["allocator"], num_layers),
              "scorer_kwargs": scorer_kwargs(preset.get("scorer", ""))}  # kvzip: prompt ids (no tokenizer)
+    if not getattr(get_registry().get("allocator", preset["allocator"]).obj, "uses_budget", True):
+        return Recipe.preset(name, **extra) if budget == 1 else None  # threshold: no budget, one run per length
     minimum = Recipe.preset(name, **extra).minimum_budget
     if budget < minimum:
         with pytest.raises(ValueError, match=f"budget must be >= {minimum}|budget must be >= window"):
@@ -63,7 +65,8 @@ def test_every_preset_on_every_family(family, preset):
 def test_every_allocator_scorer_pair_with_padding(allocator, scorer, head_allocation):
     model = tiny_model("qwen3")
     ids, mask = left_pad([random_prompt(1, n, seed=n)[0] for n in (53, 29, 41)])
-    for budget in (9, 24, 60):
+    budget_free = not getattr(get_registry().get("allocator", allocator).obj, "uses_budget", True)  # threshold
+    for budget in (None,) if budget_free else (9, 24, 60):
         recipe = Recipe(allocator=allocator, scorer=scorer, budget=budget, window=4, head_allocation=head_allocation,
                         allocator_kwargs=allocator_kwargs(allocator, 4), scorer_kwargs=scorer_kwargs(scorer))
         _check_run(model, recipe, ids, mask)

@@ -17,7 +17,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from kvpress_lab import Recipe
-from kvpress_lab.engine.decoding import disable_compressed_decoding, enable_compressed_decoding
+from kvpress_lab.engine.model_hooks import disable_compressed_decoding, enable_compressed_decoding
 from kvpress_lab.engine.prefill import padded_positions
 from kvpress_lab.cache_layers.ragged import RaggedLayer
 from kvpress_lab.cache_layers.varlen_attention import (

@@ -19,7 +19,8 @@ from transformers.cache_utils import DynamicLayer
 from helpers.positional_executor import PositionalExecutorPlugin
 from helpers.tiny_models import left_pad, random_prompt, tiny_model
 from kvpress_lab.cache_layers import CompressedCacheLayer
-from kvpress_lab.engine.decoding import disable_compressed_decoding, enable_compressed_decoding, mark_compressed
+from kvpress_lab.engine.decoding import mark_compressed
+from kvpress_lab.engine.model_hooks import disable_compressed_decoding, enable_compressed_decoding
 from kvpress_lab.engine.padding import padded_positions
 from kvpress_lab.registry import Registry
 

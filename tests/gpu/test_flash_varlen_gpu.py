@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from kvpress_lab import Recipe
-from kvpress_lab.engine.decoding import disable_compressed_decoding
+from kvpress_lab.engine.model_hooks import disable_compressed_decoding
 from kvpress_lab.engine.prefill import padded_positions
 from kvpress_lab.cache_layers.ragged import RaggedLayer
 from kvpress_lab.cache_layers.varlen_attention import flash_attn_kernel, reference_varlen_attention

@@ -14,4 +14,5 @@ needs a helper.
 - ``scorer_views``: random ``LayerView`` objects for the scorer tests.
 - ``embedded``: whether the embedded model's distribution is installed, and a fake converter.
 - ``positional_executor``: a third-party-style executor for the executor conformance tests.
+- ``clean_model``: whether kvpress_lab left a hook, an attribute or a wrapper on a model.
 """

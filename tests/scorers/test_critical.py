@@ -13,7 +13,7 @@ from kvpress_lab import Recipe
 from kvpress_lab.engine.families import ModelAdapter
 from kvpress_lab.executors import select_top_k
 from kvpress_lab.executors.two_stage import first_stage_entries
-from kvpress_lab.scorers.critical import CriticalScorer
+from kvpress_lab.scorers.critical import CriticalScorer, projected_value_norms
 from kvpress_lab.scorers.sink import SinkScorer
 from kvpress_lab.scorers.snapkv_window import SnapKVWindowScorer
 
@@ -43,11 +43,34 @@ def test_refined_score_is_base_plus_epsilon_times_the_projected_value_l1_norm(ba
     scorer = CriticalScorer(base=base, base_kwargs=base_kwargs, epsilon=0.01)
     first, refined = scorer.staged_scores(view)
     base_scores = Recipe(scorer=base, scorer_kwargs=base_kwargs, window=2).strategies.scorer.score(view).double()
-    expected = (base_scores + 0.01) * _brute_force_norms(view)
     valid = view.valid[:, None, :].expand_as(refined)
+    low = base_scores.masked_fill(~valid, float("inf")).amin(dim=-1, keepdim=True)
+    shifted = torch.where(low < 0, base_scores - low, base_scores)  # knorm (-||k||): each head starts at 0
+    assert bool((low < 0).any()) == (base == "knorm")
+    expected = (shifted + 0.01) * _brute_force_norms(view)
     torch.testing.assert_close(refined.double()[valid], expected[valid], rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(first.double(), base_scores)
     assert torch.equal(scorer.score(view), refined)
+
+
+def test_a_base_with_negative_scores_keeps_its_order():
+    """knorm scores -||k||: multiplied as they are, a larger value norm made an entry rank *lower*."""
+    view = make_view(batch=1, kv_heads=2, groups=2, length=9, window=2, head_dim=4, seed=3)
+    keys = view.keys
+    keys.copy_(keys / torch.linalg.vector_norm(keys, dim=-1, keepdim=True) * 2.0)  # every base score is -2
+    first, refined = CriticalScorer(base="knorm").staged_scores(view)
+    assert bool((first < 0).all())
+    norms = projected_value_norms(view.values, view.output_projection, view.num_query_heads)
+    assert torch.equal(refined.argsort(dim=-1, stable=True), norms.argsort(dim=-1, stable=True))  # more output, more kept
+    view.values.fill_(1.0)  # and with equal value norms the refined order is the base order
+    keys.mul_(torch.linspace(0.5, 1.5, 9)[None, None, :, None])
+    first, refined = CriticalScorer(base="knorm").staged_scores(view)
+    assert torch.equal(first.argsort(dim=-1, stable=True), refined.argsort(dim=-1, stable=True))
+
+
+def test_a_reconstruction_base_is_refused_when_the_recipe_is_built():
+    with pytest.raises(ValueError, match="base 'kvzip' is scored by a reconstruction pass.*pick a base"):
+        Recipe(scorer="critical", scorer_kwargs={"base": "kvzip"})
 
 
 def test_two_stage_selection_keeps_the_hand_computed_set():

@@ -49,8 +49,7 @@ def build_recipe(
         if isinstance(recipe_json, Mapping):
             data = dict(recipe_json)
         elif isinstance(recipe_json, (str, os.PathLike)):
-            with open(recipe_json, encoding="utf-8") as fh:
-                data = json.load(fh)
+            data = _read_recipe_file(recipe_json)
         else:
             raise TypeError(f"recipe_json must be a path to a recipe JSON file or a dict, got {type(recipe_json).__name__}.")
         if "compression_ratio" in overrides and "budget" not in overrides:
@@ -68,3 +67,20 @@ def build_recipe(
     if not isinstance(recipe, str):
         raise TypeError(f"recipe must be a preset name, a Recipe or None, got {type(recipe).__name__}: {recipe!r}.")
     return Recipe.preset(recipe, **overrides)
+
+
+def _read_recipe_file(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """The JSON object in ``path``; a missing file, invalid JSON or a non-object is an error naming the file."""
+    try:
+        with open(path, encoding="utf-8") as fh:
+            data = json.load(fh)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"recipe_json={os.fspath(path)!r}: no such file (write one with Recipe.to_json()).") from None
+    except IsADirectoryError:
+        raise ValueError(f"recipe_json={os.fspath(path)!r} is a folder; pass the recipe's JSON file.") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ValueError(f"recipe_json={os.fspath(path)!r} is not valid JSON ({exc}); write it with Recipe.to_json().") from None
+    if not isinstance(data, Mapping):
+        raise ValueError(f"recipe_json={os.fspath(path)!r} holds a JSON {type(data).__name__}, not an object of Recipe fields "
+                         "(as Recipe.to_json() writes).")
+    return dict(data)

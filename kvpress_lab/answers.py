@@ -12,7 +12,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -21,7 +21,7 @@ import torch
 if TYPE_CHECKING:
     from kvpress_lab.recipe import Recipe
 
-__all__ = ["Answer", "ask", "split_prompt"]
+__all__ = ["Answer", "ask", "split_prompt", "recipe_argument"]
 
 _SEPARATOR = "\n\n"
 
@@ -103,19 +103,34 @@ def ask(
         The document, prefilled and compressed once.
     questions : str or sequence of str
         One or several questions; each is answered on its own copy of the compressed cache.
-    recipe : Recipe or None
-        The compression recipe; ``None`` keeps the full cache (the reference to compare with).
+    recipe : Recipe, str, Mapping or None
+        The compression recipe: a :class:`~kvpress_lab.Recipe`, a preset name (``"snapkv"``), or a
+        dict of Recipe fields (:meth:`Recipe.from_dict <kvpress_lab.Recipe.from_dict>`); ``None``
+        keeps the full cache (the reference to compare with).
     chat_template : bool or None
         Wrap context and question in the tokenizer's chat template; default: when it has one.
     chunk_size : int or None
-        Prefill the context in chunks of this many tokens (:mod:`kvpress_lab.engine.chunking`).
+        Prefill the context in chunks of this many tokens (:mod:`kvpress_lab.engine.chunking`),
+        compressing after each chunk; with ``recipe=None`` the full cache is prefilled in chunks.
     **generate_kwargs
-        Passed to ``model.generate`` (default ``max_new_tokens=64``, greedy).
+        Passed to ``model.generate`` (default ``max_new_tokens=64``, greedy). ``ask`` builds the
+        inputs and the cache itself and returns one answer per question, so it refuses the options
+        that would change those (``input_ids``, ``attention_mask``, ``cache``,
+        ``return_dict_in_generate``, ``num_beams`` or ``num_return_sequences`` above 1, ...).
 
     Returns
     -------
     list[Answer]
         One per question, in order.
+
+    Raises
+    ------
+    TypeError, ValueError
+        Naming the argument, what it must be and what it was, before anything runs.
+    RuntimeError
+        Inside a ``with recipe.apply(model)`` block of the same thread (its session would compress
+        the context's prefill too). Other threads may call ``ask`` on the same model at the same
+        time: each call's results equal a call made alone.
 
     Examples
     --------
@@ -124,13 +139,17 @@ def ask(
     >>> model, tokenizer = load_model("smollm2-135m-instruct")         # doctest: +SKIP
     >>> answers = ask(model, tokenizer, document, ["Who?", "When?"], Recipe.preset("snapkv", budget=128))  # doctest: +SKIP
     """
-    from kvpress_lab.engine.decoding import disable_compressed_decoding, persistent_hooks
+    from kvpress_lab.engine.chunking import check_chunk_size
+    from kvpress_lab.engine.model_hooks import hooks_in_use
 
-    questions = [questions] if isinstance(questions, str) else list(questions)
-    if not isinstance(context, str) or not context:
-        raise ValueError(f"context must be a non-empty string, got {context!r:.40}.")
-    if not questions or not all(isinstance(q, str) and q for q in questions):
-        raise ValueError(f"questions must be one or more non-empty strings, got {questions!r:.80}.")
+    if not isinstance(context, str):
+        raise TypeError(f"context must be a non-empty string, got {type(context).__name__}: {context!r:.40}.")
+    if not context:
+        raise ValueError("context must be a non-empty string, got ''.")
+    questions = _question_list(questions)
+    recipe = recipe_argument(recipe)
+    check_chunk_size(chunk_size)
+    _check_generate_options(generate_kwargs)
     prompts = [split_prompt(tokenizer, context, q, chat_template=chat_template) for q in questions]
     prefixes = {prefix for prefix, _ in prompts}
     if len(prefixes) != 1:
@@ -141,23 +160,71 @@ def ask(
     options = {"max_new_tokens": 64, "do_sample": False, **generate_kwargs}
     options.setdefault("pad_token_id", tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id)
 
-    had_hooks = persistent_hooks(model) is not None
-    try:
+    with hooks_in_use(model, "kvpress_lab.ask"):  # the decoding hooks, for this call only (other threads keep theirs)
         return _answer_all(model, tokenizer, recipe, context_ids, questions, prompts, options, chunk_size)
-    finally:
-        if not had_hooks:  # prefill() left decoding hooks for the compressed cache: the copies are done with
-            disable_compressed_decoding(model)
+
+
+#: generate options ask sets itself, or that would give other than one answer per question.
+_ASK_CONTROLS = ("input_ids", "inputs", "attention_mask", "cache", "past_key_values", "use_cache",
+                 "return_dict_in_generate", "prefill_chunk_size")
+
+
+def _check_generate_options(options: dict[str, Any]) -> None:
+    taken = sorted(set(options) & set(_ASK_CONTROLS))
+    if taken:
+        raise TypeError(f"ask() builds {', '.join(taken)} itself (the context's cache and each question's inputs); "
+                        "drop them (use chunk_size= for a chunked prefill).")
+    for name in ("num_beams", "num_return_sequences"):
+        value = options.get(name, 1)
+        if value not in (None, 1):
+            raise ValueError(f"ask() returns one answer per question, decoded on a copy of one compressed cache row; "
+                             f"{name}={value!r} would need that row repeated. Call model.generate yourself for several "
+                             "sequences, or ask again (do_sample=True gives a new sample each call).")
+
+
+def _question_list(questions: Any) -> list[str]:
+    """``questions`` as a non-empty list of non-empty strings, or a clear error."""
+    if isinstance(questions, str):
+        questions = [questions]
+    elif isinstance(questions, Sequence) and not isinstance(questions, (bytes, bytearray)):
+        questions = list(questions)
+    else:
+        raise TypeError(f"questions must be a string or a sequence of strings, got {type(questions).__name__}: {questions!r:.60}.")
+    bad = [f"{i}: {type(q).__name__}" for i, q in enumerate(questions) if not isinstance(q, str)]
+    if bad:
+        raise TypeError(f"questions must be strings; got {', '.join(bad[:3])} at those positions.")
+    if not questions or not all(questions):
+        raise ValueError(f"questions must be one or more non-empty strings, got {questions!r:.80}.")
+    return questions
+
+
+def recipe_argument(recipe: Any) -> Recipe | None:
+    """A ``recipe=`` argument as a :class:`~kvpress_lab.Recipe` (or ``None``: no compression).
+
+    Takes a Recipe, a preset name (``"snapkv"``, as the lm-eval model type does), a dict of Recipe
+    fields, or ``None``; anything else is a ``TypeError`` naming the accepted forms.
+    """
+    from kvpress_lab.recipe import Recipe
+
+    if recipe is None or isinstance(recipe, Recipe):
+        return recipe
+    if isinstance(recipe, str):
+        return Recipe.preset(recipe)
+    if isinstance(recipe, Mapping):
+        return Recipe.from_dict(recipe)
+    raise TypeError(f"recipe must be a kvpress_lab.Recipe, a preset name (str), a dict of Recipe fields or None, "
+                    f"got {type(recipe).__name__}: {recipe!r:.60}.")
 
 
 def _answer_all(model, tokenizer, recipe, context_ids, questions, prompts, options, chunk_size) -> list[Answer]:
-    from kvpress_lab.engine.prefill import forward_cache, prefill
+    from kvpress_lab.engine.prefill import compressed_prefill, full_prefill
 
     device = context_ids.device
     start = time.perf_counter()
     if recipe is None:
-        cache = forward_cache(model, context_ids)
+        cache = full_prefill(model, context_ids, chunk_size=chunk_size)
     else:
-        cache = prefill(recipe, model, context_ids, chunk_size=chunk_size)
+        cache = compressed_prefill(recipe, model, context_ids, chunk_size=chunk_size)
     prefill_seconds = time.perf_counter() - start
 
     answers = []
