@@ -23,10 +23,13 @@ class KeyDiffScorer:
 
     Notes
     -----
-    No hyperparameters. Differences from kvpress: padded positions are left out of the anchor
-    (kvpress averages over every cached position); like ``KeyDiffPress`` this is the one-shot
-    rule, not the paper's block-wise iterative eviction (kvpress's ``BlockPress`` wrapper). Keys
-    are the cached ones (rotary applied), as in kvpress. Padded positions score 0.
+    No hyperparameters. Padded positions are left out of the anchor (kvpress averages over every
+    cached position; the same for unpadded rows) and score 0. Keys are the cached ones (rotary
+    applied), as in kvpress. One scoring of the whole prompt is ``KeyDiffPress``; the paper's
+    block prompt processing is a chunked prefill (``recipe.prefill(model, ids, chunk_size=C)``):
+    after each block the held keys and the block's are scored against their own anchor and the
+    budget kept, the block's forward attending only to what was kept. kvpress's ``BlockPress``
+    simulates it inside one forward (``Recipe(block_size=...)``, preset ``block-keydiff-kvpress``).
 
     Examples
     --------
@@ -38,6 +41,7 @@ class KeyDiffScorer:
     """
 
     name: ClassVar[str] = "keydiff"
+    chunked_prefill: ClassVar[bool] = True  # scores from the held keys alone: the paper's block prompt processing
 
     def score(self, view: LayerView) -> torch.Tensor:
         """``(B, Hkv, T)`` float32 negated cosine similarity to the head's mean unit key."""

@@ -9,7 +9,7 @@ from typing import Any, ClassVar
 import torch
 
 from kvpress_lab.layer_view import LayerView
-from kvpress_lab.validation import check_int
+from kvpress_lab.validation import check_bool, check_int
 
 __all__ = ["KVzipScorer", "RepeatPrompt", "REPEAT_TEXT", "CONTINUE_TEXT"]
 
@@ -111,6 +111,11 @@ class KVzipScorer:
     query_block : int
         Repeat-token queries scored together, ``>= 1`` (memory ``O(query_block * (chunk + Q))`` per
         head; the scores do not depend on it). Default 128.
+    fuse : bool
+        Compute the scores inside the reconstruction forward's attention (:meth:`attend_and_score`,
+        one softmax for both; sdpa and flash models). Default ``True``. ``False``: the attention runs
+        as usual and :meth:`reconstruction_scores` scores from its queries afterwards (the
+        reference path, which eager attention always takes); the scores are the same up to rounding.
 
     Notes
     -----
@@ -149,11 +154,13 @@ class KVzipScorer:
     suffix_ids: Sequence[int] | None = None
     skip_prefix: int | str = 0
     query_block: int = 128
+    fuse: bool = True
 
     def __post_init__(self) -> None:
         owner = type(self).__name__
         check_int(owner, "n_sink", self.n_sink, minimum=0)
         check_int(owner, "query_block", self.query_block, minimum=1)
+        check_bool(owner, "fuse", self.fuse)
         if self.skip_prefix != "chat_template":
             check_int(owner, "skip_prefix", self.skip_prefix, minimum=0)
         check_int(owner, "chunk_size", self.chunk_size, minimum=1)

@@ -173,7 +173,7 @@ class _RowChunk:
 
 def _fusing(modules: dict, fused: Any, scorer: Any) -> Any:
     """:func:`~kvpress_lab.engine.query_capture.override_attention` with ``fused`` when the scorer can fuse, else nothing."""
-    if getattr(scorer, "attend_and_score", None) is None:
+    if getattr(scorer, "attend_and_score", None) is None or not getattr(scorer, "fuse", True):
         return contextlib.nullcontext()
     return override_attention(modules, fused)
 

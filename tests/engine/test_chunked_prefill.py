@@ -109,3 +109,14 @@ def test_sinks_and_window_survive_every_chunk():
     selection = session.selections[0]
     kept = selection.indices[0, 0][selection.valid[0, 0]].tolist()
     assert kept == [0, 1, 2, 3] + list(range(52 - 16, 52))
+
+
+def test_keydiff_chunked_prefill_is_the_papers_block_prompt_processing():
+    """After each block, the held keys and the block's are ranked against their own mean key; the budget stays."""
+    model = tiny_model("llama")
+    recipe = Recipe.preset("keydiff", budget=24)
+    ids = random_prompt(1, 150)
+    out, seen = _held_per_chunk(model, recipe, lambda: model.generate(ids, prefill_chunk_size=32, **GENERATE))
+    assert max(seen) <= 24 + 32
+    for idx in _compressible(model):
+        assert out.cache.layers[idx].kept_counts().tolist() == [[24 + 3] * 2]
