@@ -26,11 +26,10 @@ import torch
 from kvpress_lab import Recipe
 from kvpress_lab.benchmarks.kvpress_side import (
     KeyRecorder,
+    force_and_answer,
     greedy_answer,
-    greedy_continue,
     kept_mask,
     mask_from_kept_indices,
-    teacher_force,
 )
 from kvpress_lab.cache_layers import CompressedCacheLayer
 from kvpress_lab.engine.decoding import disable_compressed_decoding, enable_compressed_decoding, persistent_hooks
@@ -92,7 +91,6 @@ def prefill_record(model: torch.nn.Module, recipe: Recipe, context: torch.Tensor
 def decoding_record(model: torch.nn.Module, recipe: Recipe, context: torch.Tensor, continuation: torch.Tensor,
                     seed: int, max_new_tokens: int, eos_token_ids: Sequence[int]) -> dict:
     """Prefill ``context`` uncompressed, teacher-force ``continuation`` ``(1, M)`` under ``recipe``, then answer."""
-    length, steps = context.shape[1], continuation.shape[1]
     modules = [layer.self_attn for layer in model.model.layers]
     recorder = KeyRecorder(modules, our_head_keys, model.config.num_key_value_heads)
     with torch.no_grad(), recorder, recipe.apply(model):  # the recorder's hooks run before the session's
@@ -104,18 +102,8 @@ def decoding_record(model: torch.nn.Module, recipe: Recipe, context: torch.Tenso
             raise ValueError(f"Recipe {recipe.preset_name or recipe.scorer!r} compressed the prefill; the decoding case "
                              "compares compression of the generation only (compress_prefill=False).")
         prefill_keys = [layer.keys[0].clone() for layer in cache.layers]
-        recorder.active = True
-        start = time.perf_counter()
-        first = teacher_force(model, cache, continuation, length)
-        forced_s = time.perf_counter() - start
-        recorder.active = False
-        reference = [torch.cat([keys, recorder.keys(idx)], dim=1) for idx, keys in enumerate(prefill_keys)]
-        kept = kept_mask(cache.layers, our_head_keys, reference)
-        start = time.perf_counter()
-        answer = greedy_continue(model, cache, int(first.argmax()), length + steps, max_new_tokens - 1, eos_token_ids)
-        answer_s = time.perf_counter() - start
-    return {"kept": kept, "answer_ids": answer, "first_logits": first, "prefill_s": prefill_s, "forced_s": forced_s,
-            "answer_s": answer_s, "recovery": "byte match (prefill + recorded decoding keys)", "context_length": length}
+        record = force_and_answer(model, cache, recorder, prefill_keys, continuation, max_new_tokens, eos_token_ids)
+    return {**record, "prefill_s": prefill_s}
 
 
 def run_ours(model: torch.nn.Module, runs: Sequence[Mapping], recipes: Mapping[tuple[str, float | None], Recipe],

@@ -20,7 +20,6 @@ import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-import torch
 
 from kvpress_lab.benchmarks.kvpress_side import jaccard
 

@@ -38,6 +38,7 @@ from __future__ import annotations
 import argparse
 import inspect
 import json
+import logging
 import os
 import statistics
 import sys
@@ -50,7 +51,8 @@ import torch
 
 __all__ = [
     "RecoveryError", "match_rows", "kept_mask", "mask_from_pruned", "mask_from_kept_indices", "jaccard",
-    "cache_keyword", "greedy_answer", "greedy_continue", "teacher_force", "KeyRecorder", "interleaved_seconds",
+    "cache_keyword", "greedy_answer", "greedy_continue", "teacher_force", "KeyRecorder", "force_and_answer",
+    "interleaved_seconds",
     "build_press", "run_job", "kvzip_timing", "main",
 ]
 
@@ -290,6 +292,29 @@ class KeyRecorder:
         return torch.stack(self.rows[ordinal], dim=1)
 
 
+def force_and_answer(model: torch.nn.Module, cache: object, recorder: KeyRecorder, prefill_keys: Sequence[torch.Tensor],
+                     continuation: torch.Tensor, max_new_tokens: int, eos_token_ids: Sequence[int]) -> dict:
+    """The decoding case after an uncompressed prefill, under compression (a press or a session) and ``recorder``.
+
+    Teacher-forces ``continuation`` ``(1, M)`` from ``T`` on (``prefill_keys``: ``L`` tensors
+    ``(Hkv, T, D)``) while ``recorder`` records each new key row, recovers the final cache's kept
+    positions ``(L, Hkv, T + M)`` against the prefill's and the recorded rows, then continues greedily.
+    """
+    length, steps = prefill_keys[0].shape[1], continuation.shape[1]
+    recorder.active = True
+    start = time.perf_counter()
+    first = teacher_force(model, cache, continuation, length)
+    forced_s = time.perf_counter() - start
+    recorder.active = False
+    reference = [torch.cat([keys, recorder.keys(idx)], dim=1) for idx, keys in enumerate(prefill_keys)]
+    kept = kept_mask(cache.layers, recorder.head_keys, reference)
+    start = time.perf_counter()
+    answer = greedy_continue(model, cache, int(first.argmax()), length + steps, max_new_tokens - 1, eos_token_ids)
+    return {"kept": kept, "answer_ids": answer, "first_logits": first, "forced_s": forced_s,
+            "answer_s": time.perf_counter() - start, "recovery": "byte match (prefill + recorded decoding keys)",
+            "context_length": length}
+
+
 def interleaved_seconds(settings: Mapping[str, Callable[[], object]], repeats: int) -> dict[str, list[float]]:
     """Wall seconds of each setting, run interleaved ``repeats`` times (a, b, a, b, ...)."""
     seconds: dict[str, list[float]] = {name: [] for name in settings}
@@ -421,7 +446,6 @@ def _prefill_run(model, press, context, question, reference, seed: int, job: Map
 def _decoding_run(model, press, context, continuation, seed: int, job: Mapping) -> dict:
     from transformers import DynamicCache
 
-    length, steps = context.shape[1], continuation.shape[1]
     cache = DynamicCache()
     torch.manual_seed(seed)
     start = time.perf_counter()
@@ -431,20 +455,9 @@ def _decoding_run(model, press, context, continuation, seed: int, job: Mapping) 
     prefill_keys = [layer.keys[0].clone() for layer in cache.layers]
     recorder = KeyRecorder(_attention_modules(model), _dense_head_keys, prefill_keys[0].shape[0])
     with recorder, press(model):  # the recorder's hooks first
-        recorder.active = True
-        start = time.perf_counter()
-        first = teacher_force(model, cache, continuation, length)
-        forced_s = time.perf_counter() - start
-        recorder.active = False
-        reference = [torch.cat([keys, recorder.keys(idx)], dim=1) for idx, keys in enumerate(prefill_keys)]
-        kept = kept_mask(cache.layers, _dense_head_keys, reference)
-        start = time.perf_counter()
-        answer = greedy_continue(model, cache, int(first.argmax()), length + steps, job["max_new_tokens"] - 1,
-                                 job["eos_token_ids"])
-        answer_s = time.perf_counter() - start
-    return {"kept": kept, "answer_ids": answer, "first_logits": first, "prefill_s": prefill_s, "forced_s": forced_s,
-            "answer_s": answer_s, "recovery": "byte match (prefill + recorded decoding keys)",
-            "context_length": length}
+        record = force_and_answer(model, cache, recorder, prefill_keys, continuation, job["max_new_tokens"],
+                                  job["eos_token_ids"])
+    return {**record, "prefill_s": prefill_s}
 
 
 @contextmanager
@@ -467,6 +480,21 @@ class _Models:
         return self._loaded[implementation]
 
 
+class _OncePerMessage(logging.Filter):
+    """Lets each distinct message through once (kvpress warns at every press it builds)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: set[str] = set()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if message in self.seen:
+            return False
+        self.seen.add(message)
+        return True
+
+
 def _quiet_transformers() -> None:
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
@@ -474,6 +502,12 @@ def _quiet_transformers() -> None:
 
     transformers.utils.logging.disable_progress_bar()
     transformers.utils.logging.set_verbosity_error()
+    handler = logging.StreamHandler(sys.stderr)
+    handler.addFilter(_OncePerMessage())
+    handler.setFormatter(logging.Formatter("kvpress: %(message)s"))
+    kvpress_logger = logging.getLogger("kvpress")
+    kvpress_logger.addHandler(handler)
+    kvpress_logger.propagate = False
 
 
 def _versions() -> dict[str, str]:

@@ -87,3 +87,13 @@ def test_plan_skips_missing_presets_and_draws_kvpress_twice_for_sketches():
 def test_a_missing_side_environment_says_how_to_build_it(tmp_path):
     with pytest.raises(FileNotFoundError, match="bash scripts/kvpress_env.sh"):
         check_kvpress_python(tmp_path / "bin" / "python")
+
+
+@pytest.mark.parametrize("name", ["kvpress_side", "fidelity_cases", "fidelity_prompts", "fidelity_report"])
+def test_docstring_examples(name):
+    import doctest
+    import importlib
+
+    module = importlib.import_module(f"kvpress_lab.benchmarks.{name}")
+    result = doctest.testmod(module, optionflags=doctest.ELLIPSIS)
+    assert result.attempted > 0 and result.failed == 0
