@@ -102,9 +102,10 @@ def plan(cases: Sequence[str], ratios: Sequence[float], overrides: Mapping[str, 
 def run_side(python: Path, command: str, job_dir: Path, threads: int) -> None:
     """Run :mod:`.kvpress_side` ``command`` on ``job_dir`` with the side environment's ``python``."""
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "TRANSFORMERS_VERBOSITY": "error",
-           "HF_HUB_DISABLE_PROGRESS_BARS": "1", "PYTHONNOUSERSITE": "1"}
-    env.pop("PYTHONPATH", None)  # the side environment must not see this environment's packages
-    result = subprocess.run([str(python), str(SIDE_SCRIPT), command, str(job_dir)], env=env)
+           "HF_HUB_DISABLE_PROGRESS_BARS": "1"}
+    # -I (isolated): no PYTHONPATH, no user site, and not the script's folder (the benchmark modules
+    # beside it) on sys.path: the side sees its own environment's packages only.
+    result = subprocess.run([str(python), "-I", str(SIDE_SCRIPT), command, str(job_dir)], env=env)
     if result.returncode != 0:
         raise RuntimeError(f"The kvpress side ({python} {SIDE_SCRIPT.name} {command}) exited with status "
                            f"{result.returncode}; its error is printed above.")
