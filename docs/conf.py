@@ -42,7 +42,9 @@ extensions = [
     "sphinxarg.ext",  # sphinx-argparse: the command-line reference, rendered from the parser
     "kvpress_docs",  # _ext/kvpress_docs.py: reference pages generated from the registry and the CLI
 ]
-exclude_patterns = ["_build", "Thumbs.db", ".DS_Store"]
+# howto/kvpress-fidelity-table.rst: the table `python -m kvpress_lab.benchmarks.fidelity` writes, included by
+# the migration page (a fragment, not a page of its own).
+exclude_patterns = ["_build", "Thumbs.db", ".DS_Store", "howto/kvpress-fidelity-table.rst"]
 nitpicky = True  # every cross-reference must resolve: a dangling one fails the -W build
 
 # -- autodoc / numpydoc --------------------------------------------------------------------------
