@@ -17,8 +17,9 @@ also printed) and the table as a reStructuredText ``list-table`` (``--table``, d
 the job and kvpress's raw records.
 
 ``--kvzip-timing T`` instead times ``(prefill + KVzip scoring and compression) / plain prefill``
-at ``T`` tokens, for kvpress's ``KVzipPress`` (side environment) and our ``--timing-recipe``,
-interleaved repeats, medians, ``--threads`` threads.
+at ``T`` tokens, for kvpress's ``KVzipPress`` (side environment) and our ``--timing-recipe``
+(``kvzip``: also its unfused reference scoring, ``scorer_kwargs={"fuse": False}``, and the Jaccard
+of the two kept sets), interleaved repeats, medians, ``--threads`` threads.
 
 Run::
 
@@ -217,14 +218,41 @@ def measure_kvzip_timing(args: argparse.Namespace) -> dict:
     theirs = json.loads((job_dir / "kvzip_timing.json").read_text())
     recipe = Recipe.preset(args.timing_recipe, compression_ratio=args.timing_ratio)
     settings = {"plain": lambda: forward_cache(model, ids), "kvzip": lambda: recipe.prefill(model, ids)}
+    reference = None
+    if "fuse" in recipe.strategies.scorer.__dataclass_fields__:  # kvzip: also its unfused reference scoring
+        reference = Recipe.preset(args.timing_recipe, compression_ratio=args.timing_ratio, scorer_kwargs={"fuse": False})
+        settings["kvzip_reference"] = lambda: reference.prefill(model, ids)
     with torch.no_grad():
         forward_cache(model, ids)  # warm-up
         seconds = kvpress_side.interleaved_seconds(settings, args.repeats)
     medians = {name: statistics.median(values) for name, values in seconds.items()}
     ours = {"recipe": recipe.to_dict(), "seconds": seconds, "median_s": medians,
             "kvzip_over_plain": medians["kvzip"] / medians["plain"]}
+    if reference is not None:
+        ours["reference_over_plain"] = medians["kvzip_reference"] / medians["plain"]
+        ours["kept_jaccard_fused_vs_reference"] = _kept_jaccard(_selections(model, recipe, ids), _selections(model, reference, ids))
     return {"length": length, "threads": args.threads, "repeats": args.repeats, "ratio": args.timing_ratio,
             "kvpress": theirs, "ours": ours, "versions": _versions()}
+
+
+def _selections(model, recipe, ids) -> dict:
+    """``{layer: Selection}`` of one compressed prefill of ``ids`` with ``recipe``."""
+    with torch.no_grad(), recipe.apply(model, record_indices=True) as session:
+        model.model(input_ids=ids, use_cache=True)
+    return dict(session.selections)
+
+
+def _kept_jaccard(first: Mapping, second: Mapping) -> float:
+    """Mean Jaccard index of two runs' selections over every layer, row and KV head."""
+    values = []
+    for layer, a in first.items():
+        b = second[layer]
+        for row in range(a.indices.shape[0]):
+            for head in range(a.indices.shape[1]):
+                x = set(a.indices[row, head][a.valid[row, head]].tolist())
+                y = set(b.indices[row, head][b.valid[row, head]].tolist())
+                values.append(len(x & y) / max(len(x | y), 1))
+    return sum(values) / max(len(values), 1)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -269,7 +297,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         (args.out / "kvzip_timing.json").write_text(json.dumps(result, indent=1))
         print(json.dumps({"length": result["length"], "threads": result["threads"],
                           "kvpress_kvzip_over_plain": result["kvpress"]["kvzip_over_plain"],
-                          "ours_kvzip_over_plain": result["ours"]["kvzip_over_plain"]}, indent=1))
+                          "ours_kvzip_over_plain": result["ours"]["kvzip_over_plain"],
+                          "ours_reference_over_plain": result["ours"].get("reference_over_plain"),
+                          "kept_jaccard_fused_vs_reference": result["ours"].get("kept_jaccard_fused_vs_reference")},
+                         indent=1))
         return 0
     result = measure(args, argv)
     (args.out / "fidelity.json").write_text(json.dumps(result, indent=1))

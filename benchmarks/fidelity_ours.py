@@ -32,7 +32,7 @@ from kvpress_lab.benchmarks.kvpress_side import (
     mask_from_kept_indices,
 )
 from kvpress_lab.cache_layers import CompressedCacheLayer
-from kvpress_lab.engine.decoding import disable_compressed_decoding, enable_compressed_decoding, persistent_hooks
+from kvpress_lab.engine.model_hooks import disable_compressed_decoding, enable_compressed_decoding, persistent_hooks
 from kvpress_lab.engine.prefill import forward_cache
 
 __all__ = ["our_head_keys", "full_keys", "prefill_record", "decoding_record", "run_ours"]

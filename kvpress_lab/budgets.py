@@ -382,7 +382,7 @@ class BudgetPlan:
         ``n_b``, real (unpadded) tokens of each row.
     keep : torch.Tensor
         ``(B, L)`` int64 on the CPU, ``<= n_b``: entries each row keeps in each compressible layer
-        (per KV head; with :attr:`head_keep`, the largest head's).
+        (per KV head; with ``head_keep``, the largest head's).
     budgets : list[list[int]]
         The allocator's raw per-layer budgets for each row (before clamping to ``n_b``); per-head
         allocators give ``L`` lists of ``Hkv``.

@@ -73,15 +73,15 @@ class LayerView:
     ===============================================  ===============================================
     what a method reads                              how
     ===============================================  ===============================================
-    cached keys (rotary applied) and values          :attr:`keys`, :attr:`values` ``(B, Hkv, T, D)``
-    which entries are real                           :attr:`valid` ``(B, T)``
+    cached keys (rotary applied) and values          ``keys``, ``values`` ``(B, Hkv, T, D)``
+    which entries are real                           ``valid`` ``(B, T)``
     queries of any range, with or without rotary     :meth:`queries` ``(start, stop, rotated=...)``
     keys before the rotary embedding                 :meth:`prerope_keys`
     the attention module's input hidden states       :meth:`hidden_states`
     attention weights of a query range               :meth:`attention_weights` (call it per block)
-    positions of the cached entries, the next one    :attr:`positions`, :attr:`next_positions`
+    positions of the cached entries, the next one    ``positions``, :attr:`next_positions`
     rotary tables of any position (future ones too)  :meth:`rotary`, with :mod:`kvpress_lab.rotary`
-    the output projection ``W_o``                    :attr:`output_projection`
+    the output projection ``W_o``                    ``output_projection``
     ===============================================  ===============================================
 
     Inputs (hidden states, and so queries and pre-RoPE keys) exist for the entries whose

@@ -106,7 +106,7 @@ class KVzipScorer:
     skip_prefix : int or "chat_template"
         Leading real tokens never reconstructed (they keep score 0, the sinks among them 1), ``>= 0``.
         Default 0: the whole prompt is reconstructed. ``"chat_template"``: the length of the chat
-        template's prefix (:attr:`RepeatPrompt.prefix_length`), kvpress's ``KVzipPress`` rule, which
+        template's prefix (``RepeatPrompt.prefix_length``), kvpress's ``KVzipPress`` rule, which
         assumes the prompt starts with that prefix (kvpress's pipeline wraps the context in it).
     query_block : int
         Repeat-token queries scored together, ``>= 1`` (memory ``O(query_block * (chunk + Q))`` per
@@ -201,7 +201,7 @@ class KVzipScorer:
         return sinks[:, None, :].expand(-1, view.num_kv_heads, -1).contiguous()
 
     def skipped(self, prompt: RepeatPrompt) -> int:
-        """Leading real tokens never reconstructed (:attr:`skip_prefix`, resolved against ``prompt``)."""
+        """Leading real tokens never reconstructed (``skip_prefix``, resolved against ``prompt``)."""
         return prompt.prefix_length if self.skip_prefix == "chat_template" else int(self.skip_prefix)
 
     def chunks(self, context: torch.Tensor, prompt: RepeatPrompt) -> list[tuple[int, int, torch.Tensor]]:

@@ -56,7 +56,7 @@ def leverage_scores(keys: torch.Tensor, centered: bool = True, sketch_dimension:
     centered : bool
         Subtract the mean key first.
     sketch_dimension : int
-        ``k > 0``: leverage of ``X Phi`` with a Gaussian ``(D, k)`` sketch per head (:func:`_sketch`);
+        ``k > 0``: leverage of ``X Phi`` with a Gaussian ``(D, k)`` sketch per head (``_sketch``);
         ``0``: exact, no sketch.
     seed : int or None
         The sketch's seed (``None``: torch's global generator, as kvpress).

@@ -39,7 +39,8 @@ def test_json_output_parses_and_matches_the_registry(capsys):
     rows = json.loads(run_list(capsys, "--json"))
     assert [(r["role"], r["name"], r["plugin"]) for r in rows] == [(e.role, e.name, e.plugin) for e in kvpress_lab.available()]
     by_key = {(r["role"], r["name"]): r for r in rows}
-    assert by_key["scorer", "snapkv_window"]["parameters"] == {"kernel_size": 7, "pooling": "max", "reduction": "sum"}
+    assert by_key["scorer", "snapkv_window"]["parameters"] == {"kernel_size": 7, "pooling": "max", "reduction": "sum",
+                                                                "pad_window": False}
     assert by_key["allocator", "uniform"]["scope"] == "static"
     assert by_key["preset", "snapkv"]["recipe"]["scorer"] == "snapkv_window"
     assert by_key["scorer", "example_recency"]["plugin"] == "kvpress-lab-example-plugin:example"

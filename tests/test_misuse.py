@@ -51,7 +51,7 @@ def test_generate_options_that_would_skip_compression_are_refused(model, options
 @pytest.mark.parametrize(
     ("recipe", "fragment"),
     [
-        (Recipe(budget=8, window=2, scorer="keydiff"), "scorer 'keydiff' does not declare chunked_prefill"),
+        (Recipe(budget=8, window=2, scorer="lagkv"), "scorer 'lagkv' does not declare chunked_prefill"),
         (Recipe.preset("adaptive", budget=8, window=2), "allocator 'adaptive' has scope 'global'"),
     ],
 )

@@ -95,6 +95,7 @@ def test_the_whole_command_with_a_fake_kvpress_side(model, tmp_path, monkeypatch
     monkeypatch.setattr(fidelity, "run_side", _fake_side)
     argv = ["--cases", "snapkv", "knorm", "adakv_snapkv", "decoding_knorm", "--ratios", "0.5", "--lengths", "300", "400",
             "--recipe", "adakv_snapkv=adakv", "--recipe", 'decoding_knorm={"scorer": "knorm", "compress_prefill": false}',
+            "--recipe", "knorm=knorm-not-registered",  # a preset that does not exist: reported, not fatal
             "--decoding-context", "100", "--target-size", "48", "--compression-interval", "8", "--decoding-steps", "16",
             "--max-new-tokens", "3", "--out", str(tmp_path / "out"), "--table", str(tmp_path / "table.rst"),
             "--kvpress-python", fidelity.sys.executable]

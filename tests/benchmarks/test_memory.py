@@ -89,7 +89,7 @@ def test_cli_writes_meta_and_one_row_per_setting(tmp_path, capsys, tiny_loaded):
 
 @pytest.mark.parametrize("argv, status, message", [
     (["--compress-every", "4"], 2, "--compress-every does nothing without --decode-budget"),
-    (["--preset", "keydiff", "--chunks", "16"], 2, "--chunks with --preset keydiff"),
+    (["--preset", "lagkv", "--chunks", "16"], 2, "--chunks with --preset lagkv"),
     (["--chunks", "0"], 2, "expected a comma-separated list of positive integers"),
     (["--decode-budget", "0"], 2, "--decode-budget must be an integer >= 1"),
     (["--preset", "adakv", "--decode-budget", "32"], 1, "decode_budget"),
