@@ -382,7 +382,7 @@ def _ratio_item(text: str) -> float:
 
 def _add_share_arguments(parser: argparse.ArgumentParser, ratios: bool = True) -> None:
     """``--share-prefill N`` / ``--no-share-prefill`` and (needle, demo) ``--ratios``."""
-    from kvpress_lab.benchmarks.shared_generation import DEFAULT_SHARE
+    from kvpress_lab.benchmarks.defaults import DEFAULT_SHARE
 
     share = parser.add_mutually_exclusive_group()
     share.add_argument("--share-prefill", type=_int_at_least(1, "--share-prefill"), metavar="N",
@@ -534,21 +534,21 @@ def _add_launcher_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _add_demo_arguments(parser: argparse.ArgumentParser) -> None:
-    from kvpress_lab.benchmarks import demo
+    from kvpress_lab.benchmarks import defaults
 
     def listed(values: Sequence[Any]) -> str:
         return ",".join(f"{v:g}" if isinstance(v, float) else str(v) for v in values)
 
     from_list = _comma_list(_positive_int, "positive integers")
     parser.add_argument("--out-dir", default="results/demo", help="where the JSON and PNG go (default results/demo)")
-    parser.add_argument("--lengths", type=from_list, default=list(demo.DEFAULT_LENGTHS),
-                        help=f"prompt tokens, each >= 64 (default {listed(demo.DEFAULT_LENGTHS)})")
-    parser.add_argument("--depths", type=_comma_list(_depth, "depths in [0, 1]"), default=list(demo.DEFAULT_DEPTHS),
-                        help=f"needle depths (default {listed(demo.DEFAULT_DEPTHS)})")
-    parser.add_argument("--budgets", type=from_list, help=f"entries per layer (default {listed(demo.DEFAULT_BUDGETS)})")
-    parser.set_defaults(default_budgets=list(demo.DEFAULT_BUDGETS))
-    parser.add_argument("--recipes", type=_comma_list(str, "preset names"), default=list(demo.DEFAULT_RECIPES),
-                        help=f"presets compared with the full cache (default {listed(demo.DEFAULT_RECIPES)})")
+    parser.add_argument("--lengths", type=from_list, default=list(defaults.DEFAULT_LENGTHS),
+                        help=f"prompt tokens, each >= 64 (default {listed(defaults.DEFAULT_LENGTHS)})")
+    parser.add_argument("--depths", type=_comma_list(_depth, "depths in [0, 1]"), default=list(defaults.DEFAULT_DEPTHS),
+                        help=f"needle depths (default {listed(defaults.DEFAULT_DEPTHS)})")
+    parser.add_argument("--budgets", type=from_list, help=f"entries per layer (default {listed(defaults.DEFAULT_BUDGETS)})")
+    parser.set_defaults(default_budgets=list(defaults.DEFAULT_BUDGETS))
+    parser.add_argument("--recipes", type=_comma_list(str, "preset names"), default=list(defaults.DEFAULT_RECIPES),
+                        help=f"presets compared with the full cache (default {listed(defaults.DEFAULT_RECIPES)})")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     _add_share_arguments(parser)
     _add_model_arguments(parser)
