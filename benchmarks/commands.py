@@ -481,6 +481,9 @@ def run_result(args: argparse.Namespace, recipe: Any, result: Any) -> dict[str, 
 
 def cmd_demo(args: argparse.Namespace) -> int:
     """``kvpress-lab demo``: see :mod:`kvpress_lab.benchmarks.demo`."""
+    from kvpress_lab.extras import require_extra
+
+    require_extra("bench", "the demo (its heatmap)", ("matplotlib",))  # its heatmap; checked before the model loads
     from kvpress_lab.benchmarks.demo import run_demo
 
     if args.budgets is None:  # the CLI fills it in; a namespace straight from parse_args may not have it
@@ -503,6 +506,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def cmd_plot(args: argparse.Namespace) -> int:
     """Result files -> one PNG (needle heatmap or budget-vs-score curves)."""
     from kvpress_lab.benchmarks.plot import plot_rows
+    from kvpress_lab.extras import require_extra
+
+    require_extra("bench", "plotting", ("matplotlib",))
     from kvpress_lab.benchmarks.results import read_meta, read_rows
 
     rows: list[dict[str, Any]] = []

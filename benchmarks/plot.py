@@ -47,6 +47,9 @@ def figure_title(rows: Sequence[Mapping[str, Any]], title: str | None = None, mo
 
 
 def _pyplot():
+    from kvpress_lab.extras import require_extra
+
+    require_extra("bench", "drawing a plot", ("matplotlib",))
     import matplotlib
 
     matplotlib.use("Agg", force=True)

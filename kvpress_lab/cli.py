@@ -23,7 +23,9 @@ import functools
 import json
 import os
 import re
+import shutil
 import sys
+import textwrap
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, NoReturn
@@ -140,12 +142,6 @@ def _add_list_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="print a JSON list instead of a table")
 
 
-def _table(rows: Sequence[Sequence[str]]) -> str:
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
-    lines = ["  ".join([*(cell.ljust(w) for cell, w in zip(row, widths)), row[-1]]).rstrip() for row in rows]
-    return "\n".join(lines)
-
-
 def _fast_listing() -> Any:
     """Built-ins from :mod:`kvpress_lab.builtin_manifest` (no torch), or ``None`` to list the live registry.
 
@@ -172,13 +168,16 @@ def _cmd_list(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(rows, indent=2, default=repr))
         return 0
-    # Summaries are docstring first lines: drop reST literal markup for the terminal.
+    from kvpress_lab.cli_table import plain_text, wrapped_table
+
+    # Summaries are docstring first lines: reST markup dropped, wrapped to the terminal's width.
     table = [("ROLE", "NAME", "PLUGIN", "SUMMARY")] + [
-        (row["role"], row["name"], row["plugin"], row["summary"].replace("``", "")) for row in rows
+        (row["role"], row["name"], row["plugin"], plain_text(row["summary"])) for row in rows
     ]
-    print(_table(table))
+    print(wrapped_table(table))
     autoload = "on" if listing.autoload else f"off ({AUTOLOAD_ENV})"
-    print(f"\n{len(rows)} entries from plugins: {', '.join(listing.plugins)}; third-party autoload {autoload}.")
+    closing = f"{len(rows)} entries from plugins: {', '.join(listing.plugins)}; third-party autoload {autoload}."
+    print("\n" + textwrap.fill(closing, shutil.get_terminal_size((100, 24)).columns, break_on_hyphens=False))
     return 0
 
 

@@ -37,6 +37,10 @@ def run_summarize(args: argparse.Namespace) -> int:
     from kvpress_lab.benchmarks.results import append_jsonl
     from kvpress_lab.benchmarks.summarize import merge_sweep_files, report_lines, summary_table
 
+    if args.plot:
+        from kvpress_lab.extras import require_extra
+
+        require_extra("bench", "--plot", ("matplotlib",))
     plot = check_output_file("--plot", args.plot) if args.plot else None
     out = check_output_file("--out", args.out) if args.out else None
     if out is not None and (out.exists() or out.resolve() in {pathlib.Path(f).resolve() for f in args.files}):

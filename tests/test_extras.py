@@ -1,0 +1,46 @@
+"""Optional dependencies: a missing one is named with the extra that installs it, in one line."""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+
+import pytest
+
+from kvpress_lab.errors import KVPressLabError
+from kvpress_lab.extras import EXTRAS, MissingExtraError, require_extra
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_missing_module_names_the_extra():
+    with pytest.raises(MissingExtraError) as info:
+        require_extra("bench", "kvpress-lab demo", ("matplotlib", "no_such_module_kvpress"))
+    message = str(info.value)
+    assert message == ("kvpress-lab demo needs no_such_module_kvpress, which is not installed: "
+                       "pip install 'kvpress-lab[bench]'")
+    assert isinstance(info.value, KVPressLabError) and isinstance(info.value, ImportError)
+
+
+def test_installed_modules_pass_and_unknown_extras_are_refused():
+    require_extra("bench", "plotting", ("matplotlib",))
+    with pytest.raises(ValueError, match="Expected an extra among"):
+        require_extra("benchmarks", "x")
+
+
+def test_every_extra_named_here_is_declared_in_pyproject():
+    declared = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]["optional-dependencies"]
+    assert set(EXTRAS) <= set(declared)
+    assert any(req.startswith("psutil") for req in declared["bench"])  # bench speed's peak-memory sampler
+
+
+def test_cli_demo_names_the_bench_extra_before_loading_a_model(monkeypatch, capsys):
+    import importlib.util
+
+    from kvpress_lab.cli import main
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "matplotlib" else real(name, *a))
+    assert main(["demo", "--model", "no/such-model"]) == 1
+    err = capsys.readouterr().err
+    assert err == "kvpress-lab demo: error: the demo (its heatmap) needs matplotlib, which is not installed: pip install 'kvpress-lab[bench]'\n"
