@@ -23,6 +23,7 @@ from typing import Any
 
 from kvpress_lab.benchmarks.input_errors import BenchmarkInputError, UsageError
 from kvpress_lab.errors import KVPressLabError
+from kvpress_lab.models.sources import looks_like_path
 
 __all__ = [
     "BenchmarkInputError", "UsageError", "DEVICE_TYPES", "parse_device", "resolve_device", "check_device",
@@ -130,28 +131,19 @@ def check_device(text: str, flag: str = "--device") -> None:
                                       f"use {flag} cpu or auto.")
 
 
-def looks_like_path(name: str) -> bool:
-    """Whether ``--model`` names a local path rather than a hub id (``org/name``) or the embedded model.
-
-    A path starts with ``.``, ``/`` or ``~``, contains the platform's separator where that is not
-    ``/``, or has more than one ``/`` (hub ids have exactly one).
-    """
-    separators = {sep for sep in (os.sep, os.altsep) if sep and sep != "/"}
-    return name.startswith((".", "/", "~")) or any(sep in name for sep in separators) or name.count("/") > 1
-
-
 def check_model(name: str, flag: str = "--model") -> None:
-    """A ``--model`` that looks like a path must be a checkpoint folder (with ``config.json``)."""
+    """A ``--model`` that looks like a path must be a checkpoint folder (with ``config.json``) or a GGUF file.
+
+    Checked before anything loads (:func:`~kvpress_lab.models.sources.resolve_model_source`, no network).
+    """
+    from kvpress_lab.models.sources import ModelNotFoundError, resolve_model_source
+
     if not looks_like_path(name):
         return
-    path = pathlib.Path(name).expanduser()
-    if not path.exists():
-        raise BenchmarkInputError(f"{flag} {name} does not exist (no {path.absolute()}); give a checkpoint folder, "
-                                  "a hub id (org/name) or the embedded model's name.")
-    if not path.is_dir():
-        raise BenchmarkInputError(f"{flag} {name} is not a folder; give a checkpoint folder (with config.json).")
-    if not (path / "config.json").is_file():
-        raise BenchmarkInputError(f"{flag} {name} has no config.json; it is not a transformers checkpoint folder.")
+    try:
+        resolve_model_source(name)
+    except ModelNotFoundError as exc:
+        raise BenchmarkInputError(f"{flag} {exc}") from None
 
 
 def check_model_arguments(args: argparse.Namespace) -> None:

@@ -36,7 +36,7 @@ from kvpress_lab.cli_values import shown as _shown
 from kvpress_lab.errors import KVPressLabError
 from kvpress_lab.registry import AUTOLOAD_ENV, ROLES, get_registry
 
-__all__ = ["Command", "COMMANDS", "DTYPES", "build_parser", "main"]
+__all__ = ["Command", "COMMANDS", "DTYPES", "build_parser", "exit_status", "main"]
 
 #: The ``--dtype`` values: floating-point weight dtypes a model can be loaded in.
 DTYPES: tuple[str, ...] = ("float32", "bfloat16", "float16")
@@ -659,22 +659,42 @@ def build_parser(*, lazy: bool = False) -> argparse.ArgumentParser:
     return parser
 
 
+def exit_status(exc: KVPressLabError) -> int:
+    """The exit status of a kvpress_lab error: its ``exit_status`` if it has one, 2 for input errors, else 1.
+
+    Input errors are what the user typed or pointed at: unknown strategy names, a model that is
+    not found or whose family is unsupported, a profile or calibration input that does not fit,
+    an environment variable kvpress_lab cannot read, and every ``BenchmarkInputError`` (missing
+    or unreadable files, values that cannot work, unavailable devices).
+    """
+    from kvpress_lab.errors import ConfigurationError, UnknownStrategyError, UnsupportedModelError
+    from kvpress_lab.models.sources import ModelNotFoundError
+    from kvpress_lab.profile import ProfileError
+
+    status = getattr(exc, "exit_status", None)
+    if status is not None:
+        return int(status)
+    input_errors = (UnknownStrategyError, ModelNotFoundError, UnsupportedModelError, ProfileError, ConfigurationError)
+    return 2 if isinstance(exc, input_errors) else 1
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run ``kvpress-lab`` with ``argv`` (default ``sys.argv[1:]``) and return the exit status.
 
-    Every user mistake is one line on stderr, ``kvpress-lab <command>: error: <message>``. Flag
-    values that do not parse exit with status 2 (argparse), as do flags that conflict or would do
-    nothing together (errors with ``exit_status = 2``, such as ``UsageError`` of
-    ``kvpress_lab.benchmarks.commands``). Other errors raised on purpose by
-    kvpress_lab (unknown names, missing files, unavailable devices, broken plugins) return status 1.
-    Any other exception is a bug and propagates with its traceback.
+    Every user mistake is one line on stderr, ``kvpress-lab <command>: error: <message>``, and
+    exits with status 2: flag values that do not parse (argparse), flags that conflict or would do
+    nothing together, and input that cannot work (unknown strategy or model names, files that are
+    missing or not what the flag needs, unavailable devices, an unsupported model family); see
+    :func:`exit_status`. Other errors raised on purpose by kvpress_lab (an optional dependency or
+    the embedded model's package not installed, a broken plugin, a run the engine refuses) return
+    status 1. Any other exception is a bug and propagates with its traceback.
     """
     args = build_parser(lazy=True).parse_args(argv)
     try:
         return args.handler(args)
     except KVPressLabError as exc:
         print(f"kvpress-lab {args.command}: error: {_one_line(exc)}", file=sys.stderr)
-        return int(getattr(exc, "exit_status", 1))
+        return exit_status(exc)
     except BrokenPipeError:  # output piped into a reader that stopped early (`| head`)
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit
         return 1

@@ -1,6 +1,6 @@
 """Model loading for kvpress_lab: :func:`load_model` and the embedded default model (SmolLM2-135M-Instruct).
 
-The names of :mod:`.locate` (no torch) are imported here; those of :mod:`.checkpoint` and
+The names of :mod:`.locate` and :mod:`.sources` (no torch) are imported here; those of :mod:`.checkpoint` and
 :mod:`.load` (which import torch) on first access (PEP 562), so that the command line can read
 ``EMBEDDED_MODEL_NAME`` while building its parser without importing torch.
 """
@@ -10,8 +10,9 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING
 
-from . import locate
+from . import locate, sources
 from .locate import *  # noqa: F403  (its own __all__)
+from .sources import *  # noqa: F403
 
 if TYPE_CHECKING:
     from .checkpoint import CACHE_DIR_ENV, embedded_checkpoint_dir
@@ -26,7 +27,7 @@ _LAZY = {
     "load_model": "load",
 }
 
-__all__ = sorted([*locate.__all__, *_LAZY])
+__all__ = sorted([*locate.__all__, *sources.__all__, *_LAZY])
 
 
 def __getattr__(name: str) -> object:

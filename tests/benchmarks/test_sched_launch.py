@@ -70,7 +70,7 @@ def test_launcher_usage_errors(monkeypatch, tmp_path, capsys, extra, message):
 
 def test_slurm_launcher_without_sbatch_is_a_clear_error(monkeypatch, tmp_path, capsys):
     monkeypatch.setenv("PATH", str(tmp_path))  # no sbatch here
-    assert main([*ARGV, "--out", str(tmp_path / "n.jsonl"), "--launcher", "slurm", "--shards", "16"]) == 1
+    assert main([*ARGV, "--out", str(tmp_path / "n.jsonl"), "--launcher", "slurm", "--shards", "16"]) == 2
     assert "needs SLURM's sbatch on PATH" in capsys.readouterr().err
 
 
