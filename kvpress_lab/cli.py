@@ -36,7 +36,7 @@ from kvpress_lab.cli_values import shown as _shown
 from kvpress_lab.errors import KVPressLabError
 from kvpress_lab.registry import AUTOLOAD_ENV, ROLES, get_registry
 
-__all__ = ["Command", "COMMANDS", "DTYPES", "build_parser", "exit_status", "main"]
+__all__ = ["Command", "COMMANDS", "DTYPES", "build_parser", "docs_parser", "exit_status", "main"]
 
 #: The ``--dtype`` values: floating-point weight dtypes a model can be loaded in.
 DTYPES: tuple[str, ...] = ("float32", "bfloat16", "float16")
@@ -106,10 +106,16 @@ def _shown_default(value: Any) -> str:
     return str(value).replace("%", "%%")
 
 
+#: Whether :func:`_epilog` writes reST (one console block per example, for the docs) instead of plain text.
+_RST_EPILOGS = False
+
+
 def _epilog(examples: Sequence[str]) -> str | None:
-    """The ``examples:`` block of a ``--help``."""
+    """The ``examples:`` block of a ``--help`` (reST console blocks while :func:`docs_parser` builds)."""
     if not examples:
         return None
+    if _RST_EPILOGS:
+        return "Examples:\n\n" + "\n\n".join(f".. code-block:: console\n\n   $ {line}" for line in examples)
     return "examples:\n" + "\n".join(f"  {line}" for line in examples)
 
 
@@ -562,7 +568,9 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _add_plot_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("files", nargs="+", help="result files (.json from demo/speed, .jsonl from bench)")
+    parser.add_argument("files", nargs="+", help="result files: .json from demo (needle heatmap) and bench speed (time "
+                                                 "and KV size against length), .jsonl from bench needle (heatmap), "
+                                                 "ruler and longbench (budget-vs-score curves)")
     parser.add_argument("--out", help="PNG to write (default: the first file with .png)")
     parser.add_argument("--task", help="keep only rows of this task (ruler/longbench files)")
     parser.add_argument("--title", help="figure title (default: model, mode and budget of the rows)")
@@ -618,8 +626,9 @@ COMMANDS: dict[str, Command] = {
                      tuple(line for lines in _BENCH_EXAMPLES.values() for line in lines[:1])),
     "demo": Command("needle in a haystack on the embedded model: full cache vs compressed", _add_demo_arguments, _cmd_demo,
                     ("kvpress-lab demo", "kvpress-lab demo --lengths 1024 --budgets 64 --recipes snapkv,pyramidkv")),
-    "plot": Command("result files -> PNG (needle heatmap or budget-vs-score curves)", _add_plot_arguments, _cmd_plot,
-                    ("kvpress-lab plot results/demo/needle.json",
+    "plot": Command("result files -> PNG (needle heatmap, budget-vs-score or speed curves)", _add_plot_arguments,
+                    _cmd_plot,
+                    ("kvpress-lab plot results/demo/needle.json", "kvpress-lab plot results/speed.json",
                      "kvpress-lab plot results/ruler.jsonl --task variable_tracking --out ruler-vt.png")),
     "summarize": Command("merge a sweep's shard files: one table, duplicate and missing cells (exit 3 if missing)",
                          _add_summarize_arguments, _cmd_summarize,
@@ -676,6 +685,16 @@ def exit_status(exc: KVPressLabError) -> int:
         return int(status)
     input_errors = (UnknownStrategyError, ModelNotFoundError, UnsupportedModelError, ProfileError, ConfigurationError)
     return 2 if isinstance(exc, input_errors) else 1
+
+
+def docs_parser() -> argparse.ArgumentParser:
+    """The full parser with each example in a reST console block of its own: what the CLI page renders."""
+    global _RST_EPILOGS
+    _RST_EPILOGS = True
+    try:
+        return build_parser()
+    finally:
+        _RST_EPILOGS = False
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -1,7 +1,7 @@
 """``kvpress-lab summarize RESULTS...``: merge a sweep's shard files into one table (and plot).
 
 Exit status: 0 when every cell of the recorded grid is present; :data:`MISSING_STATUS` (3) when
-some are missing, unless ``--allow-missing``; 1 for files that cannot be read or do not form one
+some are missing, unless ``--allow-missing``; 2 for files that cannot be read or do not form one
 sweep. Duplicated cells never change the status: identical copies are a note, conflicting ones a
 warning (both on stderr, with the file names).
 """

@@ -102,3 +102,4 @@ def test_every_help_shows_defaults_and_examples(capsys):
     text = " ".join(capsys.readouterr().out.split())
     assert "greedy-decoded tokens at most (default: 64)" in text
     assert "(default: query-aware)" in text
+

@@ -252,23 +252,37 @@ SDIST_FOLDERS = ("tests", "docs", "examples", "scripts", "results/docs")
 SDIST_FILES = ("LICENSE", "CITATION.cff", "README.md", "pyproject.toml", ".ci/run")
 
 
-def test_sdist_holds_the_tests_docs_and_license(tmp_path):
-    import tarfile
-
-    source = tmp_path / "src"
+@pytest.fixture(scope="module")
+def sdist(tmp_path_factory) -> tuple[Path, Path]:
+    """``(sdist, source)``: the sdist built from a clean copy of the source tree, and that copy."""
+    work = tmp_path_factory.mktemp("sdist")
+    source = work / "src"
     shutil.copytree(ROOT, source, ignore=shutil.ignore_patterns(
         ".git", ".venv", "build", "dist", "*.egg-info", "__pycache__", "*.pyc", ".pytest_cache", ".hypothesis", "_build"))
     run([sys.executable, "-m", "build", "--sdist", "--no-isolation", "--skip-dependency-check",
-         "--outdir", str(tmp_path / "dist"), str(source)])
-    (sdist,) = (tmp_path / "dist").glob("kvpress_lab-*.tar.gz")
-    with tarfile.open(sdist) as archive:
+         "--outdir", str(work / "dist"), str(source)])
+    (built,) = (work / "dist").glob("kvpress_lab-*.tar.gz")
+    return built, source
+
+
+def test_sdist_holds_the_tests_docs_and_license(sdist):
+    import tarfile
+
+    built, source = sdist
+    with tarfile.open(built) as archive:
         names = {name.split("/", 1)[1] for name in archive.getnames() if "/" in name}
-        pkg_info = archive.extractfile(f"{sdist.name.removesuffix('.tar.gz')}/PKG-INFO").read().decode()
+        pkg_info = archive.extractfile(f"{built.name.removesuffix('.tar.gz')}/PKG-INFO").read().decode()
     expected = {str(path.relative_to(source)) for folder in SDIST_FOLDERS for path in (source / folder).rglob("*")
                 if path.is_file()}
     missing = sorted(expected - names) + [name for name in SDIST_FILES if name not in names]
     assert not missing, f"files missing from the sdist (MANIFEST.in): {missing[:20]}"
     assert "License-File: LICENSE" in pkg_info and "License-Expression: Apache-2.0" in pkg_info
+
+
+def test_twine_check_passes_on_wheel_and_sdist(wheel, sdist):
+    pytest.importorskip("twine")
+    result = run([sys.executable, "-m", "twine", "check", "--strict", str(wheel), str(sdist[0])])
+    assert result.stdout.count("PASSED") == 2, result.stdout
 
 
 def test_wheel_ships_the_license(wheel):
