@@ -76,3 +76,15 @@ def test_slurm_launcher_without_sbatch_is_a_clear_error(monkeypatch, tmp_path, c
 
 def test_shard_files_are_named_after_the_output():
     assert launch.shard_out("results/needle.jsonl", 3, 16) == pathlib.Path("results/needle.shard3-of-16.jsonl")
+
+
+def test_the_launcher_leaves_no_literal_job_folder_and_no_lock_files(tiny_jobs, tmp_path, monkeypatch, capsys):
+    """Default --slurm-folder results/slurm/%j: the folders are named by job id, nothing named %j or *.lock stays."""
+    monkeypatch.chdir(tmp_path)
+    assert main([*ARGV, "--out", "results/needle.jsonl", "--launcher", "local", "--shards", "2"]) == 0
+    left = sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*"))
+    assert not [p for p in left if "%j" in p or p.endswith(".lock")], left
+    submitted = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("Submitted 2 local jobs"))
+    job_folders = sorted(p for p in (tmp_path / "results" / "slurm").iterdir())
+    assert len(job_folders) == 2 and all(str(folder) in submitted for folder in job_folders)
+    assert "%j" not in submitted
