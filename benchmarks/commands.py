@@ -169,8 +169,8 @@ def check_model_arguments(args: argparse.Namespace) -> None:
             raise BenchmarkInputError(f"--attn flash_attention_2 runs on CUDA only, and this run is on --device {shown}; "
                                       "use --attn sdpa, or a CUDA --device.")
         if importlib.util.find_spec("flash_attn") is None:
-            raise BenchmarkInputError("--attn flash_attention_2 needs the flash-attn package (pip install flash-attn); "
-                                      "use --attn sdpa.")
+            raise BenchmarkInputError("--attn flash_attention_2 needs the flash-attn package (pip install "
+                                      "'kvpress-lab[gpu]', or pip install flash-attn); use --attn sdpa.")
 
 
 def _writable_folder(flag: str, shown: pathlib.Path, folder: pathlib.Path) -> None:

@@ -95,11 +95,11 @@ def _absolute(args: argparse.Namespace) -> argparse.Namespace:
 
 
 def _executor(launcher: str, options: SlurmOptions, name: str) -> Any:
-    try:
-        import submitit
-    except ImportError:
-        raise BenchmarkInputError(f"--launcher {launcher} needs the submitit package: pip install "
-                                  "'kvpress-lab[slurm]' (or pip install submitit).") from None
+    from kvpress_lab.extras import require_extra
+
+    require_extra("slurm", f"--launcher {launcher}")
+    import submitit
+
     if launcher == "slurm" and shutil.which("sbatch") is None:
         raise BenchmarkInputError("--launcher slurm needs SLURM's sbatch on PATH (run it on a cluster's login node); "
                                   "--launcher local runs the same shards as processes on this machine.")

@@ -44,3 +44,26 @@ def test_cli_demo_names_the_bench_extra_before_loading_a_model(monkeypatch, caps
     assert main(["demo", "--model", "no/such-model"]) == 1
     err = capsys.readouterr().err
     assert err == "kvpress-lab demo: error: the demo (its heatmap) needs matplotlib, which is not installed: pip install 'kvpress-lab[bench]'\n"
+
+
+@pytest.mark.parametrize(("argv", "module", "message"), [
+    (["bench", "needle", "--model", "no/such-model", "--out", "{tmp}/n.jsonl"], "matplotlib",
+     "kvpress-lab bench: error: bench needle (its heatmap) needs matplotlib, which is not installed: "
+     "pip install 'kvpress-lab[bench]'"),
+    (["bench", "needle", "--launcher", "local", "--shards", "2", "--out", "{tmp}/n.jsonl"], "submitit",
+     "kvpress-lab bench: error: --launcher local needs submitit, which is not installed: pip install 'kvpress-lab[slurm]'"),
+    (["plot", "{tmp}/x.json"], "matplotlib",
+     "kvpress-lab plot: error: plotting needs matplotlib, which is not installed: pip install 'kvpress-lab[bench]'"),
+])
+def test_commands_name_their_extra_before_any_work(monkeypatch, capsys, tmp_path, argv, module, message):
+    import importlib.util
+
+    from kvpress_lab.cli import main
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == module else real(name, *a))
+    for name in ("SLURM_ARRAY_TASK_ID", "SLURM_ARRAY_TASK_COUNT", "RANK", "WORLD_SIZE"):
+        monkeypatch.delenv(name, raising=False)
+    assert main([arg.format(tmp=tmp_path) for arg in argv]) == 1
+    assert capsys.readouterr().err == message + "\n"
+    assert list(tmp_path.iterdir()) == []  # nothing ran
