@@ -498,6 +498,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def cmd_plot(args: argparse.Namespace) -> int:
     """Result files -> one PNG (needle heatmap or budget-vs-score curves)."""
     from kvpress_lab.benchmarks.plot import plot_rows
+    from kvpress_lab.benchmarks.plot_speed import is_speed_rows, plot_speed
     from kvpress_lab.extras import require_extra
 
     require_extra("bench", "plotting", ("matplotlib",))
@@ -520,8 +521,9 @@ def cmd_plot(args: argparse.Namespace) -> int:
     if args.task is not None:
         rows = [r for r in rows if r.get("task") == args.task]
     out = check_output_file("--out", args.out) if args.out else pathlib.Path(args.files[0]).with_suffix(".png")
+    draw = plot_speed if is_speed_rows(rows) else plot_rows  # bench speed files: time and KV size against length
     try:
-        written = plot_rows(rows, out, title=args.title, model=", ".join(dict.fromkeys(models)) or None)
+        written = draw(rows, out, title=args.title, model=", ".join(dict.fromkeys(models)) or None)
     except ValueError as exc:
         raise BenchmarkInputError(str(exc)) from exc
     print(f"Wrote {written} from {len(rows)} rows.")

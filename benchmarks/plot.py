@@ -181,17 +181,12 @@ def plot_budget_curves(rows: Sequence[Mapping[str, Any]], out_path: str | pathli
 
 def plot_rows(rows: Sequence[Mapping[str, Any]], out_path: str | pathlib.Path, title: str | None = None,
               model: str | None = None) -> pathlib.Path:
-    """Needle rows -> heatmap; rows with a ``score`` -> budget curves; ``bench speed`` rows -> time and KV size curves."""
-    from kvpress_lab.benchmarks.plot_speed import is_speed_rows, plot_speed
-
+    """Needle rows -> heatmap; rows with a ``score`` -> budget curves (``bench speed`` rows: :mod:`.plot_speed`)."""
     if rows and "depth" in rows[0] and "correct" in rows[0]:
         return plot_needle_heatmap(rows, out_path, title, model=model)
     if rows and "score" in rows[0]:
         return plot_budget_curves(rows, out_path, "score", title, model=model)
-    if is_speed_rows(rows):
-        return plot_speed(rows, out_path, title, model=model)
-    raise ValueError("Nothing to plot: expected needle rows (depth, correct), scored rows (recipe, budget, score) "
-                     "or speed rows (recipe, budget, length, prefill_s, kv_bytes_after).")
+    raise ValueError("Nothing to plot: expected needle rows (depth, correct) or scored rows (recipe, budget, score).")
 
 
 def _save(figure: Any, out_path: str | pathlib.Path) -> pathlib.Path:
