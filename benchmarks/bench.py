@@ -89,6 +89,9 @@ def _bench_needle(args: argparse.Namespace) -> int:
     from kvpress_lab.benchmarks.plot import plot_needle_heatmap
     from kvpress_lab.benchmarks.tables import needle_summary, needle_table
 
+    from kvpress_lab.extras import require_extra
+
+    require_extra("bench", "bench needle (its heatmap)", ("matplotlib",))  # before the sweep, not after it
     grid = {f"L={length}|d={depth:g}": (length, depth) for length, depth in needle_cells(args.lengths, args.depths)}
     passcodes: dict[tuple[int, float], str] = {}
     check_needle_lengths(args.lengths)  # the builder's floor, before the model loads

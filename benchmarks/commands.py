@@ -23,6 +23,7 @@ from typing import Any
 
 from kvpress_lab.benchmarks.input_errors import BenchmarkInputError, UsageError
 from kvpress_lab.errors import KVPressLabError
+from kvpress_lab.models.sources import looks_like_path
 
 __all__ = [
     "BenchmarkInputError", "UsageError", "DEVICE_TYPES", "parse_device", "resolve_device", "check_device",
@@ -130,28 +131,19 @@ def check_device(text: str, flag: str = "--device") -> None:
                                       f"use {flag} cpu or auto.")
 
 
-def looks_like_path(name: str) -> bool:
-    """Whether ``--model`` names a local path rather than a hub id (``org/name``) or the embedded model.
-
-    A path starts with ``.``, ``/`` or ``~``, contains the platform's separator where that is not
-    ``/``, or has more than one ``/`` (hub ids have exactly one).
-    """
-    separators = {sep for sep in (os.sep, os.altsep) if sep and sep != "/"}
-    return name.startswith((".", "/", "~")) or any(sep in name for sep in separators) or name.count("/") > 1
-
-
 def check_model(name: str, flag: str = "--model") -> None:
-    """A ``--model`` that looks like a path must be a checkpoint folder (with ``config.json``)."""
+    """A ``--model`` that looks like a path must be a checkpoint folder (with ``config.json``) or a GGUF file.
+
+    Checked before anything loads (:func:`~kvpress_lab.models.sources.resolve_model_source`, no network).
+    """
+    from kvpress_lab.models.sources import ModelNotFoundError, resolve_model_source
+
     if not looks_like_path(name):
         return
-    path = pathlib.Path(name).expanduser()
-    if not path.exists():
-        raise BenchmarkInputError(f"{flag} {name} does not exist (no {path.absolute()}); give a checkpoint folder, "
-                                  "a hub id (org/name) or the embedded model's name.")
-    if not path.is_dir():
-        raise BenchmarkInputError(f"{flag} {name} is not a folder; give a checkpoint folder (with config.json).")
-    if not (path / "config.json").is_file():
-        raise BenchmarkInputError(f"{flag} {name} has no config.json; it is not a transformers checkpoint folder.")
+    try:
+        resolve_model_source(name)
+    except ModelNotFoundError as exc:
+        raise BenchmarkInputError(f"{flag} {exc}") from None
 
 
 def check_model_arguments(args: argparse.Namespace) -> None:
@@ -177,8 +169,8 @@ def check_model_arguments(args: argparse.Namespace) -> None:
             raise BenchmarkInputError(f"--attn flash_attention_2 runs on CUDA only, and this run is on --device {shown}; "
                                       "use --attn sdpa, or a CUDA --device.")
         if importlib.util.find_spec("flash_attn") is None:
-            raise BenchmarkInputError("--attn flash_attention_2 needs the flash-attn package (pip install flash-attn); "
-                                      "use --attn sdpa.")
+            raise BenchmarkInputError("--attn flash_attention_2 needs the flash-attn package (pip install "
+                                      "'kvpress-lab[gpu]', or pip install flash-attn); use --attn sdpa.")
 
 
 def _writable_folder(flag: str, shown: pathlib.Path, folder: pathlib.Path) -> None:
@@ -481,6 +473,9 @@ def run_result(args: argparse.Namespace, recipe: Any, result: Any) -> dict[str, 
 
 def cmd_demo(args: argparse.Namespace) -> int:
     """``kvpress-lab demo``: see :mod:`kvpress_lab.benchmarks.demo`."""
+    from kvpress_lab.extras import require_extra
+
+    require_extra("bench", "the demo (its heatmap)", ("matplotlib",))  # its heatmap; checked before the model loads
     from kvpress_lab.benchmarks.demo import run_demo
 
     if args.budgets is None:  # the CLI fills it in; a namespace straight from parse_args may not have it
@@ -503,6 +498,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def cmd_plot(args: argparse.Namespace) -> int:
     """Result files -> one PNG (needle heatmap or budget-vs-score curves)."""
     from kvpress_lab.benchmarks.plot import plot_rows
+    from kvpress_lab.benchmarks.plot_speed import is_speed_rows, plot_speed
+    from kvpress_lab.extras import require_extra
+
+    require_extra("bench", "plotting", ("matplotlib",))
     from kvpress_lab.benchmarks.results import read_meta, read_rows
 
     rows: list[dict[str, Any]] = []
@@ -522,8 +521,9 @@ def cmd_plot(args: argparse.Namespace) -> int:
     if args.task is not None:
         rows = [r for r in rows if r.get("task") == args.task]
     out = check_output_file("--out", args.out) if args.out else pathlib.Path(args.files[0]).with_suffix(".png")
+    draw = plot_speed if is_speed_rows(rows) else plot_rows  # bench speed files: time and KV size against length
     try:
-        written = plot_rows(rows, out, title=args.title, model=", ".join(dict.fromkeys(models)) or None)
+        written = draw(rows, out, title=args.title, model=", ".join(dict.fromkeys(models)) or None)
     except ValueError as exc:
         raise BenchmarkInputError(str(exc)) from exc
     print(f"Wrote {written} from {len(rows)} rows.")

@@ -15,21 +15,19 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from kvpress_lab.benchmarks.defaults import (
+    DEFAULT_BUDGETS, DEFAULT_DEPTHS, DEFAULT_LENGTHS, DEFAULT_RECIPES, DEFAULT_SHARE,
+)
 from kvpress_lab.benchmarks.needle import run_needle
 from kvpress_lab.benchmarks.plot import plot_needle_heatmap
 from kvpress_lab.benchmarks.results import model_settings, run_metadata, write_result_file
 from kvpress_lab.benchmarks.sample_groups import ratio_entries
 from kvpress_lab.benchmarks.sizes import ratio_key
-from kvpress_lab.benchmarks.shared_generation import DEFAULT_SHARE
 from kvpress_lab.benchmarks.sweep import FULL, make_recipe
 from kvpress_lab.benchmarks.tables import needle_summary, needle_table
 
 __all__ = ["DEFAULT_LENGTHS", "DEFAULT_DEPTHS", "DEFAULT_BUDGETS", "DEFAULT_RECIPES", "DemoResult", "run_demo"]
 
-DEFAULT_LENGTHS: tuple[int, ...] = (1024, 2048)
-DEFAULT_DEPTHS: tuple[float, ...] = (0.1, 0.5, 0.9)
-DEFAULT_BUDGETS: tuple[int, ...] = (64, 128)
-DEFAULT_RECIPES: tuple[str, ...] = ("streamingllm", "h2o", "snapkv", "pyramidkv")
 
 
 @dataclass

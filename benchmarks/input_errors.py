@@ -12,10 +12,10 @@ __all__ = ["BenchmarkInputError", "UsageError"]
 
 
 class BenchmarkInputError(KVPressLabError, ValueError):
-    """A command-line value that cannot work (budget below the window, missing file, ...)."""
+    """A command-line value that cannot work (budget below the window, missing file, ...); the CLI exits with status 2."""
+
+    exit_status = 2
 
 
 class UsageError(BenchmarkInputError):
     """Flags that conflict, or that would do nothing together; the CLI exits with status 2."""
-
-    exit_status = 2

@@ -95,11 +95,11 @@ def _absolute(args: argparse.Namespace) -> argparse.Namespace:
 
 
 def _executor(launcher: str, options: SlurmOptions, name: str) -> Any:
-    try:
-        import submitit
-    except ImportError:
-        raise BenchmarkInputError(f"--launcher {launcher} needs the submitit package: pip install "
-                                  "'kvpress-lab[slurm]' (or pip install submitit).") from None
+    from kvpress_lab.extras import require_extra
+
+    require_extra("slurm", f"--launcher {launcher}")
+    import submitit
+
     if launcher == "slurm" and shutil.which("sbatch") is None:
         raise BenchmarkInputError("--launcher slurm needs SLURM's sbatch on PATH (run it on a cluster's login node); "
                                   "--launcher local runs the same shards as processes on this machine.")
@@ -156,14 +156,36 @@ def launch_bench(args: argparse.Namespace, launcher: str, shards: int, options: 
     jobs = executor.map_array(run_shard, [args] * shards, [(index, shards) for index in range(shards)])
     print(f"Submitted {len(jobs)} {launcher} job{'s' if len(jobs) != 1 else ''} "
           f"({jobs[0].job_id.split('_')[0] if launcher == 'slurm' else ', '.join(j.job_id for j in jobs)}); "
-          f"logs in {pathlib.Path(options.folder).expanduser().absolute()}", flush=True)
+          f"logs in {_log_folders(jobs)}", flush=True)
     summary = f"kvpress-lab summarize {' '.join(_shell_glob(files))}"
     if launcher == "slurm" and not wait:
+        _remove_unexpanded_folder(options.folder)
         print(f"When they are done: {summary}")
         return 0, files
     failed = _wait(jobs)
+    _remove_unexpanded_folder(options.folder)
     print(f"{len(jobs) - len(failed)} of {len(jobs)} shards finished. Merge them: {summary}")
     return (1 if failed else 0), files
+
+
+def _log_folders(jobs: Sequence[Any]) -> str:
+    """The jobs' log folders, ``%j`` expanded to each job id (one folder per SLURM array, one per local job)."""
+    folders = list(dict.fromkeys(str(job.paths.folder) for job in jobs))
+    return folders[0] if len(folders) == 1 else ", ".join(folders)
+
+
+def _remove_unexpanded_folder(folder: str) -> None:
+    """Remove the empty folder named with a literal ``%j`` that submitit creates before jobs have ids."""
+    path = pathlib.Path(folder).expanduser().absolute()
+    parts = path.parts
+    for depth, part in enumerate(parts):
+        if "%j" in part:
+            literal = pathlib.Path(*parts[: depth + 1])
+            try:
+                literal.rmdir()  # only when empty: a user's own folder that happens to hold files stays
+            except OSError:
+                pass
+            return
 
 
 def _wait(jobs: Sequence[Any]) -> list[int]:

@@ -47,6 +47,9 @@ def figure_title(rows: Sequence[Mapping[str, Any]], title: str | None = None, mo
 
 
 def _pyplot():
+    from kvpress_lab.extras import require_extra
+
+    require_extra("bench", "drawing a plot", ("matplotlib",))
     import matplotlib
 
     matplotlib.use("Agg", force=True)
@@ -178,7 +181,7 @@ def plot_budget_curves(rows: Sequence[Mapping[str, Any]], out_path: str | pathli
 
 def plot_rows(rows: Sequence[Mapping[str, Any]], out_path: str | pathlib.Path, title: str | None = None,
               model: str | None = None) -> pathlib.Path:
-    """Needle rows -> heatmap; rows with a ``score`` -> budget curves."""
+    """Needle rows -> heatmap; rows with a ``score`` -> budget curves (``bench speed`` rows: :mod:`.plot_speed`)."""
     if rows and "depth" in rows[0] and "correct" in rows[0]:
         return plot_needle_heatmap(rows, out_path, title, model=model)
     if rows and "score" in rows[0]:

@@ -27,8 +27,8 @@ from typing import Any
 
 from kvpress_lab.errors import KVPressLabError
 
-__all__ = ["REQUIRED_META", "model_settings", "run_metadata", "source_commit", "write_result_file", "append_jsonl",
-           "read_jsonl", "ResultsWriteError", "read_rows", "read_meta"]
+__all__ = ["REQUIRED_META", "first_report_of_bad_line", "model_settings", "run_metadata", "source_commit",
+           "write_result_file", "append_jsonl", "read_jsonl", "ResultsWriteError", "read_rows", "read_meta"]
 
 #: Keys present in every meta record.
 REQUIRED_META = ("benchmark", "model", "recipes", "versions", "plugins", "seed", "timestamp", "device")
@@ -206,21 +206,20 @@ def _jsonable(value: Any) -> Any:
 def append_jsonl(path: str | pathlib.Path, records: Sequence[Mapping[str, Any]]) -> None:
     """Append ``records`` as JSON lines, safely when several processes append to the same file.
 
-    The records are written together under a lock file next to ``path`` (``<name>.lock``,
-    ``filelock.FileLock``), so the lines of two writers never interleave, whatever the size
-    of a batch. A last line cut by a killed writer (no final newline) is terminated first, so the
+    The records are written together while holding an exclusive lock on ``path`` itself
+    (``fcntl.flock``; where there is no ``fcntl``, a ``filelock`` lock file ``<name>.lock``), so the
+    lines of two writers never interleave, whatever the size of a batch, and no lock file is left
+    beside the results. A last line cut by a killed writer (no final newline) is terminated first, so the
     new records never glue onto it; readers skip that cut line (:func:`read_jsonl`). Parents are
     created.
     """
-    from filelock import FileLock
-
     path = pathlib.Path(path)
     text = "".join(json.dumps(dict(record), default=repr) + "\n" for record in records)
     if not text:
         return
     with _writing(path):
         path.parent.mkdir(parents=True, exist_ok=True)
-        with FileLock(str(path) + ".lock"), path.open("a+b") as file:
+        with path.open("a+b") as file, _exclusive(file, path):
             file.seek(0, 2)
             if file.tell() > 0:
                 file.seek(-1, 2)
@@ -230,12 +229,47 @@ def append_jsonl(path: str | pathlib.Path, records: Sequence[Mapping[str, Any]])
             file.flush()  # a full disk shows here or at close: _writing names the file
 
 
+@contextlib.contextmanager
+def _exclusive(file: Any, path: pathlib.Path) -> Iterator[None]:
+    """Hold an exclusive lock on the open ``file`` (POSIX ``flock``), else on a lock file beside ``path``."""
+    try:
+        import fcntl
+    except ImportError:  # Windows: a lock file
+        from filelock import FileLock
+
+        with FileLock(str(path) + ".lock"):
+            yield
+        return
+    fcntl.flock(file.fileno(), fcntl.LOCK_EX)
+    try:
+        yield
+    finally:
+        fcntl.flock(file.fileno(), fcntl.LOCK_UN)
+
+
+#: ``"path:line"`` of the cut lines already reported by this process (each is reported once).
+_REPORTED_BAD_LINES: set[str] = set()
+
+
+def first_report_of_bad_line(where: str) -> bool:
+    """Whether the cut line ``where`` (``"path:line"``) is reported for the first time in this process.
+
+    A sweep reads its file several times (to resume, to check its meta records, for the final
+    table); the same cut line is worth one warning, not one per read.
+    """
+    key = str(pathlib.Path(where.rsplit(":", 1)[0]).resolve()) + ":" + where.rsplit(":", 1)[1]
+    if key in _REPORTED_BAD_LINES:
+        return False
+    _REPORTED_BAD_LINES.add(key)
+    return True
+
+
 def read_jsonl(path: str | pathlib.Path, on_bad_line: Callable[[str], None] | None = None) -> list[dict[str, Any]]:
     """The records of a JSON Lines result file; a line that is not valid JSON is skipped, and reported.
 
     Such a line is one a killed job cut short (its cell simply runs again on resume). ``on_bad_line``
-    receives ``"path:line"``; by default a :class:`UserWarning` names it, so nothing disappears
-    silently. A missing file has no records.
+    receives ``"path:line"``; by default a :class:`UserWarning` names it, once per process
+    (:func:`first_report_of_bad_line`), so nothing disappears silently. A missing file has no records.
     """
     path = pathlib.Path(path)
     if not path.exists():
@@ -249,7 +283,7 @@ def read_jsonl(path: str | pathlib.Path, on_bad_line: Callable[[str], None] | No
         except json.JSONDecodeError:
             if on_bad_line is not None:
                 on_bad_line(f"{path}:{number}")
-            else:
+            elif first_report_of_bad_line(f"{path}:{number}"):
                 warnings.warn(f"{path}:{number} is not valid JSON (a write cut short?); that line is skipped and its "
                               "cell runs again on resume.", UserWarning, stacklevel=2)
     return records

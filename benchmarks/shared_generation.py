@@ -40,6 +40,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from kvpress_lab.benchmarks.defaults import DEFAULT_SHARE
 from kvpress_lab.benchmarks.generation import MODES, ForwardTimer, GenerationResult, _mean, _synchronize, generate_answer
 from kvpress_lab.cache_reports import cache_report
 
@@ -48,8 +49,6 @@ if TYPE_CHECKING:
 
 __all__ = ["DEFAULT_SHARE", "can_share", "generate_answers"]
 
-#: Recipes per shared prefill pass by default (``--share-prefill``): their compressed caches are held at once.
-DEFAULT_SHARE = 16
 
 # Generation-config fields that add a logits processor to greedy decoding, and their inert values.
 _PROCESSOR_FIELDS = {

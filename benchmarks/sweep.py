@@ -23,7 +23,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from kvpress_lab.benchmarks.results import append_jsonl, read_jsonl
+from kvpress_lab.benchmarks.results import append_jsonl, first_report_of_bad_line, read_jsonl
 
 __all__ = ["FULL", "Cell", "make_recipe", "plan_cells", "parse_shard", "shard_from_env", "select_shard", "grid_record",
            "grid_keys", "finished_keys", "check_sweep_file", "run_sweep", "aggregate"]
@@ -220,8 +220,9 @@ def grid_keys(grid: Mapping[str, Any]) -> list[str]:
 
 
 def _records(path: pathlib.Path) -> list[dict[str, Any]]:
-    def rerun(where: str) -> None:  # a line cut by a crash: its cell simply runs again
-        print(f"warning: {where} is not valid JSON (interrupted write?); that cell will be rerun.")
+    def rerun(where: str) -> None:  # a line cut by a crash: its cell simply runs again; said once per process
+        if first_report_of_bad_line(where):
+            print(f"warning: {where} is not valid JSON (interrupted write?); that cell will be rerun.")
 
     return read_jsonl(path, on_bad_line=rerun)
 

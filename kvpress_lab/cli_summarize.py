@@ -1,7 +1,7 @@
 """``kvpress-lab summarize RESULTS...``: merge a sweep's shard files into one table (and plot).
 
 Exit status: 0 when every cell of the recorded grid is present; :data:`MISSING_STATUS` (3) when
-some are missing, unless ``--allow-missing``; 1 for files that cannot be read or do not form one
+some are missing, unless ``--allow-missing``; 2 for files that cannot be read or do not form one
 sweep. Duplicated cells never change the status: identical copies are a note, conflicting ones a
 warning (both on stderr, with the file names).
 """
@@ -37,6 +37,10 @@ def run_summarize(args: argparse.Namespace) -> int:
     from kvpress_lab.benchmarks.results import append_jsonl
     from kvpress_lab.benchmarks.summarize import merge_sweep_files, report_lines, summary_table
 
+    if args.plot:
+        from kvpress_lab.extras import require_extra
+
+        require_extra("bench", "--plot", ("matplotlib",))
     plot = check_output_file("--plot", args.plot) if args.plot else None
     out = check_output_file("--out", args.out) if args.out else None
     if out is not None and (out.exists() or out.resolve() in {pathlib.Path(f).resolve() for f in args.files}):

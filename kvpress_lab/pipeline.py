@@ -17,11 +17,18 @@ Examples
 ...                 recipe=Recipe.preset("snapkv", budget=128))                     # doctest: +SKIP
 >>> pipe(context=document, question="Who wrote it?")["answer"]                      # doctest: +SKIP
 >>> pipe(context=document, questions=["Who?", "When?"], max_new_tokens=16)["answers"]  # doctest: +SKIP
+
+:func:`load_pipeline` takes what :func:`~kvpress_lab.models.load_model` takes as ``model=``: the
+embedded model's name, a local checkpoint or GGUF file, a Hub id (``transformers.pipeline``
+itself only takes a model object or what ``from_pretrained`` reads):
+
+>>> pipe = load_pipeline(model="smollm2-135m-instruct", recipe=Recipe.preset("kvzip", budget=32))  # doctest: +SKIP
 """
 
 from __future__ import annotations
 
 import dataclasses
+import os
 from typing import Any
 
 from transformers import AutoModelForCausalLM, Pipeline
@@ -29,7 +36,7 @@ from transformers.pipelines import PIPELINE_REGISTRY
 
 from kvpress_lab.answers import Answer, ask
 
-__all__ = ["TASK", "KVPressLabPipeline", "register_pipeline"]
+__all__ = ["TASK", "KVPressLabPipeline", "load_pipeline", "register_pipeline"]
 
 #: The task name the pipeline is registered under.
 TASK = "kvpress-lab"
@@ -130,6 +137,29 @@ class KVPressLabPipeline(Pipeline):
         if outputs["single"]:
             return {"answer": answers[0].text, "stats": stats[0]}
         return {"answers": [a.text for a in answers], "stats": stats}
+
+
+def load_pipeline(model: Any = "smollm2-135m-instruct", tokenizer: Any = None, **kwargs: Any) -> KVPressLabPipeline:
+    """``transformers.pipeline("kvpress-lab", ...)`` whose ``model=`` also takes any name :func:`~kvpress_lab.models.load_model` takes.
+
+    Parameters
+    ----------
+    model : str, os.PathLike or transformers.PreTrainedModel, default "smollm2-135m-instruct"
+        A name or path (the embedded model, a checkpoint folder, a ``.gguf`` file, a Hub id),
+        loaded with :func:`~kvpress_lab.models.load_model` together with its tokenizer; or a model.
+    tokenizer : transformers.PreTrainedTokenizerBase, optional
+        Default: the one loaded with ``model`` (needed when ``model`` is a model object).
+    **kwargs
+        Passed to ``transformers.pipeline`` (``recipe=``, ``max_new_tokens=``, ``device=``, ...).
+    """
+    from transformers import pipeline
+
+    if isinstance(model, (str, os.PathLike)):
+        from kvpress_lab.models import load_model
+
+        model, loaded_tokenizer = load_model(model)
+        tokenizer = loaded_tokenizer if tokenizer is None else tokenizer
+    return pipeline(TASK, model=model, tokenizer=tokenizer, **kwargs)
 
 
 def register_pipeline() -> None:

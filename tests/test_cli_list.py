@@ -19,20 +19,37 @@ def run_list(capsys, *args: str) -> str:
     return capsys.readouterr().out
 
 
-def test_table_lists_every_entry_with_its_plugin(capsys):
+def test_table_lists_every_entry_with_its_plugin(capsys, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "400")  # wide: the summaries beside their rows
     lines = run_list(capsys).splitlines()
     assert lines[0].split() == ["ROLE", "NAME", "PLUGIN", "SUMMARY"]
     rows = {tuple(line.split()[:3]) for line in lines[1:] if line.strip()}
     entries = kvpress_lab.available()
     for entry in entries:
         assert (entry.role, entry.name, entry.plugin) in rows
-    assert f"{len(entries)} entries from plugins: " in lines[-1]
-    assert "kvpress-lab-example-plugin:example" in lines[-1]
+    closing = " ".join(lines[lines.index("") + 1:]) if "" in lines else lines[-1]
+    assert f"{len(entries)} entries from plugins: " in closing
+    assert "kvpress-lab-example-plugin:example" in closing
 
 
-def test_table_summaries_drop_rest_markup(capsys):
-    line = next(row for row in run_list(capsys, "--role", "scorer").splitlines() if row.split()[1:2] == ["snapkv_window"])
-    assert "``" not in line and "last W prompt queries" in line
+def test_table_summaries_drop_rest_markup(capsys, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "400")  # wide: every summary on its row's line
+    text = run_list(capsys)
+    line = next(row for row in text.splitlines() if row.split()[1:2] == ["snapkv_window"])
+    assert "last W prompt queries" in line
+    for markup in ("``", ":func:", ":class:", ":mod:", ":meth:", "`_"):
+        assert markup not in text, markup
+    merge = next(row for row in text.splitlines() if row.split()[1:2] == ["merge_ragged"])
+    assert "with merge_evicted_values." in merge
+
+
+@pytest.mark.parametrize("columns", [80, 100, 120, 200])
+def test_table_fits_the_terminal(capsys, monkeypatch, columns):
+    monkeypatch.setenv("COLUMNS", str(columns))
+    lines = run_list(capsys).splitlines()
+    assert max(len(line) for line in lines) <= columns
+    summaries = " ".join(lines)
+    assert "last W prompt queries" in " ".join(summaries.split())  # wrapped, not cut
 
 
 def test_json_output_parses_and_matches_the_registry(capsys):

@@ -35,7 +35,7 @@ from kvpress_lab.cli import main
     (["run", "hi", "--prefill-chunk", "0"], 2, "--prefill-chunk must be an integer >= 1, got 0"),
     (["run", "hi", "--decode-budget", "x"], 2, "--decode-budget must be an integer >= 1, got x"),
     (["run", "hi", "--decode-budget", "64", "--compress-every", "0"], 2, "--compress-every must be an integer >= 1"),
-    (["run", "hi", "--preset", "adakv", "--decode-budget", "64"], 1, "head_allocation='adaptive'"),
+    (["run", "hi", "--preset", "adakv", "--decode-budget", "64"], 2, "head_allocation='adaptive'"),
     (["bench", "needle", "--recipes", "full", "--decode-budget", "64"], 2, "--decode-budget does nothing without a compression recipe"),
     (["bench", "needle", "--recipes", "full,snapkv,lagkv", "--prefill-chunk", "64"], 2, "does not work with recipe lagkv"),
     (["bench", "ruler", "--compress-every", "8"], 2, "--compress-every does nothing without --decode-budget"),

@@ -116,7 +116,7 @@ def test_full_runs_without_a_recipe(recipes_run):
 
 
 def test_an_incompatible_override_is_a_one_line_error(capsys):
-    err = one_line_error(capsys, ["run", "hi", "--preset", "adakv", "--executor", "gather"], 1)
+    err = one_line_error(capsys, ["run", "hi", "--preset", "adakv", "--executor", "gather"], 2)
     assert "gather" in err and "per_head_budgets" in err
 
 
@@ -233,20 +233,20 @@ def no_cuda(monkeypatch):
 
 @pytest.mark.parametrize("command", [*MODEL_COMMANDS, ["calibrate", "--out", "p.json"]])
 def test_cuda_without_cuda_fails_before_loading(capsys, no_cuda, command):
-    err = one_line_error(capsys, [*command, "--device", "cuda"], 1)
+    err = one_line_error(capsys, [*command, "--device", "cuda"], 2)
     assert "--device cuda" in err and "CUDA is not available" in err
 
 
 def test_a_cuda_index_beyond_the_visible_devices(capsys, monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
-    err = one_line_error(capsys, ["run", "hi", "--device", "cuda:1"], 1)
+    err = one_line_error(capsys, ["run", "hi", "--device", "cuda:1"], 2)
     assert "--device cuda:1" in err and "1 CUDA device" in err
 
 
 def test_mps_without_mps(capsys, monkeypatch):
     monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
-    err = one_line_error(capsys, ["demo", "--device", "mps"], 1)
+    err = one_line_error(capsys, ["demo", "--device", "mps"], 2)
     assert "--device mps" in err and "not available" in err
 
 
@@ -263,7 +263,7 @@ def test_available_devices_reach_the_loader(monkeypatch):
 def test_flash_attention_needs_a_cuda_device(capsys, no_cuda):
     for argv in (["run", "hi", "--attn", "flash_attention_2", "--device", "cpu"],
                  ["bench", "needle", "--attn", "flash_attention_2"]):  # auto resolves to cpu here
-        err = one_line_error(capsys, argv, 1)
+        err = one_line_error(capsys, argv, 2)
         assert "--attn flash_attention_2" in err and "CUDA" in err
 
 
@@ -297,7 +297,7 @@ def bad_model_path(request, tmp_path, regular_file, monkeypatch) -> tuple[str, s
     if request.param == "missing-absolute":
         return str(tmp_path / "models" / "nope"), "does not exist"
     if request.param == "a-file":
-        return str(regular_file), "not a folder"
+        return str(regular_file), "not a GGUF file"
     empty = tmp_path / "empty"
     empty.mkdir()
     return str(empty), "config.json"
@@ -306,7 +306,7 @@ def bad_model_path(request, tmp_path, regular_file, monkeypatch) -> tuple[str, s
 @pytest.mark.parametrize("command", [*MODEL_COMMANDS, ["calibrate", "--out", "p.json"]])
 def test_model_paths_are_checked_before_loading(capsys, bad_model_path, command):
     value, words = bad_model_path
-    err = one_line_error(capsys, [*command, "--model", value], 1)
+    err = one_line_error(capsys, [*command, "--model", value], 2)
     assert f"--model {value}" in err and words in err
 
 
@@ -322,7 +322,7 @@ def test_loader_errors_are_one_line(capsys, monkeypatch):
 
     monkeypatch.setattr(commands, "load", REAL_LOAD)
     monkeypatch.setattr(kvpress_lab.models, "load_model", unreachable)
-    assert main(["run", "hi", "--model", "org/name"]) == 1
+    assert main(["run", "hi", "--model", "org/name"]) == 2
     progress, error = capsys.readouterr().err.splitlines()  # the loader's progress line, then the error
     assert progress.startswith("Loading org/name") and "Traceback" not in error
     assert error.startswith("kvpress-lab run: error: cannot load --model org/name: We couldn't connect")
@@ -342,12 +342,12 @@ def binary_file(tmp_path) -> pathlib.Path:
 
 
 def test_a_prompt_file_that_is_not_text(capsys, binary_file):
-    err = one_line_error(capsys, ["run", "--prompt-file", str(binary_file)], 1)
+    err = one_line_error(capsys, ["run", "--prompt-file", str(binary_file)], 2)
     assert "--prompt-file" in err and "UTF-8" in err
 
 
 def test_calibrate_prompts_file_that_is_not_text(capsys, binary_file, tmp_path):
-    err = one_line_error(capsys, ["calibrate", "--prompts-file", str(binary_file), "--out", str(tmp_path / "p.json")], 1)
+    err = one_line_error(capsys, ["calibrate", "--prompts-file", str(binary_file), "--out", str(tmp_path / "p.json")], 2)
     assert "--prompts-file" in err and "utf-8" in err
 
 
@@ -356,7 +356,7 @@ def test_plot_files_that_are_not_result_files(capsys, tmp_path, binary_file, nam
     path = binary_file if content is None else tmp_path / name
     if content is not None:
         path.write_text(content)
-    err = one_line_error(capsys, ["plot", str(path)], 1)
+    err = one_line_error(capsys, ["plot", str(path)], 2)
     assert f"{path} is not a kvpress_lab result file" in err and err.count(str(path)) == 1
 
 
@@ -383,26 +383,26 @@ def needle_file(tmp_path) -> pathlib.Path:
 ], ids=["needle", "ruler", "speed", "demo", "plot", "calibrate"])
 def test_outputs_under_a_regular_file(capsys, regular_file, needle_file, flag_for):
     out = str(regular_file / "sub" / "x.jsonl")
-    err = one_line_error(capsys, flag_for(out, needle_file), 1)
+    err = one_line_error(capsys, flag_for(out, needle_file), 2)
     assert str(regular_file) in err and "not a folder" in err
     assert regular_file.read_text() == "not a folder\n"
 
 
 @pytest.mark.parametrize("argv", [["bench", "needle", "--out"], ["bench", "speed", "--out"], ["calibrate", "--out"]])
 def test_an_output_file_that_is_a_folder(capsys, tmp_path, argv):
-    err = one_line_error(capsys, [*argv, str(tmp_path)], 1)
+    err = one_line_error(capsys, [*argv, str(tmp_path)], 2)
     assert str(tmp_path) in err and "is a folder" in err
 
 
 def test_demo_out_dir_that_is_a_file(capsys, regular_file):
-    err = one_line_error(capsys, ["demo", "--out-dir", str(regular_file)], 1)
+    err = one_line_error(capsys, ["demo", "--out-dir", str(regular_file)], 2)
     assert str(regular_file) in err and "not a folder" in err
 
 
 def test_a_sweep_file_of_another_model_is_refused_before_loading(capsys, tmp_path):
     out = tmp_path / "needle.jsonl"
     out.write_text(json.dumps({"type": "meta", "benchmark": "needle", "model": "other-model"}) + "\n")
-    err = one_line_error(capsys, ["bench", "needle", "--out", str(out)], 1)
+    err = one_line_error(capsys, ["bench", "needle", "--out", str(out)], 2)
     assert "model='other-model'" in err and "--out" in err
 
 
@@ -420,7 +420,7 @@ def test_a_sweep_file_of_another_model_is_refused_before_loading(capsys, tmp_pat
 def test_lengths_below_the_fixed_minimum_fail_before_loading(capsys, tmp_path, argv, minimum):
     out = tmp_path / "results" / "out.jsonl"
     argv = [*argv, "--out-dir", str(out.parent)] if argv[0] == "demo" else [*argv, "--out", str(out)]
-    err = one_line_error(capsys, argv, 1)
+    err = one_line_error(capsys, argv, 2)
     assert "--lengths" in err and f">= {minimum}" in err
     assert not out.parent.exists()  # nothing written, not even the folder
 
@@ -430,7 +430,7 @@ def test_needle_lengths_too_short_for_the_tokenizer(capsys, tmp_path, tiny_loade
 
     out = tmp_path / "results" / "needle.jsonl"
     err = one_line_error(capsys, ["bench", "needle", "--lengths", "80,512", "--depths", "0.5", "--recipes", "full",
-                                  "--out", str(out), "--no-progress"], 1)
+                                  "--out", str(out), "--no-progress"], 2)
     assert "--lengths 80" in err and "needle prompt" in err
     minimum = int(err.split(">= ")[-1].split()[0].rstrip(".;,"))
     assert minimum > len(QUESTION)  # question and needle, in tokens of the character tokenizer
@@ -440,7 +440,7 @@ def test_needle_lengths_too_short_for_the_tokenizer(capsys, tmp_path, tiny_loade
 def test_demo_lengths_too_short_for_the_tokenizer(capsys, tmp_path, tiny_loaded):
     out = tmp_path / "demo"
     err = one_line_error(capsys, ["demo", "--lengths", "80", "--depths", "0.5", "--recipes", "snapkv",
-                                  "--budgets", "16", "--out-dir", str(out), "--no-progress"], 1)
+                                  "--budgets", "16", "--out-dir", str(out), "--no-progress"], 2)
     assert "--lengths 80" in err and "needle prompt" in err
     assert not out.exists()
 
@@ -448,7 +448,7 @@ def test_demo_lengths_too_short_for_the_tokenizer(capsys, tmp_path, tiny_loaded)
 def test_speed_lengths_too_short_for_the_tokenizer(capsys, tmp_path, tiny_loaded):
     out = tmp_path / "speed.json"
     err = one_line_error(capsys, ["bench", "speed", "--lengths", "20", "--recipes", "full", "--out", str(out),
-                                  "--no-progress"], 1)
+                                  "--no-progress"], 2)
     assert "--lengths 20" in err and ">= " in err
     assert not out.exists()
 
@@ -499,7 +499,7 @@ def test_documented_commands_reach_the_loader(tmp_path, monkeypatch, argv):
 @pytest.mark.parametrize("argv, status", [
     (["run", "hi", "--budget", "-5"], 2),
     (["run", "hi", "--device", "gpu0"], 2),
-    (["run", "hi", "--model", "./no-such-dir"], 1),
+    (["run", "hi", "--model", "./no-such-dir"], 2),
 ])
 def test_console_script_prints_one_line_without_traceback(tmp_path, argv, status):
     script = pathlib.Path(sys.executable).with_name("kvpress-lab")

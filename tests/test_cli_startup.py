@@ -40,6 +40,27 @@ def test_help_and_version_do_not_import_torch(argv):
     assert "kvpress-lab" in output
 
 
+def _commands() -> list[str]:
+    from kvpress_lab.cli import COMMANDS
+
+    return list(COMMANDS)
+
+
+@pytest.mark.parametrize("argv", [[name, "--help"] for name in _commands()] + [["bench", "needle", "--help"]])
+def test_every_subcommand_help_imports_nothing_heavy(argv):
+    probe, output = _run(argv)
+    assert probe == {"status": 0, "heavy": []}, argv
+    assert f"kvpress-lab {argv[0]}" in output
+
+
+def test_building_the_whole_parser_imports_neither_torch_nor_transformers():
+    """The full (non-lazy) parser, every subcommand's options included, as the docs build it."""
+    code = ("import sys; from kvpress_lab.cli import build_parser; build_parser(); "
+            "print(sorted(n for n in ('torch', 'transformers') if n in sys.modules))")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
+    assert result.stdout.strip() == "[]"
+
+
 def test_importing_the_package_does_not_import_torch():
     code = "import sys, kvpress_lab; kvpress_lab.cache_report; print('torch' in sys.modules)"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
@@ -81,3 +102,4 @@ def test_every_help_shows_defaults_and_examples(capsys):
     text = " ".join(capsys.readouterr().out.split())
     assert "greedy-decoded tokens at most (default: 64)" in text
     assert "(default: query-aware)" in text
+

@@ -7,7 +7,10 @@ the doctest build (the tutorial, the how-to examples and every docstring example
 
 from __future__ import annotations
 
+import argparse
+import html
 import importlib.metadata
+import re
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -125,6 +128,44 @@ def test_html_build_has_no_warnings_and_writes_nothing_into_the_source(tmp_path)
     cli_page = (tmp_path / "html" / "reference" / "cli.html").read_text(encoding="utf-8")
     for name in COMMANDS:  # sphinx-argparse renders a section per subcommand, from the parser
         assert f'id="kvpress-lab-{name}"' in cli_page, name
+    _check_cli_page_can_be_copied(cli_page)
+    _check_no_machine_paths(tmp_path / "html")
+    index = (tmp_path / "html" / "index.html").read_text(encoding="utf-8")
+    assert "furo" in index and "copybutton" in index  # the responsive theme and the copy button
+
+
+#: What a path of the machine that built the docs looks like (a user's home, a temporary or work folder, a venv).
+MACHINE_PATH = re.compile(r"/tmp/|/root/|/home/|/work/|/Users/|/private/var/|/var/folders/|/site-packages/|\.venv/lib/")
+
+
+def _check_no_machine_paths(site: Path) -> None:
+    """No page, source copy or search index of the built site names a folder of the building machine."""
+    found = []
+    for path in site.rglob("*"):
+        if path.is_file() and path.suffix in (".html", ".txt", ".js", ".json"):
+            for match in MACHINE_PATH.finditer(path.read_text(encoding="utf-8", errors="replace")):
+                text = match.string
+                found.append(f"{path.relative_to(site)}: ...{text[max(match.start() - 60, 0):match.end() + 40]}...")
+    assert not found, "machine paths in the built site:\n" + "\n".join(found[:10])
+
+
+def _check_cli_page_can_be_copied(page: str) -> None:
+    """Every flag is typed as ``--flag`` (no smart-quote dash), and each example is a code block of its own."""
+    from kvpress_lab.cli import COMMANDS, build_parser
+
+    text = html.unescape(re.sub(r"<[^>]+>", "", page))
+    assert "\u2013" not in text and "\u2014" not in text, "a dash where the page should show --"
+    parser = build_parser()
+    (commands,) = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    flags = {flag for sub in commands.choices.values() for action in sub._actions for flag in action.option_strings
+             if flag.startswith("--")}
+    assert flags and not [flag for flag in flags if flag not in text]
+    blocks = re.findall(r'<div class="highlight-console notranslate"><div class="highlight"><pre>(.*?)</pre>', page,
+                        flags=re.DOTALL)
+    examples = [html.unescape(re.sub(r"<[^>]+>", "", block)).strip() for block in blocks]
+    expected = [f"$ {line}" for command in COMMANDS.values() for line in command.examples]
+    assert all(example.count("\n") == 0 for example in examples), "an example block holds more than one command"
+    assert set(expected) <= set(examples), sorted(set(expected) - set(examples))[:3]
 
 
 def test_doctest_build_passes(tmp_path):

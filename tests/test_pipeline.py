@@ -140,3 +140,27 @@ def test_a_decode_budget_bounds_every_answers_cache(tiny):
     decoding = held[1:]  # held[0]: the context's prefill
     assert len(decoding) == 2 * 30 and max(decoding) <= 24 + len("\n\nwhat?")  # the question joins the 24 kept
     assert max(decoding[10:30] + decoding[40:]) <= 16 + 4  # cut back to the decode budget as generation goes on
+
+
+def test_load_pipeline_takes_a_model_name_through_load_model(tiny, monkeypatch):
+    """``load_pipeline(model="smollm2-135m-instruct")``: the name goes to load_model, which returns model and tokenizer."""
+    import kvpress_lab.models
+
+    names = []
+
+    def fake_load_model(name):
+        names.append(name)
+        return tiny
+
+    monkeypatch.setattr(kvpress_lab.models, "load_model", fake_load_model)
+    pipe = kvpress_lab.pipeline.load_pipeline(model="smollm2-135m-instruct", recipe=RECIPE, max_new_tokens=4)
+    assert names == ["smollm2-135m-instruct"]
+    assert isinstance(pipe, KVPressLabPipeline) and pipe.model is tiny[0] and pipe.tokenizer is tiny[1]
+    (expected,) = ask(*tiny, TINY_CONTEXT, "what?", RECIPE, max_new_tokens=4)
+    assert pipe(context=TINY_CONTEXT, question="what?")["answer"] == expected.text
+
+
+def test_load_pipeline_passes_a_model_object_through(tiny):
+    model, tokenizer = tiny
+    pipe = kvpress_lab.pipeline.load_pipeline(model=model, tokenizer=tokenizer, recipe=RECIPE)
+    assert pipe.model is model and pipe.tokenizer is tokenizer

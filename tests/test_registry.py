@@ -216,7 +216,7 @@ def test_the_command_line_reports_an_unrecognised_autoload_value_in_one_line(mon
 
     monkeypatch.setattr(registry_module, "_REGISTRY", None)  # built again, from the environment
     monkeypatch.setenv(AUTOLOAD_ENV, "maybe")
-    assert cli.main(["list"]) == 1
+    assert cli.main(["list"]) == 2
     err = capsys.readouterr().err
     assert err.startswith(f"kvpress-lab list: error: {AUTOLOAD_ENV}='maybe' is not understood.") and err.count("\n") == 1
 

@@ -598,9 +598,27 @@ def _forget_data_typehints(app: Any, objtype: str, name: str, obj: Any, *args: A
         app.env.current_document.autodoc_annotations.pop(name, None)
 
 
+def _relative_generated_names(app: Any, pagename: str, templatename: str, context: dict[str, Any], doctree: Any) -> None:
+    """Name a generated page's copied source and search-index entry by its docname, not its absolute path.
+
+    Generated pages live in the build folder, so Sphinx's path of their source is absolute (the
+    building machine's folders), and it would land in ``searchindex.js`` and in the name of the
+    copied ``_sources`` file. Both become ``reference/_generated/<page>.rst``.
+    """
+    if not pagename.startswith(GENERATED_DIR.as_posix() + "/"):
+        return
+    if context.get("sourcename"):
+        context["sourcename"] = f"{pagename}.rst{app.config.html_sourcelink_suffix}"
+    indexer = getattr(app.builder, "indexer", None)
+    filenames = getattr(indexer, "_filenames", None)
+    if isinstance(filenames, dict) and pagename in filenames:
+        filenames[pagename] = f"{pagename}.rst"
+
+
 def setup(app: Any) -> dict[str, Any]:
     """Sphinx entry point."""
     app.connect("autodoc-process-signature", _forget_data_typehints, priority=900)  # after autodoc's
     app.connect("env-get-outdated", _register_generated)
     app.connect("missing-reference", _resolve_short_name, priority=900)  # after intersphinx
+    app.connect("html-page-context", _relative_generated_names)
     return {"version": "1", "parallel_read_safe": True, "parallel_write_safe": True}

@@ -6,7 +6,7 @@ Examples
 --------
 >>> report = attention_funnel(model, input_ids, window=32)   # doctest: +SKIP
 >>> print(report.table())                                   # doctest: +SKIP
->>> plot_funnel(report, "/tmp/funnel.png")                  # doctest: +SKIP
+>>> plot_funnel(report, "funnel.png")                       # doctest: +SKIP
 """
 
 from __future__ import annotations

@@ -33,13 +33,13 @@ def plot_funnel(report: FunnelReport, path: str | os.PathLike[str]) -> pathlib.P
     pathlib.Path
         ``path``.
     """
-    try:
-        import matplotlib
+    from kvpress_lab.extras import require_extra
 
-        matplotlib.use("Agg", force=False)
-        import matplotlib.pyplot as plt
-    except ImportError as exc:  # pragma: no cover - depends on the environment
-        raise ImportError("plot_funnel needs matplotlib: pip install 'kvpress-lab[bench]'.") from exc
+    require_extra("bench", "plot_funnel", ("matplotlib",))
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
     path = pathlib.Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     length = sum(report.prompt_lengths) / max(len(report.prompt_lengths), 1)

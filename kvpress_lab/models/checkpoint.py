@@ -17,6 +17,7 @@ from collections.abc import Iterator
 import filelock
 import torch
 
+from ..extras import require_extra
 from . import convert as _convert  # the module, so that tests can replace its converter
 from .locate import EMBEDDED_DISTRIBUTION, EMBEDDED_MODEL_NAME, embedded_distribution, embedded_gguf_path
 
@@ -114,6 +115,7 @@ def _convert_once(target: pathlib.Path) -> None:
             return
         _remove_stale_temp_dirs(target)
         gguf_path = embedded_gguf_path()
+        require_extra("models", f"converting the embedded model {EMBEDDED_MODEL_NAME!r} from its GGUF file", ("gguf",))
         logger.info(
             "Converting the embedded model %s to a transformers checkpoint in %s "
             "(one time only, this takes a minute or so)...",

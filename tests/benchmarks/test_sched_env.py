@@ -104,7 +104,7 @@ def test_bad_environment_fails_before_the_model_loads(monkeypatch, tmp_path, cap
     monkeypatch.setattr(bench, "load", load)
     monkeypatch.setenv("SLURM_ARRAY_TASK_ID", "4")
     monkeypatch.setenv("SLURM_ARRAY_TASK_COUNT", "4")
-    assert main([*ARGV, "--out", str(tmp_path / "x.jsonl")]) == 1
+    assert main([*ARGV, "--out", str(tmp_path / "x.jsonl")]) == 2
     err = capsys.readouterr().err
     assert err.startswith("kvpress-lab bench: error:") and "SLURM_ARRAY_TASK_ID=4" in err
     with pytest.raises(RuntimeError, match="the model loads"):  # an explicit --shard does not read the environment

@@ -31,10 +31,17 @@ def tiny_jobs(monkeypatch):
         monkeypatch.delenv(name, raising=False)
 
 
-def test_local_launcher_runs_every_shard_and_the_shard_files_cover_the_grid_once(tiny_jobs, tmp_path, capsys):
+def test_local_launcher_runs_every_shard_and_the_shard_files_cover_the_grid_once(tiny_jobs, tmp_path, capsys,
+                                                                                 monkeypatch):
+    """The default --slurm-folder results/slurm/%j: folders named by job id, nothing named %j or *.lock left."""
+    monkeypatch.chdir(tmp_path)
     out = tmp_path / "needle.jsonl"
-    argv = [*ARGV, "--out", str(out), "--launcher", "local", "--shards", "2", "--slurm-folder", str(tmp_path / "jobs")]
+    argv = [*ARGV, "--out", str(out), "--launcher", "local", "--shards", "2"]
     assert main(argv) == 0
+    left = sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*"))
+    assert not [p for p in left if "%j" in p or p.endswith(".lock")], left
+    job_folders = sorted((tmp_path / "results" / "slurm").iterdir())
+    assert len(job_folders) == 2
     files = [tmp_path / "needle.shard0-of-2.jsonl", tmp_path / "needle.shard1-of-2.jsonl"]
     assert sorted(tmp_path.glob("needle*.jsonl")) == files and not out.exists()
     for index, path in enumerate(files):
@@ -44,6 +51,8 @@ def test_local_launcher_runs_every_shard_and_the_shard_files_cover_the_grid_once
     counts = collections.Counter(r["cell"] for path in files for r in read_rows(path))
     assert counts == {c.key: 1 for c in CELLS}
     printed = capsys.readouterr().out
+    submitted = next(line for line in printed.splitlines() if line.startswith("Submitted 2 local jobs"))
+    assert "%j" not in submitted and all(str(folder) in submitted for folder in job_folders)
     assert "2 of 2 shards finished" in printed and f"kvpress-lab summarize {tmp_path}/needle.shard*-of-2.jsonl" in printed
     assert main(["summarize", *map(str, files)]) == 0  # the merged table is complete
 
@@ -70,9 +79,10 @@ def test_launcher_usage_errors(monkeypatch, tmp_path, capsys, extra, message):
 
 def test_slurm_launcher_without_sbatch_is_a_clear_error(monkeypatch, tmp_path, capsys):
     monkeypatch.setenv("PATH", str(tmp_path))  # no sbatch here
-    assert main([*ARGV, "--out", str(tmp_path / "n.jsonl"), "--launcher", "slurm", "--shards", "16"]) == 1
+    assert main([*ARGV, "--out", str(tmp_path / "n.jsonl"), "--launcher", "slurm", "--shards", "16"]) == 2
     assert "needs SLURM's sbatch on PATH" in capsys.readouterr().err
 
 
 def test_shard_files_are_named_after_the_output():
     assert launch.shard_out("results/needle.jsonl", 3, 16) == pathlib.Path("results/needle.shard3-of-16.jsonl")
+

@@ -88,7 +88,7 @@ def test_merged_file_and_plot(tmp_path, capsys):
     assert main(["summarize", *map(str, files), "--out", str(out), "--plot", str(png)]) == 0
     assert sorted(r["cell"] for r in read_rows(out)) == sorted(c.key for c in CELLS) and len(read_meta(out)) == 3
     assert png.read_bytes()[:4] == b"\x89PNG"
-    assert main(["summarize", *map(str, files), "--out", str(out)]) == 1  # never overwritten
+    assert main(["summarize", *map(str, files), "--out", str(out)]) == 2  # never overwritten
     assert "already exists" in capsys.readouterr().err
 
 
@@ -99,14 +99,14 @@ def test_merged_file_and_plot(tmp_path, capsys):
 def test_files_of_different_sweeps_are_refused(tmp_path, capsys, change, message):
     files = shard_files(tmp_path, count=2)
     run_sweep(CELLS, runner, tmp_path / "other.jsonl", {**META, **change}, progress=False)
-    assert main(["summarize", *map(str, files), str(tmp_path / "other.jsonl")]) == 1
+    assert main(["summarize", *map(str, files), str(tmp_path / "other.jsonl")]) == 2
     err = capsys.readouterr().err
     assert err.startswith("kvpress-lab summarize: error: these files are not one sweep") and message in err
 
 
 def test_files_that_are_not_sweep_files(tmp_path, capsys):
     (tmp_path / "x.jsonl").write_text('{"a": 1}\n')
-    assert main(["summarize", str(tmp_path / "x.jsonl")]) == 1
+    assert main(["summarize", str(tmp_path / "x.jsonl")]) == 2
     assert "is not a sweep file" in capsys.readouterr().err
-    assert main(["summarize", str(tmp_path / "nope.jsonl")]) == 1
+    assert main(["summarize", str(tmp_path / "nope.jsonl")]) == 2
     assert "does not exist" in capsys.readouterr().err
