@@ -609,6 +609,19 @@ def _cmd_calibrate(args: argparse.Namespace) -> int:
     return run_calibrate(args)
 
 
+def _add_eval_arguments(parser: argparse.ArgumentParser) -> None:
+    from kvpress_lab.cli_eval import add_eval_arguments
+
+    add_eval_arguments(parser)
+
+
+def _cmd_eval(args: argparse.Namespace) -> int:
+    """Run an evaluation configuration (see :mod:`kvpress_lab.cli_eval`)."""
+    from kvpress_lab.cli_eval import run_eval_command
+
+    return run_eval_command(args)
+
+
 # ---------------------------------------------------------------------------------------------
 # The command table and entry point
 # ---------------------------------------------------------------------------------------------
@@ -634,6 +647,9 @@ COMMANDS: dict[str, Command] = {
                          _add_summarize_arguments, _cmd_summarize,
                          ("kvpress-lab summarize results/needle.shard0-of-2.jsonl results/needle.shard1-of-2.jsonl",
                           "kvpress-lab summarize results/ruler-0.jsonl results/ruler-1.jsonl --plot ruler.png")),
+    "eval": Command("a whole evaluation from a YAML file: tasks (lm-eval, needle, ruler, ...) x recipes x sizes x modes",
+                    _add_eval_arguments, _cmd_eval,
+                    ("kvpress-lab eval results/docs/ruler/eval.yaml", "kvpress-lab eval my-eval.yaml --dry-run")),
     "calibrate": Command("fit a per-layer budget profile for the `learned` allocator", _add_calibrate_arguments,
                          _cmd_calibrate,
                          ("kvpress-lab calibrate --out profile.json",

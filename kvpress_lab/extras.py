@@ -18,7 +18,7 @@ EXTRAS: dict[str, tuple[str, ...]] = {
     "models": ("gguf",),  # reading GGUF files (the embedded model, a user's .gguf)
     "bench": ("matplotlib", "gguf"),  # plots; the embedded model; psutil is optional (peak memory sampling)
     "slurm": ("submitit",),
-    "eval": ("lm_eval",),
+    "eval": ("lm_eval", "wonderwords", "nltk", "scipy"),  # lm-eval and its RULER tasks' own dependencies
     "gpu": ("flash_attn",),
 }
 
