@@ -29,19 +29,19 @@ Examples
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import hashlib
 import logging
 import random
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from kvpress_lab.benchmarks.input_errors import BenchmarkInputError
+from kvpress_lab.integrations.lm_eval.offline import no_downloads
 
-__all__ = ["OFFLINE_RULER_TASKS", "EXCLUDED_RULER_TASKS", "LmEvalSample", "no_downloads", "load_samples",
-           "split_at_question", "score", "prompt_digest"]
+__all__ = ["OFFLINE_RULER_TASKS", "EXCLUDED_RULER_TASKS", "LmEvalSample", "load_samples",
+           "split_at_question", "question_start", "score", "main_metric", "prompt_digest"]
 
 logger = logging.getLogger(__name__)
 
@@ -110,32 +110,6 @@ class LmEvalSample:
         if mode == "query-agnostic":
             return self.prompt[: self.question_start], self.prompt[self.question_start :]
         raise ValueError(f"mode must be 'query-aware' or 'query-agnostic', got {mode!r}.")
-
-
-@contextlib.contextmanager
-def no_downloads() -> Iterator[None]:
-    """Within the block, ``nltk.download`` downloads nothing: it logs the refusal and returns ``False``.
-
-    ``nltk.download`` returns ``False`` when it cannot download, which is what lm-eval's RULER code
-    sees on an offline machine; this makes every machine behave so, and says it.
-    """
-    try:
-        import nltk
-    except ImportError:  # no nltk: lm-eval's RULER tasks say which extra to install when they import it
-        yield
-        return
-
-    def refuse(info_or_id: Any = None, *args: Any, **kwargs: Any) -> bool:
-        logger.warning("kvpress_lab: not downloading nltk data %r (runs are offline; the offline RULER tasks do not "
-                       "use it).", info_or_id)
-        return False
-
-    original = nltk.download
-    nltk.download = refuse
-    try:
-        yield
-    finally:
-        nltk.download = original
 
 
 def _seed() -> None:
@@ -214,7 +188,8 @@ def _task_samples(name: str, task: Any, limit: int | None) -> list[LmEvalSample]
         kwargs = dict(kwargs)
         if kwargs.get("do_sample"):
             raise BenchmarkInputError(f"lm-eval task {name} samples (do_sample=True); kvpress_lab's evaluation decodes "
-                                      "greedily. Run it through lm-eval's own loop with the kvpress-lab model type.")
+                                      "greedily. Run it through lm-eval's own loop with the kvpress-lab model type (python -m "
+                                      "kvpress_lab.integrations.lm_eval --model kvpress-lab ...).")
         until = kwargs.get("until") or []
         until = (until,) if isinstance(until, str) else tuple(until)
         max_new = int(kwargs.get("max_gen_toks", 256))  # lm-eval's hf model's default

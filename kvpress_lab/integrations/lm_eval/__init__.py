@@ -51,11 +51,19 @@ register_model(*MODEL_NAMES)(KVPressLabLM)  # this package is imported once per 
 
 
 def main(argv: list[str] | None = None) -> None:
-    """lm-eval's command line (``argv``, default ``sys.argv[1:]``) with the ``kvpress-lab`` model type registered."""
+    """lm-eval's command line (``argv``, default ``sys.argv[1:]``) with the ``kvpress-lab`` model type registered.
+
+    Nothing is downloaded for nltk meanwhile: lm-eval's RULER code asks for nltk's ``punkt_tab``
+    when it is imported, which only the essay haystack uses (a task that downloads its
+    data anyway); the refusal is logged (:func:`kvpress_lab.integrations.lm_eval.offline.no_downloads`).
+    """
     import sys
 
     from lm_eval.__main__ import cli_evaluate
 
+    from kvpress_lab.integrations.lm_eval.offline import no_downloads
+
     if argv is not None:
         sys.argv = [sys.argv[0], *argv]
-    cli_evaluate()
+    with no_downloads():
+        cli_evaluate()
