@@ -12,8 +12,10 @@ then greedily decodes exactly ``decode_tokens`` tokens (``min_new_tokens = max_n
 
 Per setting (one row):
 
-* ``prefill_peak_rss_mib``: peak resident memory of the process during the prefill minus its
-  resident size just before (:class:`~kvpress_lab.benchmarks.speed.PeakMemory`, sampled every
+* ``prefill_s``: wall-clock seconds of the prefill (compression included);
+* ``peak_rss_mib``: peak resident memory of the whole process during the prefill (model weights
+  included); ``prefill_peak_rss_mib``: that peak minus its resident size just before
+  (:class:`~kvpress_lab.benchmarks.speed.PeakMemory`, sampled every
   5 ms); ``prefill_peak_kv_mib``: the largest cache held after any attention layer's forward
   during the prefill (:class:`~kvpress_lab.benchmarks.chunked_prefill.KVPeakProbe`), all layers;
 * ``decode_peak_kv_mib`` and ``final_kv_mib``: the largest cache during decoding, and at its end;
@@ -39,6 +41,7 @@ import pathlib
 import statistics
 import subprocess
 import sys
+import time
 from collections.abc import Sequence
 from contextlib import nullcontext
 from typing import Any
@@ -66,8 +69,11 @@ def _steps_ms(durations: Sequence[float], start: int, stop: int) -> float | None
 
 
 def measure_setting(model: Any, input_ids: Any, setting: tuple, *, preset: str = "snapkv", budget: int = 128,
-                    decode_tokens: int = 32, pad_token_id: int | None = None) -> dict[str, Any]:
+                    decode_tokens: int = 32, pad_token_id: int | None = None, warm_up: bool = False) -> dict[str, Any]:
     """Prefill ``input_ids`` ``(1, T)`` minus its last token with ``setting``, then decode ``decode_tokens`` tokens.
+
+    With ``warm_up``, a forward of 8 tokens runs first (unmeasured): the weights are then resident
+    and kernels chosen, so the prefill's time and memory growth are its own.
 
     Returns one row (see the module docstring); bytes in MiB, times in ms.
     """
@@ -83,13 +89,20 @@ def measure_setting(model: Any, input_ids: Any, setting: tuple, *, preset: str =
     label, fields, chunk = setting
     recipe = None if fields is None else Recipe.preset(preset, budget=budget, **fields)
     device = next(model.parameters()).device
+    if warm_up:
+        with torch.no_grad():
+            model(input_ids[:, :8], use_cache=True)
     with hooks_in_use(model, "bench memory"):  # decoding hooks for this setting only
         with torch.no_grad(), KVPeakProbe(model) as probe:
             with PeakMemory(device) as memory:
+                start = time.perf_counter()
                 if recipe is None:
                     cache = forward_cache(model, input_ids[:, :-1])
                 else:
                     cache = compressed_prefill(recipe, model, input_ids[:, :-1], chunk_size=chunk)
+                if device.type == "cuda":
+                    torch.cuda.synchronize(device)
+                prefill_s = time.perf_counter() - start
             prefill = (probe.peak_bytes, probe.max_entries, cache_bytes(cache))
             probe.reset()
             decoding = recipe.apply(model) if recipe is not None and recipe.decode_budget is not None else nullcontext()
@@ -102,7 +115,8 @@ def measure_setting(model: Any, input_ids: Any, setting: tuple, *, preset: str =
         "prefill_chunk": chunk, "decode_budget": None if recipe is None else recipe.decode_budget,
         "compress_every": None if recipe is None or recipe.decode_budget is None else recipe.compress_every,
         "length": int(input_ids.shape[1]), "decode_tokens": decode_tokens,
-        "prefill_peak_rss_mib": max(memory.peak_rss_mb - memory.start_rss_mb, 0.0), "rss_source": memory.source,
+        "prefill_s": prefill_s, "prefill_peak_rss_mib": max(memory.peak_rss_mb - memory.start_rss_mb, 0.0),
+        "peak_rss_mib": memory.peak_rss_mb, "rss_source": memory.source,
         "prefill_cuda_peak_mib": memory.cuda_peak_mb,
         "prefill_peak_kv_mib": prefill[0] / 2**20, "prefill_max_entries": prefill[1], "prefill_final_kv_mib": prefill[2] / 2**20,
         "decode_peak_kv_mib": probe.peak_bytes / 2**20, "decode_max_entries": probe.max_entries,
@@ -159,7 +173,8 @@ def _run_settings(args: argparse.Namespace, model: Any, tokenizer: Any, chosen: 
     all_settings = settings(args.chunks or (), args.decode_budget, args.compress_every)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     return [measure_setting(model, ids, all_settings[i], preset=args.preset, budget=args.budget,
-                            decode_tokens=args.decode_tokens, pad_token_id=pad) for i in chosen]
+                            decode_tokens=args.decode_tokens, pad_token_id=pad, warm_up=getattr(args, "warm_up", False))
+            for i in chosen]
 
 
 def cmd_memory(args: argparse.Namespace) -> int:
