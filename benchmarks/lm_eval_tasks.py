@@ -40,7 +40,7 @@ from typing import Any
 from kvpress_lab.benchmarks.input_errors import BenchmarkInputError
 from kvpress_lab.integrations.lm_eval.offline import no_downloads
 
-__all__ = ["OFFLINE_RULER_TASKS", "EXCLUDED_RULER_TASKS", "LmEvalSample", "load_samples",
+__all__ = ["OFFLINE_RULER_TASKS", "EXCLUDED_RULER_TASKS", "LmEvalSample", "MIN_SEQ_LENGTHS", "load_samples",
            "split_at_question", "question_start", "score", "main_metric", "prompt_digest"]
 
 logger = logging.getLogger(__name__)
@@ -57,6 +57,10 @@ EXCLUDED_RULER_TASKS: dict[str, str] = {
     "ruler_qa_squad": "its documents are SQuAD v2 (downloaded)",
     "ruler_qa_hotpot": "its documents are HotpotQA (downloaded)",
 }
+
+#: Shortest ``max_seq_lengths`` a task's generator gets through: below it lm-eval 0.4.13's generator loops
+#: forever (``ruler_vt`` at 512 tokens retries a sample that cannot fit, without end; 1024 works).
+MIN_SEQ_LENGTHS: dict[str, int] = {"ruler_vt": 1024}
 
 #: The seeds lm-eval's ``simple_evaluate`` sets before it builds tasks (its defaults): random, numpy, torch.
 LM_EVAL_SEEDS = (0, 1234, 1234)
@@ -153,6 +157,12 @@ def load_samples(tasks: Sequence[str], tokenizer_name: str, max_seq_lengths: Seq
     metadata: dict[str, Any] = {"tokenizer": tokenizer_name, "pretrained": tokenizer_name}
     if max_seq_lengths is not None:
         metadata["max_seq_lengths"] = list(max_seq_lengths)
+    for name in tasks:
+        short = [n for n in (max_seq_lengths or [4096]) if n < MIN_SEQ_LENGTHS.get(name, 0)]
+        if short:
+            raise BenchmarkInputError(f"lm-eval's {name} cannot build prompts of {short[0]} tokens (its generator loops "
+                                      f"forever below about {MIN_SEQ_LENGTHS[name]}); use max_seq_lengths >= "
+                                      f"{MIN_SEQ_LENGTHS[name]}.")
     samples: list[LmEvalSample] = []
     with no_downloads():
         manager = TaskManager(include_path=include_path, metadata=metadata)

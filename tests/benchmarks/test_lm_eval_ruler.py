@@ -22,7 +22,7 @@ from helpers.embedded import needs_distribution  # noqa: E402
 from kvpress_lab import Recipe  # noqa: E402
 from kvpress_lab.benchmarks.input_errors import BenchmarkInputError  # noqa: E402
 from kvpress_lab.benchmarks.lm_eval_tasks import (  # noqa: E402
-    OFFLINE_RULER_TASKS, load_samples, main_metric, score, split_at_question,
+    MIN_SEQ_LENGTHS, OFFLINE_RULER_TASKS, load_samples, main_metric, score, split_at_question,
 )
 from kvpress_lab.integrations.lm_eval.offline import no_downloads  # noqa: E402
 
@@ -53,56 +53,66 @@ def _lm_eval_run(lm, checkpoint, recipe):
     return sorted(results["samples"]["niah_single_1"], key=lambda s: s["doc_id"]), results["results"]["niah_single_1"]
 
 
+@pytest.fixture(scope="module")
+def compressed_run(lm, checkpoint):
+    """lm-eval's own run with snapkv at ratio 0.5: its logged samples, metrics and the model type's prefill records."""
+    recipe = Recipe.preset("snapkv", compression_ratio=0.5)
+    logged, metrics = _lm_eval_run(lm, checkpoint, recipe)
+    return recipe, logged, metrics, list(lm.records)
+
+
 @needs_distribution
 @pytest.mark.slow
-def test_the_shared_prefill_driver_reproduces_lm_evals_own_loop(lm, checkpoint):
+def test_the_shared_prefill_driver_reproduces_lm_evals_own_loop(lm, checkpoint, compressed_run):
     from kvpress_lab.benchmarks.shared_generation import generate_answers
 
+    recipe, logged, metrics, _ = compressed_run
     samples = load_samples(["niah_single_1"], checkpoint, [LENGTH], limit=2)
     assert [s.key for s in samples] == [f"niah_single_1|L={LENGTH}|i=0", f"niah_single_1|L={LENGTH}|i=1"]
-    recipes = [None, Recipe.preset("snapkv", compression_ratio=0.5)]
-    ours = {i: [] for i in range(len(recipes))}
-    for sample in samples:
-        for i, result in generate_answers(lm.model, lm.tokenizer, recipes, *sample.parts("query-aware"),
+    assert [s["arguments"][0][0] for s in logged] == [s.prompt for s in samples]  # lm-eval's very prompts
+    ours: dict[int, list[str]] = {0: [], 1: []}
+    for sample in samples:  # the full cache and the recipe from one shared prefill per prompt
+        for i, result in generate_answers(lm.model, lm.tokenizer, [None, recipe], *sample.parts("query-aware"),
                                           max_new_tokens=sample.max_new_tokens):
             ours[i].append(result.text)
-    for i, recipe in enumerate(recipes):
-        logged, metrics = _lm_eval_run(lm, checkpoint, recipe)
-        assert [s["arguments"][0][0] for s in logged] == [s.prompt for s in samples]
-        assert [s["resps"][0][0] for s in logged] == ours[i], recipe
-        scores = [main_metric(sample, score(sample, text))[1] for sample, text in zip(samples, ours[i])]
-        assert [s[str(LENGTH)] for s in logged] == scores
-        assert metrics[f"{LENGTH},none"] == pytest.approx(sum(scores) / len(scores))
-    assert ours[0] != ["", ""] and all(lm.records), "the compressed run must have compressed its prefills"
+    assert [s["resps"][0][0] for s in logged] == ours[1]  # token for token
+    scores = [main_metric(sample, score(sample, text))[1] for sample, text in zip(samples, ours[1])]
+    assert [s[str(LENGTH)] for s in logged] == scores
+    assert metrics[f"{LENGTH},none"] == pytest.approx(sum(scores) / len(scores))
+    assert all(sample.instance.doc["outputs"][0] in text for sample, text in zip(samples, ours[0]))  # full cache: found
 
 
 @needs_distribution
 @pytest.mark.slow
-def test_lm_evals_prompts_put_the_question_inside_the_compressed_prefill(lm, checkpoint):
+def test_lm_evals_prompts_put_the_question_inside_the_compressed_prefill(lm, compressed_run):
     """lm-eval's RULER prompt ends with the question and the answer prefix, and all of it is prefilled under the recipe."""
-    logged, _ = _lm_eval_run(lm, checkpoint, Recipe.preset("snapkv", budget=64))
+    _, logged, _, records = compressed_run
     prompt = logged[0]["arguments"][0][0]
     assert prompt.rstrip().endswith("mentioned in the provided text is")
     assert "What is the special magic number for" in prompt.rsplit("\n", 1)[1]
-    record = lm.records[0]
-    assert record.prompt_tokens[0] == len(lm.tokenizer(prompt, add_special_tokens=False).input_ids)
-    assert record.evicted  # question included: query-aware
+    assert records[0].prompt_tokens[0] == len(lm.tokenizer(prompt, add_special_tokens=False).input_ids)
+    assert records[0].evicted  # the question is compressed with the context: query-aware
 
 
 @needs_distribution
 @pytest.mark.slow
-def test_every_offline_task_splits_at_its_question(checkpoint):
+@pytest.mark.parametrize("task", OFFLINE_RULER_TASKS)
+def test_every_offline_task_splits_at_its_question(checkpoint, task):
     """Context: the haystack with the answers; question: what names the key (or value) asked for, after it."""
-    samples = load_samples(list(OFFLINE_RULER_TASKS), checkpoint, [LENGTH * 2], limit=1)
-    assert [s.task for s in samples] == list(OFFLINE_RULER_TASKS)
-    for sample in samples:
-        context, question = sample.parts("query-agnostic")
-        assert context + question == sample.prompt == "".join(sample.parts("query-aware"))
-        answers = sample.instance.doc["outputs"]
-        assert all(a in context for a in answers if sample.task != "ruler_fwe"), sample.task  # fwe: counted, not shown
-        assert all(a not in question for a in answers), sample.task
-        assert question.lstrip().startswith(("What is", "Question:")), (sample.task, question[:40])
-        assert "\n" not in question.split("Answer:")[0].strip(), (sample.task, question)
+    (sample,) = load_samples([task], checkpoint, [max(LENGTH, MIN_SEQ_LENGTHS.get(task, 0))], limit=1)
+    context, question = sample.parts("query-agnostic")
+    assert context + question == sample.prompt == "".join(sample.parts("query-aware"))
+    answers = sample.instance.doc["outputs"]
+    if task != "ruler_fwe":  # fwe's answers are the most frequent coded words: in the context, counted
+        assert all(a in context for a in answers)
+    assert all(a not in question for a in answers)
+    assert question.lstrip().startswith(("What is", "Question:")), question[:40]
+    assert "\n" not in question.split("Answer:")[0].strip(), question  # one line of question, then the answer prefix
+
+
+def test_ruler_vt_below_its_generators_floor_is_refused_before_it_hangs():
+    with pytest.raises(BenchmarkInputError, match="loops forever"):
+        load_samples(["ruler_vt"], "unused", [512])
 
 
 def test_split_at_question_refuses_what_it_cannot_split():
