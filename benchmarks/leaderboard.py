@@ -208,6 +208,7 @@ def _needle_rows(path: pathlib.Path, mode: str) -> list[dict[str, Any]]:
 def build_leaderboard(results_dir: str | pathlib.Path = "results/docs") -> list[pathlib.Path]:
     """Write the results page's tables and figures from the committed result files under ``results_dir``.
 
+    - ``leaderboard/ruler-full-cache.csv``: the full cache's score on every RULER task, length and mode;
     - ``leaderboard/<task>-<length>-<mode>.csv`` and ``.png`` for every RULER family of
       ``ruler/results.jsonl`` (``kvpress-lab eval results/docs/ruler/eval.yaml``), the figure
       drawn for the methods with a ratio sweep when the family has one, else for every method;
@@ -225,6 +226,16 @@ def build_leaderboard(results_dir: str | pathlib.Path = "results/docs") -> list[
     if ruler.exists():
         for record in summary_rows([r for r in read_rows(ruler) if r.get("score") is not None]):
             families.setdefault((record["task"], record["length"], record["mode"]), []).append(record)
+    full = [r for summary in families.values() for r in summary if r["recipe"] == "full"]
+    if full:
+        path = out / "ruler-full-cache.csv"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with path.open("w", newline="", encoding="utf-8") as handle:
+            writer = csv.writer(handle)
+            writer.writerow(["task", "length", "mode", "prompts", "full-cache score [95% interval]"])
+            for r in full:
+                writer.writerow([r["task"], r["length"], r["mode"], r["n"], f"{r['mean']:.0f} [{r['low']:.0f}, {r['high']:.0f}]"])
+        written.append(path)
     for (task, length, mode), summary in families.items():
         stem = out / f"{task}-{length}-{mode}"
         written.append(write_family_csv(summary, stem.with_suffix(".csv")))

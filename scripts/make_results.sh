@@ -2,8 +2,11 @@
 # Regenerate every result file and figure of the documentation's results page (docs/explanation/results.rst)
 # into results/docs/, on the embedded SmolLM2-135M-Instruct (CPU by default; --device cuda also works).
 #
-#   bash scripts/make_results.sh            # everything (about 30-60 min on 2 CPU cores)
-#   bash scripts/make_results.sh funnel     # one step: needle | agnostic | curves | funnel | speed
+#   bash scripts/make_results.sh            # every step but ruler and scaling (about 30-60 min on 2 CPU cores)
+#   bash scripts/make_results.sh funnel     # one step: needle | agnostic | curves | funnel | speed | ruler |
+#                                           #           leaderboard | scaling
+#   bash scripts/make_results.sh ruler leaderboard scaling   # the RULER leaderboard (hours on one core) and the
+#                                           # scaling curves (needs a quiet core: timings)
 #
 # Each result file records the command, versions and machine in its "meta" record.
 set -euo pipefail
@@ -11,7 +14,7 @@ cd "$(dirname "$0")/.."
 BIN=${KVPRESS_LAB_BIN:-.venv/bin}
 OUT=${RESULTS_DIR:-results/docs}
 mkdir -p "$OUT"
-steps=${*:-needle agnostic curves funnel speed}
+steps=${*:-needle agnostic curves funnel speed leaderboard}
 
 for step in $steps; do
   case $step in
@@ -36,6 +39,14 @@ for step in $steps; do
         --repeats 3 --no-progress --out "$OUT/speed/speed.json"
       "$BIN/python" scripts/results_figures.py table "$OUT/speed/speed.json" "$OUT/speed/summary.csv" \
         prefill_s decode_step_s kv_bytes_after peak_rss_mb --by-length ;;
-    *) echo "unknown step '$step' (expected needle, agnostic, curves, funnel or speed)" >&2; exit 2 ;;
+    ruler)     # lm-eval's offline RULER tasks x every method preset (resumable: rerun to finish an interrupted run)
+      OMP_NUM_THREADS=${OMP_NUM_THREADS:-1} "$BIN/kvpress-lab" eval results/docs/ruler/eval.yaml ;;
+    leaderboard)  # the results page's tables and figures from the committed result files (seconds)
+      "$BIN/python" -m kvpress_lab.benchmarks.leaderboard "$OUT" ;;
+    scaling)   # prefill time, peak memory, decode ms/step vs prompt length: full / one-shot / chunked (one core)
+      OMP_NUM_THREADS=1 "$BIN/python" -m kvpress_lab.benchmarks.scaling --lengths 1024,2048,4096,8192,16384,32768 \
+        --full-up-to "${FULL_UP_TO:-32768}" --budget 128 --chunk 512 --out "$OUT/scaling/scaling.jsonl" ;;
+    *) echo "unknown step '$step' (expected needle, agnostic, curves, funnel, speed, ruler, leaderboard or scaling)" >&2
+       exit 2 ;;
   esac
 done
