@@ -204,7 +204,7 @@ class _Rows:
             return SamplePrompt(sample.context, sample.query, _capped(_OWN_RULER_TOKENS[spec[0]], cap))
         if kind == "longbench":
             return self._longbench_prompt(tokenizer, mode, spec, task)
-        return self._own_prompt(tokenizer, mode, spec)
+        return self._own_prompt(tokenizer, mode, spec, cap)
 
     def _longbench_prompt(self, tokenizer: Any, mode: str, spec: Any, task: TaskConfig) -> Any:
         from kvpress_lab.benchmarks import longbench
@@ -219,7 +219,7 @@ class _Rows:
         context, question = split_longbench_prompt(name, record, prompt) if mode == "query-agnostic" else (prompt, "")
         return SamplePrompt(context, question, _capped(longbench.DATASET2MAXLEN[name], task.max_new_tokens))
 
-    def _own_prompt(self, tokenizer: Any, mode: str, spec: Mapping[str, Any]) -> Any:
+    def _own_prompt(self, tokenizer: Any, mode: str, spec: Mapping[str, Any], cap: int | None) -> Any:
         from kvpress_lab.benchmarks.sample_groups import SamplePrompt
 
         text = spec.get("prompt")
@@ -235,7 +235,7 @@ class _Rows:
             question = ""
         if mode == "query-aware":
             text, question = text + question, ""
-        return SamplePrompt(text, question, 64)
+        return SamplePrompt(text, question, cap or 64)
 
     def row_of(self, item: tuple[str, str, Any], prompt: Any, result: Any) -> dict[str, Any]:
         mode, kind, (spec, task) = item

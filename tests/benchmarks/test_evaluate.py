@@ -71,6 +71,21 @@ def test_shards_split_the_cells_and_share_one_file(tmp_path, capsys):
     assert len({r["cell"] for r in _results(tmp_path)[1]}) == 3
 
 
+def test_a_prompt_of_your_own_runs_in_both_modes(tmp_path):
+    (tmp_path / "doc.txt").write_text("The lighthouse on Mira Island was built in 1887 by Clara Voss. " * 3)
+    path = _write(tmp_path, recipes=["full", {"preset": "snapkv", "budgets": [16]}],
+                  tasks=[{"kind": "prompt", "prompt_file": str(tmp_path / "doc.txt"), "question": " Who built it?",
+                          "label": "lighthouse", "max_new_tokens": 4}])
+    assert main(["eval", str(path)]) == 0
+    rows = _results(tmp_path)[1]
+    assert {(r["task"], r["mode"], r["recipe"]) for r in rows} == {
+        ("lighthouse", mode, recipe) for mode in ("query-aware", "query-agnostic") for recipe in ("full", "snapkv")}
+    assert all(r["score"] is None and r["new_tokens"] <= 4 for r in rows)
+    aware, agnostic = (next(r for r in rows if r["recipe"] == "full" and r["mode"] == m)
+                       for m in ("query-aware", "query-agnostic"))
+    assert aware["prompt_tokens"] == agnostic["prompt_tokens"] and agnostic["kv_bytes"] < aware["kv_bytes"]
+
+
 def test_dry_run_loads_nothing_and_shows_the_resolved_config(tmp_path, capsys):
     assert main(["eval", str(_write(tmp_path)), "--dry-run"]) == 0
     out = capsys.readouterr().out
