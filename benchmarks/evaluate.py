@@ -160,8 +160,9 @@ def _merge_sample(key: str, existing: tuple[str, str, Any], spec: Any, task: Tas
     """The sample ``key`` asked for by two task entries: one prompt, either entry's cells; a conflict is an error."""
     old_spec, old_task = existing[2]
     same = old_spec.prompt == spec.prompt if hasattr(spec, "prompt") else old_spec == spec
-    if not same or old_task.max_new_tokens != task.max_new_tokens or (old_task.options != task.options
-                                                                        and existing[1] != "lm_eval"):
+    which = ("tasks", "lengths", "depths", "samples", "limit", "max_seq_lengths")  # what selects samples, not their prompt
+    settings = [{k: v for k, v in t.options.items() if k not in which} for t in (old_task, task)]
+    if not same or old_task.max_new_tokens != task.max_new_tokens or settings[0] != settings[1]:
         raise BenchmarkInputError(f"two task entries ask for sample {key} with different prompts or settings; give "
                                   "them the same settings, or make the samples differ (lengths, limit).")
     return old_spec, _EitherTask(old_task, task)

@@ -114,3 +114,18 @@ def test_the_howto_lists_every_flag():
     page = (Path(__file__).parents[2] / "docs" / "howto" / "evaluate-config.rst").read_text()
     missing = [flag for flag in FLAG_KEYS if f"``{flag}``" not in page]
     assert not missing
+
+
+def test_two_task_entries_sharing_samples_run_either_entrys_cells_once():
+    from kvpress_lab.benchmarks.evaluate import plan_samples
+
+    task = {"kind": "ruler", "tasks": ["niah_single"], "lengths": [256], "samples": 2}
+    parsed = config(recipes=["full", "snapkv", "h2o"],
+                    tasks=[{**task, "recipes": ["full"]}, {**task, "samples": 1, "recipes": ["snapkv"]}])
+    samples = plan_samples(parsed)
+    assert len(samples) == 2
+    cells = [(c.recipe, c.sample.rsplit("|", 1)[1]) for c in plan_eval_cells(parsed, samples)]
+    assert cells == [("full", "s=0"), ("full", "s=1"), ("snapkv", "s=0")]  # h2o: no entry asks for it
+    clash = config(tasks=[task, {**task, "max_new_tokens": 3}])
+    with pytest.raises(BenchmarkInputError, match="different prompts or settings"):
+        plan_samples(clash)
