@@ -22,7 +22,7 @@ Example (``results/docs/ruler/eval.yaml`` is a real one)::
       - {kind: lm_eval, tasks: [niah_single_1], max_seq_lengths: [1024, 2048], limit: 20}
       - {kind: needle, lengths: [1024], depths: [0.1, 0.5, 0.9]}
 
->>> config = parse_config({"recipes": ["full", "snapkv"], "sizes": {"budgets": [64]},
+>>> config = parse_config({"output": "results/eval/demo", "recipes": ["full", "snapkv"], "sizes": {"budgets": [64]},
 ...                        "tasks": [{"kind": "ruler", "tasks": ["niah_single"], "lengths": [256]}]})
 >>> [(r.label, r.sizes) for r in config.recipes]
 [('full', (None,)), ('snapkv', (64,))]
