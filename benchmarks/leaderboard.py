@@ -23,7 +23,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 __all__ = ["Z95", "HEADLINE", "interval", "summary_rows", "write_summary_csv", "size_of", "SUMMARY_COLUMNS", "family_table",
-           "write_family_csv", "plot_family"]
+           "write_family_csv", "plot_family", "truncated_needles", "build_leaderboard"]
 
 #: The normal quantile of a two-sided 95% interval.
 Z95 = 1.959963984540054
@@ -197,6 +197,25 @@ def plot_family(summary: Sequence[Mapping[str, Any]], out_path: str | pathlib.Pa
     return _save(figure, out_path)
 
 
+def truncated_needles(rows: Sequence[Mapping[str, Any]]) -> list[list[Any]]:
+    """``[task, length, mode, method, size, prompts, wrong answers that are the needle's first digits]`` per cell.
+
+    An answer counts when it scores 0 and its digits are a proper prefix, 3 digits or more, of a
+    numeric needle (``6057.`` for ``6057437``): the model found the needle but its cache kept
+    only the first digits. Rows without a numeric first answer are skipped.
+    """
+    counts: dict[tuple, list[int]] = {}
+    for row in rows:
+        answers = row.get("answers") or []
+        if not answers or not str(answers[0]).isdigit():
+            continue
+        digits = "".join(ch for ch in str(row.get("output", "")) if ch.isdigit())
+        entry = counts.setdefault((row.get("task"), row.get("length"), row.get("mode"), row["recipe"], size_of(row)), [0, 0])
+        entry[0] += 1
+        entry[1] += row["score"] == 0 and 3 <= len(digits) < len(answers[0]) and answers[0].startswith(digits)
+    return [[*key, n, cut] for key, (n, cut) in counts.items() if cut]
+
+
 def _needle_rows(path: pathlib.Path, mode: str) -> list[dict[str, Any]]:
     """A needle result file's rows as scored rows (``score`` = 100 x ``correct``) of family ``needle``."""
     from kvpress_lab.benchmarks.results import read_rows
@@ -236,6 +255,15 @@ def build_leaderboard(results_dir: str | pathlib.Path = "results/docs") -> list[
             for r in full:
                 writer.writerow([r["task"], r["length"], r["mode"], r["n"], f"{r['mean']:.0f} [{r['low']:.0f}, {r['high']:.0f}]"])
         written.append(path)
+    if ruler.exists():
+        cut = truncated_needles([r for r in read_rows(ruler) if r.get("score") is not None and r.get("recipe") != "full"])
+        if cut:
+            path = out / "ruler-truncated-needles.csv"
+            with path.open("w", newline="", encoding="utf-8") as handle:
+                csv.writer(handle).writerows([["task", "length", "mode", "method", "size", "prompts",
+                                               "wrong answers: only the needle's first digits"],
+                                              *sorted(cut, key=lambda line: (line[:3], -line[6]))])
+            written.append(path)
     for (task, length, mode), summary in families.items():
         stem = out / f"{task}-{length}-{mode}"
         written.append(write_family_csv(summary, stem.with_suffix(".csv")))
