@@ -218,15 +218,7 @@ def prerope_queries(module: nn.Module, hidden: torch.Tensor) -> torch.Tensor:
     The module's own projection (``q_proj``, or the query part of Phi-3's fused ``qkv_proj``), then
     its q-norm where the family has one (Qwen3, Gemma3).
     """
-    head_dim = module.head_dim
-    if hasattr(module, "qkv_proj"):  # Phi3: fused projection, queries first
-        projected = module.qkv_proj(hidden)[..., : module.config.num_attention_heads * head_dim]
-    else:
-        projected = module.q_proj(hidden)
-    q = projected.view(*hidden.shape[:-1], -1, head_dim).transpose(1, 2)  # (B, Hq, S, D)
-    if getattr(module, "q_norm", None) is not None:  # Qwen3, Gemma3: RMSNorm over D
-        q = module.q_norm(q)
-    return q
+    return _projected_heads(module, hidden, "q")
 
 
 def prerope_keys(module: nn.Module, hidden: torch.Tensor) -> torch.Tensor:
@@ -236,17 +228,21 @@ def prerope_keys(module: nn.Module, hidden: torch.Tensor) -> torch.Tensor:
     its k-norm where the family has one (Qwen3, Gemma3); rotating them with the layer's tables
     gives the cached keys.
     """
+    return _projected_heads(module, hidden, "k")
+
+
+def _projected_heads(module: nn.Module, hidden: torch.Tensor, part: str) -> torch.Tensor:
+    """``part`` ``"q"`` or ``"k"`` of ``hidden`` through the module's projection and norm: ``(B, heads, S, D)``."""
     head_dim = module.head_dim
     if hasattr(module, "qkv_proj"):  # Phi3: fused projection, [queries | keys | values]
-        start = module.config.num_attention_heads * head_dim
-        width = module.config.num_key_value_heads * head_dim
-        projected = module.qkv_proj(hidden)[..., start : start + width]
+        queries = module.config.num_attention_heads * head_dim
+        start, stop = (0, queries) if part == "q" else (queries, queries + module.config.num_key_value_heads * head_dim)
+        projected = module.qkv_proj(hidden)[..., start:stop]
     else:
-        projected = module.k_proj(hidden)
-    k = projected.view(*hidden.shape[:-1], -1, head_dim).transpose(1, 2)  # (B, Hkv, S, D)
-    if getattr(module, "k_norm", None) is not None:  # Qwen3, Gemma3: RMSNorm over D
-        k = module.k_norm(k)
-    return k
+        projected = getattr(module, f"{part}_proj")(hidden)
+    heads = projected.view(*hidden.shape[:-1], -1, head_dim).transpose(1, 2)  # (B, heads, S, D)
+    norm = getattr(module, f"{part}_norm", None)  # Qwen3, Gemma3: RMSNorm over D
+    return heads if norm is None else norm(heads)
 
 
 @dataclass(frozen=True, eq=False)
