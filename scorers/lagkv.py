@@ -9,7 +9,7 @@ import torch
 
 from kvpress_lab.layer_view import LayerView
 from kvpress_lab.scorers._rows import from_aligned, row_shift, to_aligned
-from kvpress_lab.validation import check_bool, check_int
+from kvpress_lab.validation import check_bool, check_choice, check_int
 
 __all__ = ["LagKVScorer", "lag_relative_scores"]
 
@@ -65,7 +65,9 @@ class LagKVScorer:
     Partitions start at each row's first real token, so left padding changes nothing. Differences
     from kvpress: sinks are forced (``minimum_budget = n_sink + W``) and padded positions are never
     counted as tokens; a channel whose reference is constant is not rescaled (kvpress divides by
-    zero). Ranks break ties by position (stable sort). Padded positions score 0.
+    zero). Ranks break ties by position (stable sort; ``rank_ties="argsort"``: torch's default,
+    unstable ``argsort``, as kvpress ranks, so equal scores inside a partition rank as there).
+    Padded positions score 0.
     """
 
     name: ClassVar[str] = "lagkv"
@@ -73,12 +75,14 @@ class LagKVScorer:
     lag_size: int = 128
     cross_scoring: bool = False
     force_sinks: bool = True
+    rank_ties: str = "position"
 
     def __post_init__(self) -> None:
         check_int(type(self).__name__, "n_sink", self.n_sink, minimum=0)
         check_int(type(self).__name__, "lag_size", self.lag_size, minimum=1)
         check_bool(type(self).__name__, "cross_scoring", self.cross_scoring)
         check_bool(type(self).__name__, "force_sinks", self.force_sinks)
+        check_choice(type(self).__name__, "rank_ties", self.rank_ties, ("position", "argsort"))
 
     def minimum_budget(self, window: int) -> int:
         """Smallest budget holding the (forced) sinks and the window: ``n_sink + window``."""
@@ -111,8 +115,8 @@ class LagKVScorer:
             shape = (view.batch_size, view.num_kv_heads, parts, lag, keys.shape[-1])
             scores = (lag_relative_scores(keys.view(shape), lag) + lag_relative_scores(values.view(shape), lag)) / 2
             if not self.cross_scoring:  # (B, Hkv, P - 1, L): rank within the partition / L
-                order = scores.argsort(dim=-1, stable=True)
-                scores = order.argsort(dim=-1, stable=True).float() / lag
+                stable = self.rank_ties == "position"
+                scores = scores.argsort(dim=-1, stable=stable).argsort(dim=-1, stable=stable).float() / lag
             scored = sink + (parts - 1) * lag
             long[:, :, sink:scored] = scores.reshape(view.batch_size, view.num_kv_heads, -1)
         row_parts = (real - sink).clamp(min=0) // lag  # (B, 1): full partitions of the row

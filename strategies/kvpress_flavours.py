@@ -85,9 +85,10 @@ BLOCK_KEYDIFF_KVPRESS = _flavour(
     "block-keydiff-kvpress", "kvpress's BlockPress(KeyDiffPress, block_size=128): KeyDiff rescored block by block in one forward",
     {"allocator": "uniform", "scorer": "keydiff", "window": 0, "block_size": 128}, "https://arxiv.org/abs/2504.15364")
 LAGKV_KVPRESS = _flavour(
-    "lagkv-kvpress", "kvpress's LagKVPress: lag 128, 4 sinks scored (not forced), torch.topk ties",
+    "lagkv-kvpress", "kvpress's LagKVPress: lag 128, 4 sinks scored (not forced), torch's argsort and topk ties",
     {"allocator": "uniform", "scorer": "lagkv", "window": 0,
-     "scorer_kwargs": {"n_sink": 4, "lag_size": 128, "cross_scoring": False, "force_sinks": False}, **_TOPK},
+     "scorer_kwargs": {"n_sink": 4, "lag_size": 128, "cross_scoring": False, "force_sinks": False, "rank_ties": "argsort"},
+     **_TOPK},
     "https://arxiv.org/abs/2504.04704")
 NON_CAUSAL_KVPRESS = _flavour(
     "non-causal-kvpress", "kvpress's NonCausalAttnPress: chunks of 256, unscaled logits, zero-padded last chunk",
