@@ -30,7 +30,7 @@ import torch
 from torch import nn
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
-__all__ = ["capture_queries", "override_attention"]
+__all__ = ["capture_queries", "override_attention", "KeptQueries"]
 
 Listener = Callable[[int, torch.Tensor], None]
 #: ``fn(idx, module, query, key, value, attention_mask, **kwargs) -> (output, weights)``, transformers' attention signature
@@ -117,6 +117,29 @@ def override_attention(modules: Mapping[int, nn.Module], fn: Override) -> Iterat
                 _OVERRIDES.pop((id(module), thread), None)
             for name in implementations:
                 _uninstall(name)
+
+
+class KeptQueries:
+    """The queries each attention layer of ``modules`` computed in this thread, kept until its forward hook takes them.
+
+    ``start()`` begins capturing (:func:`capture_queries`), ``pop(idx)`` hands layer ``idx``'s
+    ``(B, Hq, S, D)`` over (``None`` when none was captured), ``stop()`` ends and forgets.
+    """
+
+    def __init__(self, modules: Mapping[int, nn.Module]):
+        self.modules = dict(modules)
+        self._queries: dict[int, torch.Tensor] = {}
+        self._block = contextlib.ExitStack()
+
+    def start(self) -> None:
+        self._block.enter_context(capture_queries(self.modules, self._queries.__setitem__))
+
+    def pop(self, idx: int) -> torch.Tensor | None:
+        return self._queries.pop(idx, None)
+
+    def stop(self) -> None:
+        self._block.close()
+        self._queries.clear()
 
 
 def _implementations(modules: Mapping[int, nn.Module]) -> list[str]:
