@@ -31,6 +31,10 @@ __all__ = ["Recipe", "Strategies", "DEFAULT_BUDGET", "RECIPE_FORMAT_VERSION", "D
 #: Valid values of ``Recipe.decode_schedule``.
 DECODE_SCHEDULES = ("slack", "every")
 
+#: Recipe fields that every preset sets (explicitly or by default): giving one is an override.
+_PRESET_FIELDS = ("allocator", "scorer", "executor", "window")
+_ROLES = ("allocator", "scorer", "executor")
+
 #: Entries per layer kept when a recipe gives neither ``budget`` nor ``compression_ratio``
 #: (the PyramidKV paper's headline setting).
 DEFAULT_BUDGET = 128
@@ -318,14 +322,26 @@ class Recipe:
     def preset(cls, name: str, **overrides: Any) -> Recipe:
         """Build the registered preset ``name``, with any :class:`Recipe` field overridden.
 
-        ``*_kwargs`` overrides are merged into the preset's; giving ``compression_ratio``
-        replaces a preset's ``budget``.
+        The override rules (the same from Python and from ``kvpress-lab run --preset``):
+
+        * ``*_kwargs`` overrides are merged into the preset's;
+        * a strategy replaced by another (``scorer="h2o"`` on ``snapkv``) does not inherit the
+          preset's hyperparameters of the old one (``snapkv_window``'s ``kernel_size`` means
+          nothing to ``h2o``): that role's ``*_kwargs`` start empty, or are the ones given;
+        * giving ``compression_ratio`` replaces a preset's ``budget``.
+
+        :meth:`preset_changes` says, in words, what the overrides change.
 
         >>> Recipe.preset("pyramidkv", budget=64).allocator
         'pyramid'
+        >>> dict(Recipe.preset("snapkv", scorer="h2o").scorer_kwargs)
+        {}
         """
         preset = get_registry().get("preset", name).obj
         arguments: dict[str, Any] = {k: (dict(v) if isinstance(v, Mapping) else v) for k, v in preset.recipe.items()}
+        replaced = cls._replaced_roles(name, overrides)
+        for role in replaced:
+            arguments.pop(f"{role}_kwargs", None)  # the old strategy's hyperparameters
         for key, value in overrides.items():
             if key.endswith("_kwargs") and isinstance(value, Mapping):
                 arguments[key] = {**arguments.get(key, {}), **value}
@@ -335,6 +351,37 @@ class Recipe:
             arguments.pop("budget", None)
         arguments["preset_name"] = name
         return cls(**arguments)
+
+    @classmethod
+    def preset_changes(cls, name: str, **overrides: Any) -> list[str]:
+        """What ``overrides`` change in preset ``name``, one phrase per field the preset sets (a budget or ratio the
+        preset leaves open is no change).
+
+        >>> Recipe.preset_changes("snapkv", scorer="h2o", budget=64)  # doctest: +ELLIPSIS
+        ["scorer=h2o (was snapkv_window; the preset's scorer_kwargs kernel_size=7, ... are dropped)"]
+        """
+        preset = get_registry().get("preset", name).obj.recipe
+        reference = cls.preset(name)
+        replaced = cls._replaced_roles(name, overrides)
+        notes = []
+        for key, value in overrides.items():
+            if key in _PRESET_FIELDS or key in preset or (key == "compression_ratio" and "budget" in preset):
+                old = getattr(reference, key)
+                note = f"{key}={value} ({'unchanged' if value == old else f'was {old}'}"
+                if key in replaced and preset.get(f"{key}_kwargs"):
+                    dropped = ", ".join(f"{k}={v}" for k, v in preset[f"{key}_kwargs"].items())
+                    note += f"; the preset's {key}_kwargs {dropped} are dropped"
+                notes.append(note + ")")
+        return notes
+
+    @classmethod
+    def _replaced_roles(cls, name: str, overrides: Mapping[str, Any]) -> list[str]:
+        """The roles ``overrides`` give another strategy than preset ``name``'s."""
+        candidates = [role for role in _ROLES if role in overrides]
+        if not candidates:
+            return []
+        reference = cls.preset(name)
+        return [role for role in candidates if overrides[role] != getattr(reference, role)]
 
     def to_dict(self) -> dict[str, Any]:
         """Plain, JSON-ready dict of every field."""
