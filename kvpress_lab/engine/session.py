@@ -151,6 +151,7 @@ class CompressionSession:
             self._queries.stop()
         for mode in self.modes:
             mode.detach()
+        self._forward = None
         if self._hooks is not None:
             self._hooks = None
             remove_listener(self.model, self._listener)

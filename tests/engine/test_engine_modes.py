@@ -96,3 +96,20 @@ def test_registration_refuses_a_duplicate_name_and_an_unknown_anchor():
 def test_each_recipe_runs_the_modes_it_needs(recipe, modes):
     with recipe.apply(tiny_model("llama", layers=2)) as session:
         assert [mode.name for mode in session.modes] == modes
+
+
+def test_the_padding_mask_is_read_once_per_forward(monkeypatch):
+    """The model's hooks read the decoder's 2-D mask once; the session takes it from them, never reads it again."""
+    from kvpress_lab.engine.decoding import PaddingCapture
+    from helpers.tiny_models import left_pad
+
+    reads = []
+    original = PaddingCapture.__call__
+    monkeypatch.setattr(PaddingCapture, "__call__", lambda self, args, kwargs: reads.append(1) or original(self, args, kwargs))
+    model = tiny_model("llama", layers=2)
+    ids, mask = left_pad([random_prompt(1, n, seed=n)[0] for n in (40, 31)])
+    with Recipe.preset("snapkv", budget=16).apply(model, record_indices=True) as session, torch.no_grad():
+        model(ids, attention_mask=mask, use_cache=True)
+    assert len(reads) == 1
+    for selection in session.selections.values():  # the mask the hooks read reached the pipeline: padding is never kept
+        assert int(selection.indices[1][selection.valid[1]].min()) >= 9
