@@ -218,7 +218,7 @@ def prerope_queries(module: nn.Module, hidden: torch.Tensor) -> torch.Tensor:
     The module's own projection (``q_proj``, or the query part of Phi-3's fused ``qkv_proj``), then
     its q-norm where the family has one (Qwen3, Gemma3).
     """
-    return _projected_heads(module, hidden, "q")
+    return _prerope(module, hidden, "q", 0, module.config.num_attention_heads)
 
 
 def prerope_keys(module: nn.Module, hidden: torch.Tensor) -> torch.Tensor:
@@ -228,21 +228,21 @@ def prerope_keys(module: nn.Module, hidden: torch.Tensor) -> torch.Tensor:
     its k-norm where the family has one (Qwen3, Gemma3); rotating them with the layer's tables
     gives the cached keys.
     """
-    return _projected_heads(module, hidden, "k")
+    return _prerope(module, hidden, "k", module.config.num_attention_heads, module.config.num_key_value_heads)
 
 
-def _projected_heads(module: nn.Module, hidden: torch.Tensor, part: str) -> torch.Tensor:
-    """``part`` ``"q"`` or ``"k"`` of ``hidden`` through the module's projection and norm: ``(B, heads, S, D)``."""
+def _prerope(module: nn.Module, hidden: torch.Tensor, part: str, first_head: int, heads: int) -> torch.Tensor:
+    """``(B, heads, S, D)``: ``module``'s ``{part}_proj`` of ``hidden`` (or heads ``first_head:first_head + heads`` of
+    Phi-3's fused ``qkv_proj``, laid out ``[queries | keys | values]``), then its ``{part}_norm`` where the family has
+    one (Qwen3, Gemma3: RMSNorm over D)."""
     head_dim = module.head_dim
-    if hasattr(module, "qkv_proj"):  # Phi3: fused projection, [queries | keys | values]
-        queries = module.config.num_attention_heads * head_dim
-        start, stop = (0, queries) if part == "q" else (queries, queries + module.config.num_key_value_heads * head_dim)
-        projected = module.qkv_proj(hidden)[..., start:stop]
+    if hasattr(module, "qkv_proj"):  # Phi3: fused projection
+        projected = module.qkv_proj(hidden)[..., first_head * head_dim : (first_head + heads) * head_dim]
     else:
         projected = getattr(module, f"{part}_proj")(hidden)
-    heads = projected.view(*hidden.shape[:-1], -1, head_dim).transpose(1, 2)  # (B, heads, S, D)
-    norm = getattr(module, f"{part}_norm", None)  # Qwen3, Gemma3: RMSNorm over D
-    return heads if norm is None else norm(heads)
+    x = projected.view(*hidden.shape[:-1], -1, head_dim).transpose(1, 2)  # (B, heads, S, D)
+    norm = getattr(module, f"{part}_norm", None)
+    return x if norm is None else norm(x)
 
 
 @dataclass(frozen=True, eq=False)
