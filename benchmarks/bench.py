@@ -14,12 +14,11 @@ from collections.abc import Callable
 from typing import Any
 
 from kvpress_lab.benchmarks.commands import (
-    BenchmarkInputError, check_long_context_flags, check_model_arguments, check_needle_lengths, check_output_file,
+    BenchmarkInputError, check_flags_fit_recipes, check_model_arguments, check_needle_lengths, check_output_file,
     decoding_overrides, load, recipe_entries,
 )
 from kvpress_lab.benchmarks.results import model_settings, read_rows, run_metadata, write_result_file
-from kvpress_lab.benchmarks.sample_groups import SamplePrompt, SampleGroups, ratio_entries, share_prefill
-from kvpress_lab.benchmarks.sizes import ratio_key
+from kvpress_lab.benchmarks.sample_groups import SamplePrompt, SampleGroups, share_prefill
 from kvpress_lab.benchmarks.sweep import Cell, check_sweep_file, finished_keys, plan_cells, run_sweep, select_shard
 
 __all__ = ["RULER_MAX_NEW_TOKENS", "cmd_bench", "split_longbench_prompt"]
@@ -46,13 +45,11 @@ def _sweep(args: argparse.Namespace, benchmark: str, samples: dict[str, Any], pr
     """
     shard = args.shard
     ratios = list(getattr(args, "ratios", None) or [])
-    entries = {(label, budget): recipe for label, budget, recipe
-               in recipe_entries(args.recipes, args.budgets, args.window, decoding_overrides(args))}
-    entries.update(ratio_entries(args.recipes, ratios, args.window, decoding_overrides(args)))
-    check_long_context_flags(args, list(entries.values()))
+    entries = recipe_entries(args.recipes, args.budgets, ratios, window=args.window, decoding=decoding_overrides(args))
+    check_flags_fit_recipes(args, list(entries.values()))
     chunk = getattr(args, "prefill_chunk", None)
     share = share_prefill(args)  # before the model loads: --share-prefill N with --prefill-chunk is a usage error
-    cells = plan_cells(args.recipes, [*args.budgets, *(ratio_key(r) for r in ratios)], list(samples))
+    cells = plan_cells(args.recipes, args.budgets, list(samples), ratios)
     check_model_arguments(args)
     out = check_output_file("--out", args.out or f"results/{benchmark}.jsonl")
     try:
@@ -63,14 +60,14 @@ def _sweep(args: argparse.Namespace, benchmark: str, samples: dict[str, Any], pr
     if prepare is not None:
         prepare(tokenizer)
     seed = getattr(args, "seed", 0)  # longbench has no --seed: its prompts come from the data files
-    meta = run_metadata(benchmark, args.model, {f"{k[0]}@{k[1]}": r for k, r in entries.items()}, seed=seed,
+    meta = run_metadata(benchmark, args.model, {f"{label}@{size.value}": r for (label, size), r in entries.items()}, seed=seed,
                         **model_settings(model), config={**config, "mode": args.mode, "prefill_chunk": chunk})
 
     groups = SampleGroups(model, tokenizer, entries, samples, prompt_of, row_of, mode=args.mode,
                           share=share, prefill_chunk=chunk)
 
     def runner(cell: Cell) -> dict[str, Any]:
-        recipe = entries[(cell.recipe, cell.budget)]
+        recipe = entries[(cell.recipe, cell.size)]
         row = groups(cell)
         return {**row, "mode": args.mode, "prefill_chunk": None if recipe is None else chunk,
                 "recipe_config": None if recipe is None else recipe.to_dict()}
@@ -202,8 +199,9 @@ def _bench_speed(args: argparse.Namespace) -> int:
     from kvpress_lab.benchmarks.speed import measure_speed, minimum_length
     from kvpress_lab.benchmarks.tables import speed_table
 
-    entries = recipe_entries(args.recipes, args.budgets, args.window, decoding_overrides(args))
-    check_long_context_flags(args, [recipe for _, _, recipe in entries])
+    entries = [(label, size, recipe) for (label, size), recipe
+               in recipe_entries(args.recipes, args.budgets, window=args.window, decoding=decoding_overrides(args)).items()]
+    check_flags_fit_recipes(args, [recipe for _, _, recipe in entries])
     check_model_arguments(args)
     out = check_output_file("--out", args.out or "results/speed.json")
     model, tokenizer = load(args)
@@ -215,7 +213,7 @@ def _bench_speed(args: argparse.Namespace) -> int:
     rows = measure_speed(model, tokenizer, entries, args.lengths, decode_steps=args.decode_steps,
                          repeats=args.repeats, seed=args.seed, progress=not args.no_progress,
                          prefill_chunk=getattr(args, "prefill_chunk", None))
-    meta = run_metadata("speed", args.model, {f"{label}@{budget}": r for label, budget, r in entries}, seed=args.seed,
+    meta = run_metadata("speed", args.model, {f"{label}@{size.value}": r for label, size, r in entries}, seed=args.seed,
                         **model_settings(model),
                         config={"lengths": args.lengths, "decode_steps": args.decode_steps, "repeats": args.repeats,
                                 "prefill_chunk": getattr(args, "prefill_chunk", None)})

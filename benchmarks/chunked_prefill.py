@@ -19,21 +19,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import subprocess
 import sys
-import threading
 import time
 
+from kvpress_lab.benchmarks.peak_memory import PeakMemory
+
 __all__ = ["KVPeakProbe", "cache_bytes", "layer_bytes", "layer_entries", "measure_once", "main"]
-
-_PAGE = os.sysconf("SC_PAGE_SIZE")
-
-
-def _rss_bytes() -> int:
-    with open("/proc/self/statm") as handle:
-        return int(handle.read().split()[1]) * _PAGE
-
 
 def layer_bytes(layer) -> int:
     """Bytes one cache layer holds: a compressed layer's ``nbytes()``, else its keys and values."""
@@ -122,16 +114,7 @@ def measure_once(length: int, budget: int, preset: str, chunk: int | None, mode:
     ids = tokenizer(synthetic_text(length, seed=0), return_tensors="pt")["input_ids"][:, :length]
     probe = KVPeakProbe(model).__enter__()
     recipe = Recipe.preset(preset, budget=budget)
-    baseline, peak_rss, done = _rss_bytes(), [0], threading.Event()
-
-    def sample() -> None:
-        while not done.is_set():
-            peak_rss[0] = max(peak_rss[0], _rss_bytes())
-            time.sleep(0.001)
-
-    sampler = threading.Thread(target=sample, daemon=True)
-    with torch.no_grad():
-        sampler.start()
+    with torch.no_grad(), PeakMemory(interval_s=0.001) as memory:
         start = time.perf_counter()
         if mode == "full":
             out = model(input_ids=ids, use_cache=True, **last_logits_only(model))  # a cache, as recipe.prefill returns
@@ -140,13 +123,11 @@ def measure_once(length: int, budget: int, preset: str, chunk: int | None, mode:
             cache = recipe.prefill(model, ids[:, :-1], chunk_size=chunk if mode == "chunked" else None)
             logits = model(input_ids=ids[:, -1:], cache=cache, use_cache=True).logits[0, -1]
         seconds = time.perf_counter() - start
-        done.set()
-        sampler.join()
     probe.__exit__(None, None, None)
     return {
         "mode": mode, "chunk": chunk, "length": int(ids.shape[1]), "budget": budget, "preset": preset,
         "peak_kv_mib": probe.peak_bytes / 2**20, "final_kv_mib": cache_bytes(cache) / 2**20,
-        "peak_extra_rss_mib": max(peak_rss[0] - baseline, 0) / 2**20, "seconds": seconds,
+        "peak_extra_rss_mib": memory.peak_extra_mb, "seconds": seconds,
         "log_probs": torch.log_softmax(logits.float(), dim=-1).tolist(),
     }
 

@@ -1,35 +1,36 @@
-"""Handlers behind ``kvpress-lab run``, ``demo`` and ``plot`` (``bench`` lives in :mod:`.bench`).
+"""What every model-loading benchmark checks before it loads anything, and how it loads the model.
 
-:mod:`kvpress_lab.cli` declares the options and calls these functions with its parsed
-``argparse.Namespace``; everything heavy (torch, the model, matplotlib) is imported here, lazily,
-so ``kvpress-lab list`` stays fast.
-
-The ``check_*`` functions are what every model-loading command verifies before it loads anything
-(``--model`` path, ``--device`` availability, ``--attn``, output paths, prompt lengths): a user
-mistake is a :class:`BenchmarkInputError` (one line, exit status 1), and flags that conflict are a
-:class:`UsageError` (exit status 2).
+The ``check_*`` functions verify ``--model`` paths, ``--device`` availability, ``--attn``,
+output paths and prompt lengths; :func:`load` loads the model; :func:`recipe_entries` builds the
+recipes of a sweep's labels and sizes (:func:`~kvpress_lab.recipe_labels.recipe_for`). A user
+mistake is a :class:`BenchmarkInputError` (one line, exit status 2), and flags that conflict are
+a :class:`UsageError` (exit status 2). The command line (:mod:`kvpress_lab.cli`) stands above
+this module: it parses the flags and calls the benchmarks; nothing here imports it. Everything
+heavy (torch, the model) is imported in the functions, so the command line starts fast.
 """
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import os
 import pathlib
 import sys
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from kvpress_lab.benchmarks.input_errors import BenchmarkInputError, UsageError
 from kvpress_lab.errors import KVPressLabError
 from kvpress_lab.models.sources import looks_like_path
 
+if TYPE_CHECKING:
+    from kvpress_lab.recipe_labels import CacheSize
+
 __all__ = [
     "BenchmarkInputError", "UsageError", "DEVICE_TYPES", "parse_device", "resolve_device", "check_device",
     "looks_like_path", "check_model", "check_model_arguments", "check_output_file", "check_output_dir",
-    "check_needle_lengths", "load", "model_load_error", "recipe_entries", "run_recipe", "run_result", "cmd_run", "cmd_demo",
-    "cmd_plot", "DEVICE_MAP_STRATEGIES", "parse_device_map", "LONG_CONTEXT_FLAGS", "decoding_overrides", "check_long_context_flags",
+    "check_needle_lengths", "load", "model_load_error", "recipe_entries", "DEVICE_MAP_STRATEGIES", "parse_device_map",
+    "LONG_CONTEXT_FLAGS", "decoding_overrides", "check_flags_fit_recipes",
 ]
 
 #: Device types ``--device`` accepts (besides ``auto``).
@@ -257,26 +258,46 @@ def model_load_error(name: str, exc: BaseException) -> BenchmarkInputError:
     return BenchmarkInputError(f"cannot load --model {name}: {message}")
 
 
-def recipe_entries(names: Sequence[str], budgets: Sequence[int], window: int | None = None,
-                   decoding: dict[str, Any] | None = None) -> list[tuple[str, int | None, Any]]:
-    """``(label, budget, Recipe or None)`` for every preset x budget; ``"full"`` and budget-free presets once, without budget.
+def recipe_entries(labels: Sequence[str], budgets: Sequence[int], ratios: Sequence[float] = (), *,
+                   window: int | None = None, decoding: dict[str, Any] | None = None) -> dict[tuple[str, CacheSize], Any]:
+    """``(label, size) -> Recipe or None`` for every label x budget, then every label x ratio
+    (:func:`~kvpress_lab.recipe_labels.recipe_for`); ``"full"`` and budget-free presets once, without a size.
 
-    ``decoding`` (from :func:`decoding_overrides`) sets the decoding-compression fields of every
-    preset's recipe; ``"full"`` stays uncompressed.
+    ``window`` and ``decoding`` (from :func:`decoding_overrides`) override every preset's fields;
+    ``"full"`` stays uncompressed.
+
+    Raises
+    ------
+    BenchmarkInputError
+        A recipe that cannot take its size or the overrides, naming the label and the size.
     """
-    from kvpress_lab.benchmarks.sweep import budget_free, make_recipe
+    from kvpress_lab.recipe_labels import CacheSize, budget_free
 
     overrides = {**({} if window is None else {"window": window}), **(decoding or {})}
-    entries: list[tuple[str, int | None, Any]] = []
-    for name in dict.fromkeys(names):
-        for budget in ([None] if budget_free(name) else budgets):
-            try:
-                entries.append((name, budget, make_recipe(name, budget, **overrides)))
-            except KVPressLabError:
-                raise
-            except (TypeError, ValueError) as exc:
-                raise BenchmarkInputError(f"recipe {name!r} with budget {budget}: {exc}") from exc
+    labels = list(dict.fromkeys(labels))
+    sizes = [("budget", CacheSize(budget=b)) for b in dict.fromkeys(budgets)]
+    sizes += [("ratio", CacheSize(ratio=float(r))) for r in dict.fromkeys(ratios)]
+    entries: dict[tuple[str, CacheSize], Any] = {}
+    for label in labels:
+        if budget_free(label):
+            entries[(label, CacheSize())] = _entry(label, CacheSize(), overrides, "without a budget")
+    for kind, size in sizes:
+        for label in labels:
+            if not budget_free(label):
+                shown = size.budget if kind == "budget" else f"{size.ratio:g}"
+                entries[(label, size)] = _entry(label, size, overrides, f"with {kind} {shown}")
     return entries
+
+
+def _entry(label: str, size: CacheSize, overrides: dict[str, Any], what: str) -> Any:
+    from kvpress_lab.recipe_labels import recipe_for
+
+    try:
+        return recipe_for(label, size, **overrides)
+    except KVPressLabError:
+        raise
+    except (TypeError, ValueError) as exc:
+        raise BenchmarkInputError(f"recipe {label!r} {what}: {exc}") from exc
 
 
 #: The long-context flags, as ``(flag, dest, Recipe field or None)``: ``--prefill-chunk`` is a prefill option,
@@ -294,27 +315,19 @@ def decoding_overrides(args: argparse.Namespace) -> dict[str, Any]:
             if key is not None and getattr(args, dest, None) is not None}
 
 
-def check_long_context_flags(args: argparse.Namespace, recipes: Sequence[Any] | None = None) -> None:
-    """``--prefill-chunk`` and the decoding flags make sense together and with ``recipes`` (before loading).
-
-    With ``recipes=None`` only the flags are checked against each other (before any recipe is built).
+def check_flags_fit_recipes(args: argparse.Namespace, recipes: Sequence[Any]) -> None:
+    """The long-context flags given (``--prefill-chunk``, ``--decode-budget``, ...) have a recipe to apply to, and
+    ``--prefill-chunk`` suits each recipe (checked once, before loading; the flags among themselves are the command
+    line's business).
 
     Raises
     ------
     UsageError
-        ``--compress-every`` or ``--no-compress-prefill`` without ``--decode-budget``; any of these
-        flags with no recipe to apply it to; ``--prefill-chunk`` with a recipe that cannot compress
-        a chunked prefill (the engine's :func:`~kvpress_lab.engine.chunking.check_chunkable` says why).
+        Any of these flags with no recipe to apply it to; ``--prefill-chunk`` with a recipe that cannot compress a
+        chunked prefill (the engine's :func:`~kvpress_lab.engine.chunking.check_chunkable` says why).
     """
     given = [flag for flag, dest, _ in LONG_CONTEXT_FLAGS if getattr(args, dest, None) is not None]
     if not given:
-        return
-    if getattr(args, "decode_budget", None) is None:
-        alone = [flag for flag in given if flag in ("--compress-every", "--no-compress-prefill")]
-        if alone:
-            raise UsageError(f"{' and '.join(alone)} {'do' if len(alone) > 1 else 'does'} nothing without --decode-budget "
-                             "(the budget decoding-time compression cuts each layer back to); add --decode-budget N.")
-    if recipes is None:
         return
     if not any(recipe is not None for recipe in recipes):
         raise UsageError(f"{' and '.join(given)} {'do' if len(given) > 1 else 'does'} nothing without a compression "
@@ -330,201 +343,3 @@ def check_long_context_flags(args: argparse.Namespace, recipes: Sequence[Any] | 
                 except KVPressLabError as exc:
                     label = recipe.preset_name or f"{recipe.allocator}+{recipe.scorer}"
                     raise UsageError(f"--prefill-chunk {args.prefill_chunk} does not work with recipe {label}: {exc}") from None
-
-
-#: Recipe fields that every preset sets (explicitly or by default): giving one on the command line is an override.
-_PRESET_FIELDS = ("allocator", "scorer", "executor", "window")
-
-
-def run_recipe(args: argparse.Namespace, echo: Any = None) -> Any:
-    """The recipe of ``kvpress-lab run``: ``--preset`` with overrides, or one built from ``--allocator``.
-
-    On a preset, ``--scorer``, ``--executor``, ``--window``, ``--budget`` and ``--ratio`` are
-    applied through :meth:`Recipe.preset <kvpress_lab.Recipe.preset>`; each one that replaces a
-    field the preset sets is reported by ``echo`` (default: a line on stderr), e.g.
-    ``overriding preset snapkv: scorer=h2o (was snapkv_window; ...)``. A strategy replaced by
-    another one does not inherit the preset's hyperparameters of the old one (``scorer_kwargs``
-    of ``snapkv_window`` mean nothing to ``h2o``): they are dropped, and the line says so.
-    """
-    from kvpress_lab import Recipe
-
-    echo = echo or (lambda line: print(line, file=sys.stderr, flush=True))
-    overrides: dict[str, Any] = {}
-    for dest, key in (("scorer", "scorer"), ("executor", "executor"), ("window", "window"), ("budget", "budget"),
-                      ("ratio", "compression_ratio")):
-        if getattr(args, dest, None) is not None:
-            overrides[key] = getattr(args, dest)
-    overrides.update(decoding_overrides(args))
-    try:
-        if args.preset is None:
-            return Recipe(**{"allocator": args.allocator or "uniform", "scorer": "snapkv_window", **overrides})
-        return _preset_with_overrides(args.preset, overrides, echo)
-    except KVPressLabError:
-        raise
-    except (TypeError, ValueError) as exc:
-        raise BenchmarkInputError(str(exc)) from exc
-
-
-def _preset_with_overrides(name: str, overrides: dict[str, Any], echo: Any) -> Any:
-    from kvpress_lab import Recipe
-    from kvpress_lab.registry import get_registry
-
-    preset = dict(get_registry().get("preset", name).obj.recipe)  # unknown names fail here, with a suggestion
-    reference = Recipe.preset(name)
-    replaced = [role for role in ("allocator", "scorer", "executor")
-                if role in overrides and overrides[role] != getattr(reference, role) and preset.get(f"{role}_kwargs")]
-    notes = []
-    for key, value in overrides.items():
-        if key in _PRESET_FIELDS or key in preset or (key == "compression_ratio" and "budget" in preset):
-            old = getattr(reference, key)
-            note = f"{key}={value} ({'unchanged' if value == old else f'was {old}'}"
-            if key in replaced:
-                dropped = ", ".join(f"{k}={v}" for k, v in preset[f"{key}_kwargs"].items())
-                note += f"; the preset's {key}_kwargs {dropped} are dropped"
-            notes.append(note + ")")
-    if replaced:
-        base = Recipe.preset(name, **{k: v for k, v in overrides.items() if k not in replaced})
-        recipe = dataclasses.replace(base, **{role: overrides[role] for role in replaced},
-                                     **{f"{role}_kwargs": {} for role in replaced})
-    else:
-        recipe = Recipe.preset(name, **overrides)
-    if notes:
-        echo(f"overriding preset {name}: {', '.join(notes)}")
-    return recipe
-
-
-def cmd_run(args: argparse.Namespace) -> int:
-    """One recipe on one prompt: answer, cache size before/after, timings."""
-    from kvpress_lab.benchmarks.generation import generate_answer
-    from kvpress_lab.benchmarks.tables import human_bytes
-
-    if args.prompt_file is not None:
-        path = pathlib.Path(args.prompt_file)
-        if not path.is_file():
-            raise BenchmarkInputError(f"--prompt-file {path} does not exist.")
-        try:
-            prompt = path.read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError) as exc:
-            raise BenchmarkInputError(f"--prompt-file {path} cannot be read as UTF-8 text: {exc}.") from None
-    else:
-        prompt = args.prompt
-    if not prompt:
-        raise BenchmarkInputError("Give a prompt: kvpress-lab run 'text ...' or --prompt-file FILE.")
-    recipe = None if args.full else run_recipe(args)
-    check_long_context_flags(args, [recipe])
-    check_model_arguments(args)
-    model, tokenizer = load(args)
-    question = args.question or ""
-    if args.chat:
-        prompt = tokenizer.apply_chat_template([{"role": "user", "content": prompt + question}], tokenize=False,
-                                               add_generation_prompt=True)
-        question = ""
-    if args.mode == "query-agnostic" and not question:
-        raise BenchmarkInputError("--mode query-agnostic needs --question (the part appended after compression).")
-    result = generate_answer(model, tokenizer, recipe, prompt, question, mode=args.mode,
-                             max_new_tokens=args.max_new_tokens, prefill_chunk=getattr(args, "prefill_chunk", None))
-    if getattr(args, "json", False):
-        print(json.dumps(run_result(args, recipe, result), indent=2))
-        return 0
-    report = result.cache
-    print(result.text.strip())
-    print("-" * 60, file=sys.stderr)
-    label = "full cache" if recipe is None else (recipe.preset_name or f"{recipe.allocator}+{recipe.scorer}")
-    print(f"recipe        {label}: {'-' if recipe is None else recipe.to_json()}", file=sys.stderr)
-    print(f"prompt        {result.prompt_tokens} tokens, {args.mode}", file=sys.stderr)
-    if report is not None:
-        print(f"KV cache      {human_bytes(report.uncompressed_bytes)} before -> {human_bytes(report.total_bytes)} "
-              f"after ({100 * report.ratio:.1f}%, uncompressed size computed from the shapes)", file=sys.stderr)
-    print(f"prefill       {result.prefill_s:.2f} s" + (" (compression included)" if recipe else ""), file=sys.stderr)
-    if args.mode == "query-agnostic":
-        print(f"question      {result.question_s:.2f} s", file=sys.stderr)
-    print(f"decoding      {1000 * result.decode_step_s:.1f} ms/token over {result.new_tokens} tokens", file=sys.stderr)
-    if report is not None:
-        print("", file=sys.stderr)
-        print(report.table(), file=sys.stderr)
-    return 0
-
-
-def run_result(args: argparse.Namespace, recipe: Any, result: Any) -> dict[str, Any]:
-    """The JSON document of ``kvpress-lab run --json``: answer, recipe, cache report and timings.
-
-    ``recipe`` is ``null`` for ``--full``; ``cache`` is :meth:`CacheReport.to_dict
-    <kvpress_lab.cache_reports.CacheReport.to_dict>` of the cache right after prefill; times are
-    seconds (``decode_step_s`` is ``null`` when no decoding step ran).
-    """
-    import math
-
-    decode = result.decode_step_s
-    return {
-        "answer": result.text.strip(),
-        "model": args.model,
-        "mode": args.mode,
-        "recipe": None if recipe is None else json.loads(recipe.to_json()),
-        "prompt_tokens": result.prompt_tokens,
-        "new_tokens": result.new_tokens,
-        "cache": None if result.cache is None else result.cache.to_dict(),
-        "timings": {
-            "prefill_s": result.prefill_s,
-            "question_s": result.question_s,
-            "decode_step_s": None if decode is None or math.isnan(decode) else decode,
-        },
-    }
-
-
-def cmd_demo(args: argparse.Namespace) -> int:
-    """``kvpress-lab demo``: see :mod:`kvpress_lab.benchmarks.demo`."""
-    from kvpress_lab.extras import require_extra
-
-    require_extra("bench", "the demo (its heatmap)", ("matplotlib",))  # its heatmap; checked before the model loads
-    from kvpress_lab.benchmarks.demo import run_demo
-
-    if args.budgets is None:  # the CLI fills it in; a namespace straight from parse_args may not have it
-        args.budgets = list(args.default_budgets)
-    from kvpress_lab.benchmarks.sample_groups import ratio_entries, share_prefill
-
-    recipe_entries(args.recipes, args.budgets)  # validate names and budgets before loading the model
-    ratio_entries(args.recipes, getattr(args, "ratios", None) or [])
-    check_model_arguments(args)
-    check_output_dir("--out-dir", args.out_dir)
-    check_needle_lengths(args.lengths)
-    model, tokenizer = load(args)
-    check_needle_lengths(args.lengths, args.depths, tokenizer, seed=args.seed)
-    run_demo(args.model, args.out_dir, lengths=args.lengths, depths=args.depths, budgets=args.budgets,
-             recipes=args.recipes, seed=args.seed, progress=not args.no_progress, model=model, tokenizer=tokenizer,
-             ratios=getattr(args, "ratios", None) or [], share=share_prefill(args))
-    return 0
-
-
-def cmd_plot(args: argparse.Namespace) -> int:
-    """Result files -> one PNG (needle heatmap or budget-vs-score curves)."""
-    from kvpress_lab.benchmarks.plot import plot_rows
-    from kvpress_lab.benchmarks.plot_speed import is_speed_rows, plot_speed
-    from kvpress_lab.extras import require_extra
-
-    require_extra("bench", "plotting", ("matplotlib",))
-    from kvpress_lab.benchmarks.results import read_meta, read_rows
-
-    rows: list[dict[str, Any]] = []
-    models: list[str] = []
-    for name in args.files:
-        path = pathlib.Path(name)
-        if not path.is_file():
-            raise BenchmarkInputError(f"result file {path} does not exist.")
-        try:
-            rows += read_rows(path)
-            models += [str(meta["model"]) for meta in read_meta(path) if meta.get("model")]
-        except json.JSONDecodeError as exc:
-            raise BenchmarkInputError(f"{path} is not JSON: {exc}") from exc
-        except (ValueError, KeyError, AttributeError) as exc:  # JSON, but not a result file (or not text)
-            message = str(exc) if str(path) in str(exc) else f"{path} is not a kvpress_lab result file: {exc}"
-            raise BenchmarkInputError(message) from exc
-    if args.task is not None:
-        rows = [r for r in rows if r.get("task") == args.task]
-    out = check_output_file("--out", args.out) if args.out else pathlib.Path(args.files[0]).with_suffix(".png")
-    draw = plot_speed if is_speed_rows(rows) else plot_rows  # bench speed files: time and KV size against length
-    try:
-        written = draw(rows, out, title=args.title, model=", ".join(dict.fromkeys(models)) or None)
-    except ValueError as exc:
-        raise BenchmarkInputError(str(exc)) from exc
-    print(f"Wrote {written} from {len(rows)} rows.")
-    return 0

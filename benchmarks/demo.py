@@ -21,9 +21,8 @@ from kvpress_lab.benchmarks.defaults import (
 from kvpress_lab.benchmarks.needle import run_needle
 from kvpress_lab.benchmarks.plot import plot_needle_heatmap
 from kvpress_lab.benchmarks.results import model_settings, run_metadata, write_result_file
-from kvpress_lab.benchmarks.sample_groups import ratio_entries
-from kvpress_lab.benchmarks.sizes import ratio_key
-from kvpress_lab.benchmarks.sweep import FULL, make_recipe
+from kvpress_lab.benchmarks.commands import recipe_entries
+from kvpress_lab.recipe_labels import FULL, CacheSize
 from kvpress_lab.benchmarks.tables import needle_summary, needle_table
 
 __all__ = ["DEFAULT_LENGTHS", "DEFAULT_DEPTHS", "DEFAULT_BUDGETS", "DEFAULT_RECIPES", "DemoResult", "run_demo"]
@@ -87,10 +86,9 @@ def run_demo(
 
     start = time.perf_counter()
     model_name = model_name or EMBEDDED_MODEL_NAME
-    entries: list[tuple[str, int | None, Any]] = [(FULL, None, None)]
-    entries += [(name, int(b), make_recipe(name, int(b))) for b in budgets for name in recipes if name != FULL]
-    by_ratio = ratio_entries(recipes, ratios)
-    entries += [(name, ratio_key(r), by_ratio[(name, ratio_key(r))]) for r in ratios for name in recipes if name != FULL]
+    built = recipe_entries([name for name in recipes if name != FULL], [int(b) for b in budgets], ratios)
+    entries: list[tuple[str, CacheSize, Any]] = [(FULL, CacheSize(), None)]
+    entries += [(label, size, recipe) for (label, size), recipe in built.items()]
     if model is None or tokenizer is None:
         if echo:
             print(f"Loading {model_name} ...", flush=True)
@@ -105,7 +103,7 @@ def run_demo(
     table = needle_table(summary)
     out = pathlib.Path(out_dir)
     meta = run_metadata(
-        "demo", model_name, {f"{label}@{budget}": recipe for label, budget, recipe in entries}, seed=seed,
+        "demo", model_name, {f"{label}@{size.value}": recipe for label, size, recipe in entries}, seed=seed,
         **model_settings(model), config={"task": "needle", "mode": "query-aware", "lengths": list(lengths), "depths": list(depths),
                 "budgets": list(budgets), "ratios": list(ratios), "recipes": list(recipes), "max_new_tokens": max_new_tokens,
                 "share_prefill": share},
@@ -119,11 +117,3 @@ def run_demo(
         print(table)
         print(f"\nWrote {json_path} and {heatmap} in {seconds:.0f} s.")
     return DemoResult(rows, summary, table, json_path, heatmap, seconds)
-
-
-if __name__ == "__main__":  # python -m kvpress_lab.benchmarks.demo [demo options]
-    import sys
-
-    from kvpress_lab.cli import main
-
-    raise SystemExit(main(["demo", *sys.argv[1:]]))

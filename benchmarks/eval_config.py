@@ -209,11 +209,11 @@ class EvalConfig:
 
     def resolved(self) -> dict[str, Any]:
         """Every setting with its default filled in, as plain YAML-ready data."""
-        from kvpress_lab.benchmarks.sizes import parse_ratio_key
+        from kvpress_lab.recipe_labels import CacheSize
 
         def sizes(recipe: RecipeConfig) -> dict[str, list]:
             return {"budgets": [s for s in recipe.sizes if isinstance(s, int)],
-                    "ratios": [parse_ratio_key(s) for s in recipe.sizes if isinstance(s, str)]}
+                    "ratios": [CacheSize.parse(s).ratio for s in recipe.sizes if isinstance(s, str)]}
 
         return {
             "model": dataclasses.asdict(self.model), "output": self.output, "seed": self.seed,
@@ -225,7 +225,7 @@ class EvalConfig:
                        "max_new_tokens": t.max_new_tokens, "recipes": None if t.recipes is None else list(t.recipes),
                        "sizes": None if t.sizes is None else {
                            "budgets": [s for s in t.sizes if isinstance(s, int)],
-                           "ratios": [parse_ratio_key(s) for s in t.sizes if isinstance(s, str)]}}
+                           "ratios": [CacheSize.parse(s).ratio for s in t.sizes if isinstance(s, str)]}}
                       for t in self.tasks],
             "launcher": None if self.launcher is None else {k: _plain(v) for k, v in
                                                              dataclasses.asdict(self.launcher).items()},
@@ -330,7 +330,7 @@ def _sizes(data: Mapping[str, Any], where: str) -> tuple[tuple[int, ...], tuple[
 
 def _recipes(value: Any, budgets: tuple[int, ...], ratios: tuple[float, ...], defaults: Mapping[str, Any],
              where: str) -> tuple[RecipeConfig, ...]:
-    from kvpress_lab.benchmarks.sizes import ratio_key
+    from kvpress_lab.recipe_labels import CacheSize
 
     if not isinstance(value, list) or not value:
         raise _error(where, f"expected a list of recipes (preset names or mappings), got {value!r}")
@@ -363,7 +363,7 @@ def _recipes(value: Any, budgets: tuple[int, ...], ratios: tuple[float, ...], de
         own_budgets, own_ratios = _sizes({k: entry[k] for k in ("budgets", "ratios") if k in entry}, here)
         if "budgets" not in entry and "ratios" not in entry:
             own_budgets, own_ratios = budgets, ratios
-        slots: list[Any] = [*own_budgets, *(ratio_key(r) for r in own_ratios)]
+        slots: list[Any] = [*own_budgets, *(CacheSize(ratio=r).value for r in own_ratios)]
         if "budget" in fields or "compression_ratio" in fields:
             if "budgets" in entry or "ratios" in entry:
                 raise _error(here, "give budget/compression_ratio or budgets/ratios, not both")
@@ -417,9 +417,9 @@ def _tasks(value: Any, modes: tuple[str, ...], labels: Sequence[str], where: str
         budgets, ratios = _sizes(sizes, f"{here}.sizes")
         _unknown(entry, TASK_KINDS[kind], f"{here} ({kind})")
         _check_task(kind, entry, task_modes, here)
-        from kvpress_lab.benchmarks.sizes import ratio_key
+        from kvpress_lab.recipe_labels import CacheSize
 
-        slots = (*budgets, *(ratio_key(r) for r in ratios)) if sizes else None
+        slots = (*budgets, *(CacheSize(ratio=r).value for r in ratios)) if sizes else None
         out.append(TaskConfig(kind, entry, task_modes, cap, tuple(only) or None, slots))
     return tuple(out)
 

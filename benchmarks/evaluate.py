@@ -43,30 +43,26 @@ _OWN_RULER_TOKENS = {"niah_single": 12, "niah_multikey": 12, "niah_multivalue": 
 
 
 def plan_recipes(config: EvalConfig) -> dict[tuple[str, Any], Any]:
-    """``(label, size slot) -> Recipe`` (``None`` for the full cache) of every recipe and size; built now, so names fail early."""
+    """``(label, CacheSize) -> Recipe`` (``None`` for the full cache) of every recipe and size; built now, so names fail early."""
     from kvpress_lab import Recipe
-    from kvpress_lab.benchmarks.sizes import parse_ratio_key
+    from kvpress_lab.recipe_labels import CacheSize
     from kvpress_lab.errors import KVPressLabError
 
-    entries: dict[tuple[str, Any], Any] = {}
+    entries: dict[tuple[str, CacheSize], Any] = {}
     for recipe in config.recipes:
         for slot in recipe.sizes:
+            size = CacheSize.parse(slot)
             if recipe.is_full:
-                entries[(FULL, None)] = None
+                entries[(FULL, size)] = None
                 continue
-            fields = dict(recipe.fields)
-            ratio = parse_ratio_key(slot)
-            if ratio is not None:
-                fields["compression_ratio"] = ratio
-            elif slot is not None:
-                fields["budget"] = slot
+            fields = {**recipe.fields, **size.recipe_fields()}
             try:
                 built = Recipe.preset(recipe.preset, **fields) if recipe.preset else Recipe(**fields)
             except KVPressLabError:
                 raise
             except (TypeError, ValueError) as exc:
                 raise BenchmarkInputError(f"recipe {recipe.label!r} at size {slot}: {exc}") from exc
-            entries[(recipe.label, slot)] = built
+            entries[(recipe.label, size)] = built
     return entries
 
 
@@ -170,7 +166,9 @@ def _merge_sample(key: str, existing: tuple[str, str, Any], spec: Any, task: Tas
 
 def plan_eval_cells(config: EvalConfig, samples: Mapping[str, tuple[str, str, Any]]) -> list[Cell]:
     """Every recipe x size x sample its task runs (``tasks[].recipes`` / ``sizes``), recipe-major (shards are cut from this order)."""
-    return [Cell(recipe.label, slot, key) for recipe in config.recipes for slot in recipe.sizes
+    from kvpress_lab.recipe_labels import CacheSize
+
+    return [Cell(recipe.label, CacheSize.parse(slot), key) for recipe in config.recipes for slot in recipe.sizes
             for key, (_, _, (_, task)) in samples.items() if task.runs(recipe.label, slot)]
 
 
@@ -296,7 +294,7 @@ class _ModeRunner:
         parts = [task.first, task.second] if isinstance(task, _EitherTask) else [task]
         while any(isinstance(p, _EitherTask) for p in parts):
             parts = [q for p in parts for q in ([p.first, p.second] if isinstance(p, _EitherTask) else [p])]
-        return min(next(i for i, t in enumerate(self.tasks) if t is p) for p in parts if p.runs(cell.recipe, cell.budget))
+        return min(next(i for i, t in enumerate(self.tasks) if t is p) for p in parts if p.runs(cell.recipe, cell.size.value))
 
     def plan(self, todo: Sequence[Cell]) -> list[Cell]:
         position = {key: i for i, key in enumerate(self.samples)}
@@ -321,7 +319,7 @@ class _ModeRunner:
         mode = self.samples[cell.sample][0]
         if self._segments and self._segments[0][1] and self._segments[0][1][0] == cell:  # a segment starts
             self.groups[mode].plan(self._segments.pop(0)[1])
-        recipe = self.entries[(cell.recipe, cell.budget)]
+        recipe = self.entries[(cell.recipe, cell.size)]
         row = self.groups[mode](cell)
         return {**row, "prefill_chunk": None if recipe is None else self.prefill_chunk,
                 "recipe_config": None if recipe is None else recipe.to_dict()}
@@ -331,18 +329,23 @@ def _check_resume(path: pathlib.Path, entries: Mapping[tuple[str, Any], Any], sa
     """Refuse to resume a file whose rows ran another recipe under a label, or other lm-eval documents under a key."""
     from kvpress_lab.benchmarks.lm_eval_tasks import prompt_digest
     from kvpress_lab.benchmarks.results import read_rows
+    from kvpress_lab.recipe_labels import CacheSize
 
     if not path.exists():
         return
     digests: dict[str, str] = {}
     for row in read_rows(path):
-        slot = row.get("budget") if row.get("compression_ratio") is None else f"r{row['compression_ratio']:g}"
-        key = (row.get("recipe"), slot)
+        ratio = row.get("compression_ratio")
+        try:
+            size = CacheSize(budget=row.get("budget")) if ratio is None else CacheSize(ratio=ratio)
+        except ValueError:
+            continue  # not a cell row (the meta record) or a size no entry has
+        key = (row.get("recipe"), size)
         if key in entries:
             expected = None if entries[key] is None else entries[key].to_dict()
             if row.get("recipe_config") != expected:
                 raise BenchmarkInputError(
-                    f"{path} holds rows of recipe {key[0]!r} at size {key[1]} built with other settings than this "
+                    f"{path} holds rows of recipe {key[0]!r} at size {key[1].key} built with other settings than this "
                     f"configuration's ({_first_difference(row.get('recipe_config'), expected)}); give the changed "
                     "recipe another label, or use another output folder.")
         sample = samples.get(row.get("sample"))
@@ -373,14 +376,14 @@ def run_eval(config: EvalConfig, shard: tuple[int, int] = (0, 1)) -> pathlib.Pat
     BenchmarkInputError
         Anything in the configuration that cannot work, found before the model loads where it can be.
     """
-    from kvpress_lab.benchmarks.commands import check_long_context_flags, check_model_arguments, check_output_dir, load
+    from kvpress_lab.benchmarks.commands import check_flags_fit_recipes, check_model_arguments, check_output_dir, load
     from kvpress_lab.benchmarks.results import model_settings, run_metadata
     from kvpress_lab.benchmarks.sample_groups import SampleGroups
     from kvpress_lab.benchmarks.sweep import finished_keys, run_sweep, select_shard
 
     entries = plan_recipes(config)
     args = _model_namespace(config)
-    check_long_context_flags(argparse.Namespace(prefill_chunk=config.prefill_chunk), list(entries.values()))
+    check_flags_fit_recipes(argparse.Namespace(prefill_chunk=config.prefill_chunk), list(entries.values()))
     check_model_arguments(args)
     out_dir = check_output_dir("output", config.output)
     samples = plan_samples(config)
@@ -388,7 +391,7 @@ def run_eval(config: EvalConfig, shard: tuple[int, int] = (0, 1)) -> pathlib.Pat
     results = out_dir / "results.jsonl"
     _check_resume(results, entries, samples)
     model, tokenizer = load(args)
-    meta = run_metadata("eval", config.model.name, {f"{k[0]}@{k[1]}": r for k, r in entries.items()},
+    meta = run_metadata("eval", config.model.name, {f"{k[0]}@{k[1].value}": r for k, r in entries.items()},
                         seed=config.seed, **model_settings(model), config=config.resolved())
     share = None if config.share_prefill <= 1 else config.share_prefill
     rows = _Rows(config)

@@ -14,21 +14,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import subprocess
 import sys
-import threading
 import time
 
+from kvpress_lab.benchmarks.peak_memory import PeakMemory
+
 __all__ = ["measure_once", "main"]
-
-_PAGE = os.sysconf("SC_PAGE_SIZE")
-
-
-def _rss_bytes() -> int:
-    with open("/proc/self/statm") as handle:
-        return int(handle.read().split()[1]) * _PAGE
-
 
 def measure_once(length: int, chunk: int, model_name: str) -> dict:
     """Score layer 0 of ``model_name`` on ``length`` random tokens with ``chunk``; return peak extra bytes."""
@@ -50,25 +42,15 @@ def measure_once(length: int, chunk: int, model_name: str) -> dict:
         keys, _ = sys.modules[type(module).__module__].apply_rotary_pos_emb(keys, keys, cos, sin)
         view = adapter.layer_view(0, hidden, (cos, sin), keys, keys, torch.ones(1, length, dtype=torch.bool), window=8)
         scorer = H2OScorer(chunk_size=chunk)
-        baseline, peak, done = _rss_bytes(), [0], threading.Event()
-
-        def sample() -> None:
-            while not done.is_set():
-                peak[0] = max(peak[0], _rss_bytes())
-                time.sleep(0.001)
-
-        sampler = threading.Thread(target=sample, daemon=True)
-        sampler.start()
-        start = time.perf_counter()
-        scores = scorer.score(view)
-        seconds = time.perf_counter() - start
-        done.set()
-        sampler.join()
+        with PeakMemory(interval_s=0.001) as memory:
+            start = time.perf_counter()
+            scores = scorer.score(view)
+            seconds = time.perf_counter() - start
     heads = adapter.num_query_heads
     return {
         "length": length,
         "chunk": chunk,
-        "peak_extra_mib": max(peak[0] - baseline, 0) / 2**20,
+        "peak_extra_mib": memory.peak_extra_mb,
         "one_chunk_of_probs_mib": heads * chunk * length * 4 / 2**20,
         "full_txt_matrix_mib": heads * length * length * 4 / 2**20,
         "seconds": seconds,

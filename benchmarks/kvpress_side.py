@@ -247,8 +247,9 @@ def teacher_force(model: torch.nn.Module, cache: object, ids: torch.Tensor, posi
 class KeyRecorder:
     """Forward hooks recording the key row each KV head cached in every one-token attention call.
 
-    Register it *before* a press's or a session's hooks (hooks of a module run in registration
-    order), so each new key row is read before compression can drop it.
+    Its hooks are prepended to the module's forward hooks, so each new key row is read before a
+    press's or a session's hook can compress it away (kvpress_lab's hooks may have been registered
+    on the model long before, by an earlier compressed cache).
 
     Parameters
     ----------
@@ -268,7 +269,7 @@ class KeyRecorder:
 
     def __enter__(self) -> KeyRecorder:
         for ordinal, module in enumerate(self.modules):
-            self._handles.append(module.register_forward_hook(self._hook(ordinal), with_kwargs=True))
+            self._handles.append(module.register_forward_hook(self._hook(ordinal), with_kwargs=True, prepend=True))
         return self
 
     def __exit__(self, *exc_info: object) -> None:

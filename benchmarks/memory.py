@@ -15,7 +15,7 @@ Per setting (one row):
 * ``prefill_s``: wall-clock seconds of the prefill (compression included);
 * ``peak_rss_mib``: peak resident memory of the whole process during the prefill (model weights
   included); ``prefill_peak_rss_mib``: that peak minus its resident size just before
-  (:class:`~kvpress_lab.benchmarks.speed.PeakMemory`, sampled every
+  (:class:`~kvpress_lab.benchmarks.peak_memory.PeakMemory`, sampled every
   5 ms); ``prefill_peak_kv_mib``: the largest cache held after any attention layer's forward
   during the prefill (:class:`~kvpress_lab.benchmarks.chunked_prefill.KVPeakProbe`), all layers;
 * ``decode_peak_kv_mib`` and ``final_kv_mib``: the largest cache during decoding, and at its end;
@@ -82,7 +82,7 @@ def measure_setting(model: Any, input_ids: Any, setting: tuple, *, preset: str =
     from kvpress_lab import Recipe
     from kvpress_lab.benchmarks.chunked_prefill import KVPeakProbe, cache_bytes, layer_entries
     from kvpress_lab.benchmarks.generation import ForwardTimer
-    from kvpress_lab.benchmarks.speed import PeakMemory
+    from kvpress_lab.benchmarks.peak_memory import PeakMemory
     from kvpress_lab.engine.model_hooks import hooks_in_use
     from kvpress_lab.engine.prefill import compressed_prefill, forward_cache
 

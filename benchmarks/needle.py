@@ -140,14 +140,13 @@ def run_needle(
     share: int | None = DEFAULT_SHARE,
     warm_up: bool = True,
 ) -> list[dict[str, Any]]:
-    """Evaluate every ``(label, budget, recipe)`` on every cell of the grid.
+    """Evaluate every ``(label, size, recipe)`` on every cell of the grid.
 
     Parameters
     ----------
-    recipes : iterable of (str, int or str or None, Recipe or None)
-        Label (preset name or ``"full"``), budget (or a ratio key such as ``"r0.5"``,
-        :func:`~kvpress_lab.benchmarks.sizes.ratio_key`, for a recipe built with
-        ``compression_ratio``) and recipe (``None`` for the full cache).
+    recipes : iterable of (str, CacheSize, Recipe or None)
+        Label (preset name or ``"full"``), :class:`~kvpress_lab.recipe_labels.CacheSize` (a
+        budget, a compression ratio, or neither) and recipe (``None`` for the full cache).
     lengths, depths : sequence
         Grid: prompt lengths in tokens and needle depths in ``[0, 1]``.
     mode : {"query-aware", "query-agnostic"}
@@ -170,7 +169,6 @@ def run_needle(
     from tqdm.auto import tqdm
 
     from kvpress_lab.benchmarks.generation import generate_answer
-    from kvpress_lab.benchmarks.sizes import size_fields
     from kvpress_lab.benchmarks.shared_generation import generate_answers
 
     recipes = list(recipes)
@@ -185,9 +183,9 @@ def run_needle(
             answers = generate_answers(model, tokenizer, [recipe for _, _, recipe in recipes], prompt.context,
                                        prompt.question, mode=mode, max_new_tokens=max_new_tokens, share=share)
             for index, result in answers:
-                label, budget, recipe = recipes[index]
+                label, size, recipe = recipes[index]
                 rows.append({
-                    "recipe": label, "budget": budget, **size_fields(budget), "length": prompt.length,
+                    "recipe": label, **size.row_fields(), "length": prompt.length,
                     "depth": prompt.depth, "prompt_tokens": result.prompt_tokens, "passcode": prompt.passcode,
                     "output": result.text, "correct": is_correct(result.text, prompt.passcode),
                     "prefill_s": result.prefill_s, "decode_step_s": result.decode_step_s, "kv_bytes": result.kv_bytes,

@@ -11,7 +11,7 @@ skipped, run and written, and its row equals the row of a run without sharing ex
 timing fields (``prefill_s``, ``decode_step_s``, ``shared_prefill``; see
 :mod:`~kvpress_lab.benchmarks.shared_generation`).
 
-Ratio cells (``--ratios``) sit beside budget cells: see :mod:`~kvpress_lab.benchmarks.sizes`.
+Ratio cells (``--ratios``) sit beside budget cells: see :class:`~kvpress_lab.recipe_labels.CacheSize`.
 """
 
 from __future__ import annotations
@@ -24,39 +24,9 @@ from typing import Any
 
 from kvpress_lab.benchmarks.generation import GenerationResult, generate_answer
 from kvpress_lab.benchmarks.shared_generation import DEFAULT_SHARE, generate_answers
-from kvpress_lab.benchmarks.sizes import ratio_key, size_fields
 from kvpress_lab.benchmarks.sweep import Cell
 
-__all__ = ["SamplePrompt", "SampleGroups", "ratio_entries", "share_prefill"]
-
-
-def ratio_entries(names: Sequence[str], ratios: Sequence[float], window: int | None = None,
-                  overrides: Mapping[str, Any] | None = None) -> dict[tuple[str, str], Any]:
-    """``(label, ratio key) -> Recipe.preset(label, compression_ratio=r, ...)`` for every preset x ratio (not ``full`` nor budget-free presets).
-
-    Raises
-    ------
-    BenchmarkInputError
-        A preset that does not take the ratio, naming it.
-    """
-    from kvpress_lab.benchmarks.input_errors import BenchmarkInputError
-    from kvpress_lab import Recipe
-    from kvpress_lab.benchmarks.sweep import budget_free
-    from kvpress_lab.errors import KVPressLabError
-
-    extra = {**({} if window is None else {"window": window}), **(overrides or {})}
-    out: dict[tuple[str, str], Any] = {}
-    for name in dict.fromkeys(names):
-        if budget_free(name):  # full, or a threshold preset: one budget-less run (recipe_entries)
-            continue
-        for ratio in dict.fromkeys(ratios):
-            try:
-                out[(name, ratio_key(ratio))] = Recipe.preset(name, compression_ratio=float(ratio), **extra)
-            except KVPressLabError:
-                raise
-            except (TypeError, ValueError) as exc:
-                raise BenchmarkInputError(f"recipe {name!r} with ratio {ratio:g}: {exc}") from exc
-    return out
+__all__ = ["SamplePrompt", "SampleGroups", "share_prefill"]
 
 
 def share_prefill(args: Any) -> int | None:
@@ -98,7 +68,7 @@ class SampleGroups:
     model, tokenizer
         The loaded model.
     entries : Mapping
-        ``(recipe label, budget slot) -> Recipe or None`` for every cell.
+        ``(recipe label, CacheSize) -> Recipe or None`` for every cell.
     samples : Mapping
         Sample key -> the task's spec of that sample.
     prompt_of : Callable[[tokenizer, spec], SamplePrompt]
@@ -157,15 +127,14 @@ class SampleGroups:
     def __call__(self, cell: Cell) -> dict[str, Any]:
         result = self._next_result(cell)
         prompt = self.prompt(cell.sample)
-        return {**self.row_of(self.samples[cell.sample], prompt, result), **size_fields(cell.budget),
-                "shared_prefill": result.shared}
+        return {**self.row_of(self.samples[cell.sample], prompt, result), "shared_prefill": result.shared}
 
     def _next_result(self, cell: Cell) -> GenerationResult:
         if not self._stream_cells or self._stream_cells[0] != cell:  # a new sample (or an order we did not plan)
             queued = self._queued.get(cell.sample, [])
             group = queued[queued.index(cell):] if cell in queued else [cell]
             prompt = self.prompt(cell.sample)
-            recipes = [self.entries[(c.recipe, c.budget)] for c in group]
+            recipes = [self.entries[(c.recipe, c.size)] for c in group]
             if self.prefill_chunk is not None:
                 self._stream = ((i, generate_answer(self.model, self.tokenizer, r, prompt.context, prompt.question,
                                                     mode=self.mode, max_new_tokens=prompt.max_new_tokens,

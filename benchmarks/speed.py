@@ -15,72 +15,26 @@ steps. Medians are reported per (T, recipe):
   then includes; on the CPU they cost two clock reads per role call;
 - ``kv_bytes_before`` / ``kv_bytes_after``: cache bytes of the full cache and of the recipe's
   cache right after prefill;
-- ``peak_rss_mb``: peak resident memory of the process while the row ran (sampled every 5 ms with
-  ``psutil`` when it is installed, else the process's lifetime high-water mark from
-  ``resource.getrusage``), and ``cuda_peak_mb`` on a GPU (``torch.cuda.max_memory_allocated``).
+- ``peak_rss_mb``: peak resident memory of the process while the row ran, and ``cuda_peak_mb``
+  on a GPU (:class:`~kvpress_lab.benchmarks.peak_memory.PeakMemory`, sampled every 5 ms).
 """
 
 from __future__ import annotations
 
 import statistics
-import threading
 from collections.abc import Iterable, Sequence
 from typing import Any
-
-import torch
 
 from kvpress_lab.benchmarks.generation import generate_answer
 from kvpress_lab.benchmarks.haystack import fill_to_tokens
 from kvpress_lab.benchmarks.needle import token_counter
+from kvpress_lab.benchmarks.peak_memory import PeakMemory
 from kvpress_lab.engine.role_timers import ROLES, time_roles
+from kvpress_lab.recipe_labels import FULL, CacheSize
 
-__all__ = ["PeakMemory", "speed_prompt", "minimum_length", "measure_speed"]
+__all__ = ["speed_prompt", "minimum_length", "measure_speed"]
 
 _QUESTION = "\n\nQuestion: Summarise the text above in one sentence.\nAnswer:"
-
-
-class PeakMemory:
-    """Context manager measuring peak RSS (MiB) and, on CUDA, peak allocated memory (MiB)."""
-
-    def __init__(self, device: torch.device | str = "cpu", interval_s: float = 0.005):
-        self.device = torch.device(device)
-        self.interval_s = interval_s
-        self.peak_rss_mb = float("nan")
-        self.start_rss_mb = float("nan")  # resident size on entry (psutil only)
-        self.cuda_peak_mb: float | None = None
-        self.source = "none"
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-
-    def __enter__(self) -> PeakMemory:
-        if self.device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats(self.device)
-        try:
-            import psutil
-        except ImportError:
-            self.source = "getrusage"
-            return self
-        process, self.source = psutil.Process(), "psutil"
-        self.peak_rss_mb = self.start_rss_mb = process.memory_info().rss / 2**20
-
-        def sample() -> None:
-            while not self._stop.wait(self.interval_s):
-                self.peak_rss_mb = max(self.peak_rss_mb, process.memory_info().rss / 2**20)
-
-        self._thread = threading.Thread(target=sample, daemon=True)
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        if self._thread is not None:
-            self._stop.set()
-            self._thread.join()
-        else:
-            import resource  # POSIX; ru_maxrss is KiB on Linux
-
-            self.peak_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-        if self.device.type == "cuda":
-            self.cuda_peak_mb = torch.cuda.max_memory_allocated(self.device) / 2**20
 
 
 def speed_prompt(tokenizer: Any, length: int, seed: int = 0) -> tuple[str, str]:
@@ -102,7 +56,7 @@ def minimum_length(tokenizer: Any) -> int:
 def measure_speed(
     model: Any,
     tokenizer: Any,
-    recipes: Iterable[tuple[str, int | None, Any]],
+    recipes: Iterable[tuple[str, CacheSize, Any]],
     lengths: Sequence[int] = (2048, 4096),
     *,
     decode_steps: int = 16,
@@ -111,13 +65,13 @@ def measure_speed(
     progress: bool = True,
     prefill_chunk: int | None = None,
 ) -> list[dict[str, Any]]:
-    """Time every ``(label, budget, recipe)`` at every length; the full cache always runs first.
+    """Time every ``(label, size, recipe)`` at every length; the full cache always runs first.
 
     Parameters
     ----------
-    recipes : iterable of (str, int or None, Recipe or None)
-        As in :func:`~kvpress_lab.benchmarks.needle.run_needle`; a ``("full", None, None)``
-        entry is added when missing, since it is the reference of ``overhead_s``.
+    recipes : iterable of (str, CacheSize, Recipe or None)
+        As in :func:`~kvpress_lab.benchmarks.needle.run_needle`; a full-cache entry is added
+        first, since it is the reference of ``overhead_s``.
     lengths : sequence of int
         Prompt lengths ``T`` in tokens.
     decode_steps : int
@@ -132,7 +86,7 @@ def measure_speed(
     if repeats < 1 or decode_steps < 1:
         raise ValueError(f"repeats and decode_steps must be >= 1, got {repeats} and {decode_steps}.")
     entries = [e for e in recipes if e[2] is not None]
-    entries.insert(0, ("full", None, None))
+    entries.insert(0, (FULL, CacheSize(), None))
     device = next(model.parameters()).device
     rows: list[dict[str, Any]] = []
     with tqdm(total=len(lengths) * (len(entries) * repeats + 1), desc="speed", unit="run", disable=not progress) as bar:
@@ -145,8 +99,8 @@ def measure_speed(
             peaks: dict[int, list[PeakMemory]] = {i: [] for i in range(len(entries))}
             roles: dict[int, list[dict[str, float]]] = {i: [] for i in range(len(entries))}
             for _ in range(repeats):  # interleaved, so drifting machine load hits every recipe alike
-                for i, (label, budget, recipe) in enumerate(entries):
-                    bar.set_postfix_str(f"T={length} {label}@{budget}")
+                for i, (label, size, recipe) in enumerate(entries):
+                    bar.set_postfix_str(f"T={length} {label}@{size.value}")
                     with PeakMemory(device) as memory, time_roles(model) as timed:
                         runs[i].append(generate_answer(model, tokenizer, recipe, context, question,
                                                        max_new_tokens=decode_steps, min_new_tokens=decode_steps,
@@ -155,8 +109,8 @@ def measure_speed(
                     if timed.entries:  # one session per compressed generate
                         roles[i].append(timed.entries[0][1].as_dict())
                     bar.update()
-            for i, (label, budget, recipe) in enumerate(entries):
-                rows.append({**_row(length, label, budget, recipe, runs[i], peaks[i], runs[0], decode_steps),
+            for i, (label, size, recipe) in enumerate(entries):
+                rows.append({**_row(length, label, size.budget, recipe, runs[i], peaks[i], runs[0], decode_steps),
                              **_roles(roles[i], runs[i])})
     return rows
 

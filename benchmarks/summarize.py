@@ -104,47 +104,17 @@ def merge_sweep_files(paths: Sequence[str | pathlib.Path]) -> MergedSweep:
     """
     notes: list[str] = []
     metas: list[dict[str, Any]] = []
-    first: dict[str, tuple[dict[str, Any], str]] = {}
-    copies: dict[str, list[tuple[dict[str, Any], str]]] = {}
-    benchmarks: dict[str, list[str]] = {}
-    models: dict[str, list[str]] = {}
-    grids: list[dict[str, Any]] = []
+    copies: dict[str, list[tuple[dict[str, Any], str]]] = {}  # cell key -> every (row, file) holding it, first first
+    sources: dict[str, dict[str, list[str]]] = {"benchmark": {}, "model": {}}  # what each file says it ran
     for path in map(pathlib.Path, paths):
-        if path.is_dir():
-            inside = sorted(p.name for p in path.glob("*.jsonl"))
-            raise ValueError(f"{path} is a folder; summarize takes sweep files: pass them, e.g. {path}/*.jsonl "
-                             f"({len(inside)} .jsonl file(s) there{': ' + ', '.join(inside[:3]) if inside else ''}).")
-        if not path.is_file():
-            raise FileNotFoundError(f"sweep file {path} does not exist.")
-        skipped: list[str] = []
-        try:
-            records = read_jsonl(path, on_bad_line=skipped.append)
-        except UnicodeDecodeError as exc:
-            raise ValueError(f"{path} is not a text sweep file: {exc}") from None
-        if skipped:
-            notes.append(f"{path}: skipped {len(skipped)} line(s) that are not valid JSON (cut by a killed job?): "
-                         f"{', '.join(where.rsplit(':', 1)[1] for where in skipped)}")
-        file_metas = [r for r in records if isinstance(r, dict) and r.get("type") == "meta"]
-        results = [r for r in records if isinstance(r, dict) and r.get("type") == "result" and "cell" in r]
-        if not file_metas and not results:
-            raise ValueError(f"{path} is not a sweep file: no line with \"type\": \"meta\" or \"result\" (summarize "
-                             "merges the .jsonl files of bench needle|ruler|longbench).")
+        file_metas, results = _read_sweep_file(path, notes)
         for meta in file_metas:
-            if "grid" in meta:
-                try:
-                    grid_keys(meta["grid"])
-                except ValueError as exc:
-                    raise ValueError(f"{path}: a meta line records a damaged grid ({exc}); restore the file from its "
-                                     "shard's output, or remove that meta line (its cells then count as unexpected).") from None
-                grids.append(meta["grid"])
-            benchmarks.setdefault(str(meta.get("benchmark")), []).append(str(path))
-            models.setdefault(str(meta.get("model")), []).append(str(path))
+            for what, seen in sources.items():
+                seen.setdefault(str(meta.get(what)), []).append(str(path))
         metas.extend(file_metas)
         for row in results:
-            key = str(row["cell"])
-            copies.setdefault(key, []).append((row, str(path)))
-            first.setdefault(key, (row, str(path)))
-    for what, seen in (("benchmark", benchmarks), ("model", models)):
+            copies.setdefault(str(row["cell"]), []).append((row, str(path)))
+    for what, seen in sources.items():
         if len(seen) > 1:
             shown = "; ".join(f"{what}={name!r} in {', '.join(dict.fromkeys(files))}" for name, files in seen.items())
             raise ValueError(f"these files are not one sweep: {shown}. Summarize each {what} separately.")
@@ -154,38 +124,76 @@ def merge_sweep_files(paths: Sequence[str | pathlib.Path]) -> MergedSweep:
                             if len({json.dumps((n.get("config") or {}).get(key), default=repr) for n in metas}) > 1})
         notes.append(f"warning: the runs recorded different settings ({', '.join(differing)}); check that the files "
                      "belong to the same sweep")
-    duplicates = []
-    for key, found in copies.items():
-        if len(found) > 1:
-            reference = _compared(found[0][0])
-            differing = sorted({field for row, _ in found[1:] for field in set(reference) | set(_compared(row))
-                                if reference.get(field, KeyError) != _compared(row).get(field, KeyError)})
-            duplicates.append(Duplicate(key, tuple(path for _, path in found), tuple(differing)))
-    expected: list[str] | None = None
-    if grids:
-        distinct = {json.dumps(g, sort_keys=True) for g in grids}
-        expected = list(dict.fromkeys(key for grid in grids for key in grid_keys(grid)))
-        if len(distinct) > 1:
-            notes.append(f"note: the runs recorded {len(distinct)} different grids; expected cells = their union "
-                         f"({len(expected)})")
-        if len(grids) < len(metas):
-            notes.append("note: some runs recorded no grid (written by an older kvpress_lab)")
-    else:
-        notes.append("note: no file records its sweep's grid (written by an older kvpress_lab); missing cells "
-                     "cannot be checked")
+    expected = _expected_cells(metas, notes)
     expected_set = set(expected or ())
     return MergedSweep(
-        benchmark=next(iter(benchmarks), None),
-        models=tuple(models),
+        benchmark=next(iter(sources["benchmark"]), None),
+        models=tuple(sources["model"]),
         files=tuple(str(p) for p in paths),
         metas=tuple(metas),
-        rows=tuple(row for row, _ in first.values()),
+        rows=tuple(found[0][0] for found in copies.values()),
         expected=None if expected is None else len(expected),
-        missing=tuple(key for key in (expected or ()) if key not in first),
-        unexpected=tuple(key for key in first if expected is not None and key not in expected_set),
-        duplicates=tuple(duplicates),
+        missing=tuple(key for key in (expected or ()) if key not in copies),
+        unexpected=tuple(key for key in copies if expected is not None and key not in expected_set),
+        duplicates=tuple(_duplicate(key, found) for key, found in copies.items() if len(found) > 1),
         notes=tuple(notes),
     )
+
+
+def _read_sweep_file(path: pathlib.Path, notes: list[str]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """The meta and result lines of one sweep file (a note for its skipped lines), its grids checked."""
+    if path.is_dir():
+        inside = sorted(p.name for p in path.glob("*.jsonl"))
+        raise ValueError(f"{path} is a folder; summarize takes sweep files: pass them, e.g. {path}/*.jsonl "
+                         f"({len(inside)} .jsonl file(s) there{': ' + ', '.join(inside[:3]) if inside else ''}).")
+    if not path.is_file():
+        raise FileNotFoundError(f"sweep file {path} does not exist.")
+    skipped: list[str] = []
+    try:
+        records = read_jsonl(path, on_bad_line=skipped.append)
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"{path} is not a text sweep file: {exc}") from None
+    if skipped:
+        notes.append(f"{path}: skipped {len(skipped)} line(s) that are not valid JSON (cut by a killed job?): "
+                     f"{', '.join(where.rsplit(':', 1)[1] for where in skipped)}")
+    metas = [r for r in records if isinstance(r, dict) and r.get("type") == "meta"]
+    results = [r for r in records if isinstance(r, dict) and r.get("type") == "result" and "cell" in r]
+    if not metas and not results:
+        raise ValueError(f"{path} is not a sweep file: no line with \"type\": \"meta\" or \"result\" (summarize "
+                         "merges the .jsonl files of bench needle|ruler|longbench).")
+    for meta in metas:
+        if "grid" in meta:
+            try:
+                grid_keys(meta["grid"])
+            except ValueError as exc:
+                raise ValueError(f"{path}: a meta line records a damaged grid ({exc}); restore the file from its "
+                                 "shard's output, or remove that meta line (its cells then count as unexpected).") from None
+    return metas, results
+
+
+def _duplicate(key: str, found: list[tuple[dict[str, Any], str]]) -> Duplicate:
+    """A cell held by several files, and the fields in which their rows differ."""
+    reference = _compared(found[0][0])
+    differing = sorted({field for row, _ in found[1:] for field in set(reference) | set(_compared(row))
+                        if reference.get(field, KeyError) != _compared(row).get(field, KeyError)})
+    return Duplicate(key, tuple(path for _, path in found), tuple(differing))
+
+
+def _expected_cells(metas: list[dict[str, Any]], notes: list[str]) -> list[str] | None:
+    """The union of the grids the files record (``None`` when none does), with notes on what is uncertain."""
+    grids = [meta["grid"] for meta in metas if "grid" in meta]
+    if not grids:
+        notes.append("note: no file records its sweep's grid (written by an older kvpress_lab); missing cells "
+                     "cannot be checked")
+        return None
+    distinct = {json.dumps(g, sort_keys=True) for g in grids}
+    expected = list(dict.fromkeys(key for grid in grids for key in grid_keys(grid)))
+    if len(distinct) > 1:
+        notes.append(f"note: the runs recorded {len(distinct)} different grids; expected cells = their union "
+                     f"({len(expected)})")
+    if len(grids) < len(metas):
+        notes.append("note: some runs recorded no grid (written by an older kvpress_lab)")
+    return expected
 
 
 def _files(files: Sequence[str]) -> str:

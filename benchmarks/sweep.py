@@ -24,62 +24,46 @@ from dataclasses import dataclass
 from typing import Any
 
 from kvpress_lab.benchmarks.results import append_jsonl, first_report_of_bad_line, read_jsonl
+from kvpress_lab.recipe_labels import FULL, CacheSize, budget_free
 
-__all__ = ["FULL", "Cell", "make_recipe", "plan_cells", "parse_shard", "shard_from_env", "select_shard", "grid_record",
+__all__ = ["FULL", "Cell", "plan_cells", "parse_shard", "shard_from_env", "select_shard", "grid_record",
            "grid_keys", "finished_keys", "check_sweep_file", "run_sweep", "aggregate"]
-
-#: Label of the uncompressed baseline (no recipe); it runs once, without a budget.
-FULL = "full"
-
 
 @dataclass(frozen=True)
 class Cell:
-    """One unit of work: a recipe label, its budget (``None`` for :data:`FULL`) and a sample key."""
+    """One unit of work: a recipe label, its :class:`~kvpress_lab.recipe_labels.CacheSize` (none for
+    :data:`~kvpress_lab.recipe_labels.FULL`) and a sample key."""
 
     recipe: str
-    budget: int | None
+    size: CacheSize
     sample: str
 
     @property
     def key(self) -> str:
-        """Stable identifier written with the result, used to skip finished cells."""
-        return f"{self.recipe}|{'-' if self.budget is None else self.budget}|{self.sample}"
+        """Stable identifier written with the result, used to skip finished cells: ``label|size|sample``."""
+        return f"{self.recipe}|{self.size.key}|{self.sample}"
+
+    @property
+    def budget(self) -> int | None:
+        """The cell's budget (``None`` for the full cache, a budget-free preset or a ratio)."""
+        return self.size.budget
 
 
-def make_recipe(name: str, budget: int | None, **overrides: Any) -> Any:
-    """``Recipe.preset(name, budget=budget, **overrides)``, or ``None`` for :data:`FULL`."""
-    if name == FULL:
-        return None
-    from kvpress_lab import Recipe
+def plan_cells(recipes: Sequence[str], budgets: Sequence[int], samples: Sequence[str],
+               ratios: Sequence[float] = ()) -> list[Cell]:
+    """Every recipe x size x sample, recipe-major (budgets, then compression ratios).
 
-    return Recipe.preset(name, **overrides) if budget is None else Recipe.preset(name, budget=budget, **overrides)
-
-
-def budget_free(name: str) -> bool:
-    """Whether recipe label ``name`` runs without a budget: :data:`FULL`, or a preset whose allocator
-    declares ``uses_budget = False`` (``threshold``: each row keeps what scores above it)."""
-    if name == FULL:
-        return True
-    from kvpress_lab.errors import UnknownStrategyError
-    from kvpress_lab.registry import get_registry
-
-    try:
-        allocator = get_registry().get("preset", name).obj.recipe.get("allocator", "uniform")
-        return not getattr(get_registry().get("allocator", allocator).obj, "uses_budget", True)
-    except UnknownStrategyError:
-        return False  # reported with suggestions when the recipe is built
-
-
-def plan_cells(recipes: Sequence[str], budgets: Sequence[int], samples: Sequence[str]) -> list[Cell]:
-    """Every recipe x budget x sample, recipe-major; :data:`FULL` and budget-free presets get one budget-less pass."""
+    :data:`~kvpress_lab.recipe_labels.FULL` and budget-free presets get one pass without a size.
+    """
     if not recipes or not samples:
         raise ValueError(f"A sweep needs at least one recipe and one sample, got {len(recipes)} and {len(samples)}.")
-    if any(r != FULL for r in recipes) and not budgets:
+    if any(r != FULL for r in recipes) and not budgets and not ratios:
         raise ValueError("A sweep with compression recipes needs at least one budget.")
+    sizes = [CacheSize(budget=b) for b in dict.fromkeys(budgets)] + [CacheSize(ratio=r) for r in dict.fromkeys(ratios)]
     cells: list[Cell] = []
     for recipe in dict.fromkeys(recipes):
-        for budget in ([None] if budget_free(recipe) else list(dict.fromkeys(budgets))):
-            cells.extend(Cell(recipe, budget, sample) for sample in samples)
+        for size in ([CacheSize()] if budget_free(recipe) else sizes):
+            cells.extend(Cell(recipe, size, sample) for sample in samples)
     return cells
 
 
@@ -184,10 +168,10 @@ def grid_record(cells: Sequence[Cell]) -> dict[str, Any]:
     ``{"cells": N, "recipes": {label: [budgets]}, "samples": [...]}`` when the cells are every
     recipe-budget x sample (as :func:`plan_cells` makes them), else ``{"cells": N, "keys": [...]}``.
     """
-    recipes: dict[str, list[int | None]] = {}
+    recipes: dict[str, list[int | str | None]] = {}  # label -> the sizes' slot values (64, "r0.5", None)
     for cell in cells:
-        if cell.budget not in recipes.setdefault(cell.recipe, []):
-            recipes[cell.recipe].append(cell.budget)
+        if cell.size.value not in recipes.setdefault(cell.recipe, []):
+            recipes[cell.recipe].append(cell.size.value)
     samples = list(dict.fromkeys(cell.sample for cell in cells))
     record: dict[str, Any] = {"cells": len(cells), "recipes": recipes, "samples": samples}
     if grid_keys(record) != [cell.key for cell in cells]:
@@ -215,7 +199,7 @@ def grid_keys(grid: Mapping[str, Any]) -> list[str]:
         raise ValueError(f"grid 'recipes' must map each recipe to its list of budgets, got {json.dumps(recipes)[:80]}")
     if not isinstance(samples, list):
         raise ValueError(f"grid 'samples' must be a list of sample keys, got {json.dumps(samples)[:80]}")
-    return [Cell(recipe, budget, sample).key for recipe, budgets in recipes.items() for budget in budgets
+    return [Cell(recipe, CacheSize.parse(size), sample).key for recipe, sizes in recipes.items() for size in sizes
             for sample in samples]
 
 
@@ -299,7 +283,7 @@ def run_sweep(
     header = {"type": "meta", **meta, "shard": f"{shard[0]}/{shard[1]}", "grid": grid_record(cells)}
     pending = [header]  # written with the first finished cell, or alone at the end
     for cell in tqdm(todo, desc=f"sweep {shard[0]}/{shard[1]}", unit="cell", disable=not progress):
-        row = {"type": "result", "cell": cell.key, "recipe": cell.recipe, "budget": cell.budget,
+        row = {"type": "result", "cell": cell.key, "recipe": cell.recipe, **cell.size.row_fields(),
                "sample": cell.sample, **runner(cell)}
         append_jsonl(path, [*pending, row])  # locked: other processes may append to the same file
         pending = []

@@ -22,26 +22,22 @@ from __future__ import annotations
 import math
 import warnings
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 import torch
 
+from kvpress_lab.capabilities import SCORER
 from kvpress_lab.validation import check_int
-
-if TYPE_CHECKING:
-    from kvpress_lab.protocols import Allocator
 
 __all__ = [
     "BudgetRequest",
     "BudgetSpec",
-    "BudgetPlan",
     "minimum_kept",
     "check_minimum_kept",
     "check_budget_request",
     "checked_allocation",
     "checked_head_allocation",
     "check_forced_fit",
-    "plan_budgets",
     "RATIO_ROUNDINGS",
     "kept_from_ratio",
 ]
@@ -81,7 +77,7 @@ def minimum_kept(window: int, scorer: Any) -> int:
     >>> minimum_kept(8, SinkScorer(num_sinks=4)), minimum_kept(8, object())
     (12, 8)
     """
-    declared = getattr(scorer, "minimum_budget", None)
+    declared = SCORER.of(scorer, "minimum_budget")
     return window if declared is None else max(window, int(declared(window)))
 
 
@@ -370,76 +366,3 @@ def check_forced_fit(forced_counts: torch.Tensor, keep: torch.Tensor) -> None:
             f"More entries are forced (window + sinks: up to {int(forced_counts.max())}) than the budget keeps "
             f"(as few as {int(keep.min())}). Raise the budget or shrink the window / number of sinks."
         )
-
-
-@dataclass(frozen=True)
-class BudgetPlan:
-    """Entries to keep per row and compressible layer.
-
-    Parameters
-    ----------
-    real_lengths : list[int]
-        ``n_b``, real (unpadded) tokens of each row.
-    keep : torch.Tensor
-        ``(B, L)`` int64 on the CPU, ``<= n_b``: entries each row keeps in each compressible layer
-        (per KV head; with ``head_keep``, the largest head's).
-    budgets : list[list[int]]
-        The allocator's raw per-layer budgets for each row (before clamping to ``n_b``); per-head
-        allocators give ``L`` lists of ``Hkv``.
-    head_keep : torch.Tensor or None
-        ``(B, L, Hkv)`` int64 on the CPU: entries each KV head keeps, when the allocator decides
-        per head (``per_head``, e.g. ``global_topk`` with ``split="heads"``); ``None`` otherwise.
-    """
-
-    real_lengths: list[int]
-    keep: torch.Tensor
-    budgets: list[list[int]] | list[list[list[int]]]
-    head_keep: torch.Tensor | None = None
-
-    def evicts(self, ordinal: int) -> bool:
-        """Whether any row drops entries in compressible layer ``ordinal``."""
-        kept = self.keep[:, ordinal] if self.head_keep is None else self.head_keep[:, ordinal].amin(dim=-1)
-        return any(int(kept[b]) < n for b, n in enumerate(self.real_lengths))
-
-
-def plan_budgets(
-    allocator: Allocator,
-    spec: BudgetSpec,
-    real_lengths: list[int],
-    num_layers: int,
-    num_kv_heads: int,
-    statistics: torch.Tensor | None = None,
-) -> BudgetPlan:
-    """Ask ``allocator`` for every row's per-layer budgets.
-
-    Parameters
-    ----------
-    allocator : Allocator
-        The recipe's allocator.
-    spec : BudgetSpec
-        The recipe's budget numbers.
-    real_lengths : list[int]
-        ``n_b``, real tokens of each row.
-    num_layers : int
-        ``L``, compressible layers.
-    num_kv_heads : int
-        ``Hkv``.
-    statistics : torch.Tensor or None
-        ``(B, L)`` float32 per-layer statistics for allocators of scope ``"global"``.
-    """
-    per_head = bool(getattr(allocator, "per_head", False))
-    check = checked_head_allocation if per_head else checked_allocation
-    per_row: dict[tuple[int, int], list] = {}
-    keys = [(n, row if statistics is not None else -1) for row, n in enumerate(real_lengths)]  # static: length only
-    for row, (n, key_row) in enumerate(keys):
-        if (n, key_row) not in per_row:
-            stats = None if statistics is None else statistics[row].detach().float().cpu()
-            request = spec.request(num_layers, num_kv_heads, n, stats)
-            per_row[(n, key_row)] = check(allocator.allocate(request), request, allocator.name)
-    budgets = [per_row[key] for key in keys]
-    lengths = torch.tensor(real_lengths, dtype=torch.int64)
-    if per_head:
-        head_keep = torch.minimum(torch.tensor(budgets, dtype=torch.int64), lengths[:, None, None])  # (B, L, Hkv)
-        return BudgetPlan(real_lengths=list(real_lengths), keep=head_keep.amax(dim=-1), budgets=budgets, head_keep=head_keep)
-    keep = torch.tensor([[min(b, n) for b in row] for row, n in zip(budgets, real_lengths)], dtype=torch.int64)
-    return BudgetPlan(real_lengths=list(real_lengths), keep=keep.reshape(len(real_lengths), num_layers), budgets=budgets)

@@ -3,7 +3,7 @@
 :func:`calibrate` measures the attention funnel (:mod:`kvpress_lab.analysis.funnel`) on
 calibration prompts and returns a :class:`~kvpress_lab.profile.Profile`; the file format and the
 shipped profiles live in :mod:`kvpress_lab.profile` (re-exported here), the command line in
-:mod:`kvpress_lab.cli_calibrate`.
+:mod:`kvpress_lab.cli.calibrate`.
 """
 
 from __future__ import annotations

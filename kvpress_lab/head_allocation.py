@@ -13,6 +13,7 @@ import math
 import torch
 
 from kvpress_lab.budgets import check_forced_fit
+from kvpress_lab.ranking import best_entries
 
 __all__ = ["HEAD_ALLOCATIONS", "HEAD_FLOOR_RULES", "adaptive_head_budgets", "safeguard_entries"]
 
@@ -127,13 +128,6 @@ def safeguard_entries(
     >>> safeguard_entries(scores, torch.tensor([4]), forced, torch.ones(1, 4, dtype=torch.bool), 0.5).int().tolist()
     [[[1, 0, 0, 1]]]
     """
-    from kvpress_lab.executors.gather import rank_entries  # the executors' order: forced first, ties to the earlier token
-
     safe = torch.tensor([max(1, math.floor(int(k) * alpha)) if alpha > 0 else 0 for k in keep.tolist()])  # (B,)
-    width = int(safe.max()) if safe.numel() else 0
-    out = torch.zeros_like(forced)
-    if width == 0:
-        return out
-    order = rank_entries(scores, forced & candidates[:, None, :], candidates)[..., :width]  # (B, Hkv, width)
-    chosen = torch.arange(width, device=scores.device) < safe.to(scores.device)[:, None, None]
-    return out.scatter(-1, order, chosen.expand_as(order)) & candidates[:, None, :]
+    counts = safe[:, None].expand(-1, forced.shape[1])  # (B, Hkv): the executors' order, forced first
+    return best_entries(scores, counts, forced & candidates[:, None, :], candidates)

@@ -25,11 +25,12 @@ Names must be unique per role across all plugins: a clash raises
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 import pluggy
+
+from kvpress_lab.validation import NAME_PATTERN
 
 if TYPE_CHECKING:
     from kvpress_lab.presets import Preset
@@ -39,8 +40,6 @@ __all__ = ["PROJECT_NAME", "NAME_PATTERN", "hookspec", "hookimpl"]
 #: pluggy project name, also the entry-point group.
 PROJECT_NAME = "kvpress_lab"
 
-#: What every registered name (strategy or preset) must match: lower case, digits, ``_`` and ``-``.
-NAME_PATTERN = re.compile(r"^[a-z][a-z0-9_\-]*$")
 
 hookspec = pluggy.HookspecMarker(PROJECT_NAME)
 #: Marker for plugin hook implementations.

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
 
-from kvpress_lab.hookspecs import NAME_PATTERN
+from kvpress_lab.validation import NAME_PATTERN
 
 __all__ = ["Preset"]
 

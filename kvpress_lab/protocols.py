@@ -16,17 +16,18 @@ Tensor contracts (shape legend in :mod:`kvpress_lab.layer_view`):
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, ClassVar, Literal, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, ClassVar, Literal, NamedTuple, Protocol, runtime_checkable
 
 import torch
 
+from kvpress_lab import capabilities
 from kvpress_lab.budgets import BudgetRequest
 
 if TYPE_CHECKING:
     from kvpress_lab.cache_layers import CompressedCacheLayer
     from kvpress_lab.layer_view import LayerView
 
-__all__ = ["AllocatorScope", "BudgetRequest", "Selection", "Allocator", "Scorer", "Executor"]
+__all__ = ["AllocatorScope", "BudgetRequest", "Selection", "Allocator", "Scorer", "Executor", "Strategies"]
 
 AllocatorScope = Literal["static", "global"]
 
@@ -60,15 +61,16 @@ class Allocator(Protocol):
     ``scope`` says when the engine can call it: ``"static"`` before eviction (budgets depend only
     on sizes), ``"global"`` after the last layer with every layer's statistics (eviction then waits
     until the end of the prefill forward pass). A global allocator also defines
-    ``layer_statistic(view) -> (B,) float32``, which the engine calls at every compressible layer
-    and hands back, per row, as ``BudgetRequest.layer_statistics``.
+    ``layer_statistic(view)`` or ``scores_statistic(scores, forced, valid)``, which the engine
+    calls at every compressible layer and hands back, per row, as ``BudgetRequest.layer_statistics``.
 
     Splitting a layer's budget across its KV heads is not an allocator scope but the recipe's
     ``head_allocation`` axis (AdaKV), so it composes with every allocator.
 
-    An allocator may also define ``check_layers(num_layers) -> None``, called when the recipe is
-    applied to a model (``L`` known), to refuse a model it cannot serve before any prefill (the
-    ``learned`` allocator checks its profile's depth).
+    Optional capabilities (:data:`kvpress_lab.capabilities.ALLOCATOR`; any other ``ClassVar``
+    is refused when the allocator is registered):
+
+    {capabilities}
     """
 
     name: ClassVar[str]
@@ -81,22 +83,21 @@ class Allocator(Protocol):
 
 @runtime_checkable
 class Scorer(Protocol):
-    """Scores every cached entry of one layer: higher means more important."""
+    """Scores every cached entry of one layer: higher means more important.
+
+    Optional capabilities (:data:`kvpress_lab.capabilities.SCORER`; any other ``ClassVar`` is
+    refused when the scorer is registered):
+
+    {capabilities}
+    """
 
     name: ClassVar[str]
 
     def score(self, view: LayerView) -> torch.Tensor:
         """Return ``(B, Hkv, T)`` float32 finite scores on ``view.device``.
 
-        Scores of padded positions are ignored. A scorer may also define
-        ``forced_keep(view) -> (B, Hkv, T) bool | None`` for entries that must survive whatever
-        their score (attention sinks), and then ``minimum_budget(window) -> int``, the smallest
-        budget holding them plus the window, which :class:`~kvpress_lab.Recipe` checks; the
-        observation window is always kept by the engine. A two-stage scorer (CriticalKV) also
-        defines ``staged_scores(view) -> (first, final)`` and ``first_stage_ratio``: the engine
-        then keeps the best ``floor(first_stage_ratio * k)`` entries by ``first`` before the
-        executor fills the budget by ``final``
-        (:func:`~kvpress_lab.executors.two_stage.first_stage_entries`).
+        Scores of padded positions are ignored; the observation window is always kept by the
+        engine. What else a scorer may declare is listed on :class:`Scorer`.
         """
         ...
 
@@ -105,11 +106,14 @@ class Scorer(Protocol):
 class Executor(Protocol):
     """Turns scores and budgets into the physical compressed cache layer.
 
-    An optional class attribute ``per_head_budgets: ClassVar[bool]`` says whether KV heads of a
-    row may keep different numbers of entries (needed by ``head_allocation="adaptive"``); ``False``
-    when absent. The layer that
-    :meth:`build_layer` returns follows :class:`~kvpress_lab.cache_layers.CompressedCacheLayer`
-    and so owns its decoding (mask, or its own attention call).
+    The layer that :meth:`build_layer` returns follows
+    :class:`~kvpress_lab.cache_layers.CompressedCacheLayer` and so owns its decoding (mask, or its
+    own attention call).
+
+    Optional capabilities (:data:`kvpress_lab.capabilities.EXECUTOR`; any other ``ClassVar`` is
+    refused when the executor is registered):
+
+    {capabilities}
     """
 
     name: ClassVar[str]
@@ -135,3 +139,16 @@ class Executor(Protocol):
     ) -> CompressedCacheLayer:
         """Gather the kept ``(B, Hkv, T, D)`` entries into a cache layer that remembers ``logical_length``."""
         ...
+
+
+class Strategies(NamedTuple):
+    """The strategy instances a recipe was built from."""
+
+    allocator: Allocator
+    scorer: Scorer
+    executor: Executor
+
+
+for _protocol, _table in ((Allocator, capabilities.ALLOCATOR), (Scorer, capabilities.SCORER),
+                          (Executor, capabilities.EXECUTOR)):
+    _protocol.__doc__ = _protocol.__doc__.replace("{capabilities}", _table.rst().replace("\n", "\n    "))

@@ -4,14 +4,18 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import TYPE_CHECKING, Any
 
+from kvpress_lab.capabilities import ALLOCATOR, EXECUTOR, SCORER, by_role
 from kvpress_lab.budgets import RATIO_ROUNDINGS, BudgetSpec, check_minimum_kept, minimum_kept
 from kvpress_lab.frozen_mapping import FrozenMapping
 from kvpress_lab.head_allocation import HEAD_ALLOCATIONS, HEAD_FLOOR_RULES
+from kvpress_lab.protocols import Strategies
 from kvpress_lab.registry import Role, get_registry
+from kvpress_lab.sinks import RENAMED_FIELDS
 from kvpress_lab.validation import check_bool, check_choice, check_float, check_int
 
 if TYPE_CHECKING:
@@ -20,12 +24,16 @@ if TYPE_CHECKING:
     from transformers.cache_utils import Cache
 
     from kvpress_lab.engine.session import CompressionSession
-    from kvpress_lab.protocols import Allocator, Executor, Scorer
+    from kvpress_lab.protocols import Allocator
 
 __all__ = ["Recipe", "Strategies", "DEFAULT_BUDGET", "RECIPE_FORMAT_VERSION", "DECODE_SCHEDULES"]
 
 #: Valid values of ``Recipe.decode_schedule``.
 DECODE_SCHEDULES = ("slack", "every")
+
+#: Recipe fields that every preset sets (explicitly or by default): giving one is an override.
+_PRESET_FIELDS = ("allocator", "scorer", "executor", "window")
+_ROLES = ("allocator", "scorer", "executor")
 
 #: Entries per layer kept when a recipe gives neither ``budget`` nor ``compression_ratio``
 #: (the PyramidKV paper's headline setting).
@@ -35,14 +43,6 @@ DEFAULT_BUDGET = 128
 #: without the key are read as version 1.
 RECIPE_FORMAT_VERSION = 1
 _VERSION_KEY = "format_version"
-
-
-class Strategies(NamedTuple):
-    """The strategy instances a recipe was built from."""
-
-    allocator: Allocator
-    scorer: Scorer
-    executor: Executor
 
 
 @dataclass(frozen=True)
@@ -152,6 +152,25 @@ class Recipe:
     block_size: int | None = None
 
     def __post_init__(self) -> None:
+        self._check_fields()
+        built = Strategies(
+            allocator=self._build("allocator", self.allocator, "allocator_kwargs"),
+            scorer=self._build("scorer", self.scorer, "scorer_kwargs"),
+            executor=self._build("executor", self.executor, "executor_kwargs"),
+        )
+        object.__setattr__(self, "_strategies", built)
+        self._settle_budget(built.allocator)
+        self._check_strategies(built)
+        planned = DEFAULT_BUDGET if self.budget is None and self.compression_ratio is None else self.budget  # budget-free allocator
+        spec = BudgetSpec(planned, self.compression_ratio, self.window, minimum_kept(self.window, built.scorer), self.scorer,
+                          self.ratio_rounding)
+        object.__setattr__(self, "_budget_spec", spec)
+        if self.decode_budget is not None:
+            check_minimum_kept(self.decode_budget, spec.min_kept, window=self.window, source="recipe", scorer=self.scorer,
+                               field="decode_budget")
+
+    def _check_fields(self) -> None:
+        """Each field's type and range, and the combinations of fields that cannot work; fill the executor's default."""
         check_int("Recipe", "window", self.window, minimum=0)
         if self.budget is not None and self.compression_ratio is not None:
             raise ValueError(
@@ -191,14 +210,10 @@ class Recipe:
             raise ValueError("Recipe.compress_prefill=False compresses nothing unless decode_budget is set; set decode_budget.")
         if self.preset_name is not None and not isinstance(self.preset_name, str):
             raise TypeError(f"Recipe.preset_name must be a string or None, got {type(self.preset_name).__name__}.")
-        built = Strategies(
-            allocator=self._build("allocator", self.allocator, "allocator_kwargs"),
-            scorer=self._build("scorer", self.scorer, "scorer_kwargs"),
-            executor=self._build("executor", self.executor, "executor_kwargs"),
-        )
-        object.__setattr__(self, "_strategies", built)
-        self._settle_budget(built.allocator)
-        if self.head_allocation == "adaptive" and not getattr(type(built.executor), "per_head_budgets", False):
+
+    def _check_strategies(self, built: Strategies) -> None:
+        """What the built strategies declare (:mod:`kvpress_lab.capabilities`) against the recipe's other fields."""
+        if self.head_allocation == "adaptive" and not EXECUTOR.of(built.executor, "per_head_budgets"):
             raise ValueError(
                 f"Recipe.head_allocation='adaptive' gives KV heads different budgets, which the {self.executor!r} "
                 "executor cannot store (it does not declare per_head_budgets); use executor='ragged' (the default "
@@ -208,7 +223,7 @@ class Recipe:
             reasons = []
             if built.allocator.scope != "static":
                 reasons.append(f"allocator {self.allocator!r} has scope {built.allocator.scope!r}")
-            if getattr(built.scorer, "needs", None) == "reconstruction":
+            if SCORER.of(built.scorer, "needs") == "reconstruction":
                 reasons.append(f"scorer {self.scorer!r} is scored by a reconstruction pass")
             if minimum_kept(self.window, built.scorer) > self.window:
                 reasons.append(f"scorer {self.scorer!r} forces entries (sinks) defined on the whole prompt")
@@ -217,27 +232,20 @@ class Recipe:
                                  f"budget; {'; '.join(reasons)}.")
         if self.window == 0:
             readers = [f"{role} {getattr(self, role)!r}" for role, obj in zip(("allocator", "scorer"), built[:2])
-                       if getattr(obj, "needs_window", False)]
+                       if by_role(role).of(obj, "needs_window")]
             if readers:
                 raise ValueError(f"Recipe.window=0 leaves no observation window, but {' and '.join(readers)} reads the "
                                  "observation window's queries; give window >= 1.")
-        if getattr(built.allocator, "per_head", False):
+        if ALLOCATOR.of(built.allocator, "per_head"):
             if self.head_allocation != "uniform":
                 raise ValueError(f"Allocator {self.allocator!r} {dict(self.allocator_kwargs)} gives every KV head its own budget "
                                  "already; head_allocation must be 'uniform' (got 'adaptive').")
-            if not getattr(type(built.executor), "per_head_budgets", False):
+            if not EXECUTOR.of(built.executor, "per_head_budgets"):
                 raise ValueError(f"Allocator {self.allocator!r} {dict(self.allocator_kwargs)} gives KV heads different budgets, "
                                  f"which the {self.executor!r} executor cannot store; use executor='ragged'.")
-        if self.decode_budget is not None and getattr(built.scorer, "needs", None) == "reconstruction":
+        if self.decode_budget is not None and SCORER.of(built.scorer, "needs") == "reconstruction":
             raise ValueError(f"Recipe.decode_budget does not combine with scorer {self.scorer!r}: it is scored by a reconstruction "
                              "pass after the prefill, which decoding-time compression cannot rerun; drop decode_budget.")
-        planned = DEFAULT_BUDGET if self.budget is None and self.compression_ratio is None else self.budget  # budget-free allocator
-        spec = BudgetSpec(planned, self.compression_ratio, self.window, minimum_kept(self.window, built.scorer), self.scorer,
-                          self.ratio_rounding)
-        object.__setattr__(self, "_budget_spec", spec)
-        if self.decode_budget is not None:
-            check_minimum_kept(self.decode_budget, spec.min_kept, window=self.window, source="recipe", scorer=self.scorer,
-                               field="decode_budget")
 
     def _settle_budget(self, allocator: Allocator) -> None:
         """Default the budget to :data:`DEFAULT_BUDGET`; refuse one for an allocator that does not use it.
@@ -246,7 +254,7 @@ class Recipe:
         scores) would ignore ``budget`` / ``compression_ratio``, so a budget sweep would give identical
         rows; its recipes keep ``budget=None``.
         """
-        if getattr(allocator, "uses_budget", True):
+        if ALLOCATOR.of(allocator, "uses_budget"):
             if self.budget is None and self.compression_ratio is None:
                 object.__setattr__(self, "budget", DEFAULT_BUDGET)
             return
@@ -263,16 +271,17 @@ class Recipe:
         if not isinstance(name, str):
             raise TypeError(f"Recipe.{role} must be a registered name (str), got {name!r} of type {type(name).__name__}.")
         cls = get_registry().get(role, name).obj
-        kwargs = _frozen_json_mapping(getattr(self, kwargs_field), f"Recipe.{kwargs_field}")
-        object.__setattr__(self, kwargs_field, kwargs)
         accepted = [f.name for f in dataclasses.fields(cls) if f.init]
+        kwargs = _frozen_json_mapping(_renamed(getattr(self, kwargs_field), accepted, f"Recipe.{kwargs_field}"),
+                                      f"Recipe.{kwargs_field}")
+        object.__setattr__(self, kwargs_field, kwargs)
         unknown = sorted(set(kwargs) - set(accepted))
         if unknown:
             raise TypeError(
                 f"Recipe.{kwargs_field}: {role} {name!r} ({cls.__name__}) has no parameter "
                 f"{', '.join(repr(u) for u in unknown)}; accepted: {', '.join(accepted) or '(none)'}."
             )
-        return cls(**_with_recipe_fields(cls, kwargs, self))
+        return cls(**_with_recipe_fields(role, cls, kwargs, self))
 
     # -- derived values --------------------------------------------------------------------
 
@@ -313,14 +322,26 @@ class Recipe:
     def preset(cls, name: str, **overrides: Any) -> Recipe:
         """Build the registered preset ``name``, with any :class:`Recipe` field overridden.
 
-        ``*_kwargs`` overrides are merged into the preset's; giving ``compression_ratio``
-        replaces a preset's ``budget``.
+        The override rules (the same from Python and from ``kvpress-lab run --preset``):
+
+        * ``*_kwargs`` overrides are merged into the preset's;
+        * a strategy replaced by another (``scorer="h2o"`` on ``snapkv``) does not inherit the
+          preset's hyperparameters of the old one (``snapkv_window``'s ``kernel_size`` means
+          nothing to ``h2o``): that role's ``*_kwargs`` start empty, or are the ones given;
+        * giving ``compression_ratio`` replaces a preset's ``budget``.
+
+        :meth:`preset_changes` says, in words, what the overrides change.
 
         >>> Recipe.preset("pyramidkv", budget=64).allocator
         'pyramid'
+        >>> dict(Recipe.preset("snapkv", scorer="h2o").scorer_kwargs)
+        {}
         """
         preset = get_registry().get("preset", name).obj
         arguments: dict[str, Any] = {k: (dict(v) if isinstance(v, Mapping) else v) for k, v in preset.recipe.items()}
+        replaced = cls._replaced_roles(name, overrides)
+        for role in replaced:
+            arguments.pop(f"{role}_kwargs", None)  # the old strategy's hyperparameters
         for key, value in overrides.items():
             if key.endswith("_kwargs") and isinstance(value, Mapping):
                 arguments[key] = {**arguments.get(key, {}), **value}
@@ -330,6 +351,37 @@ class Recipe:
             arguments.pop("budget", None)
         arguments["preset_name"] = name
         return cls(**arguments)
+
+    @classmethod
+    def preset_changes(cls, name: str, **overrides: Any) -> list[str]:
+        """What ``overrides`` change in preset ``name``, one phrase per field the preset sets (a budget or ratio the
+        preset leaves open is no change).
+
+        >>> Recipe.preset_changes("snapkv", scorer="h2o", budget=64)  # doctest: +ELLIPSIS
+        ["scorer=h2o (was snapkv_window; the preset's scorer_kwargs kernel_size=7, ... are dropped)"]
+        """
+        preset = get_registry().get("preset", name).obj.recipe
+        reference = cls.preset(name)
+        replaced = cls._replaced_roles(name, overrides)
+        notes = []
+        for key, value in overrides.items():
+            if key in _PRESET_FIELDS or key in preset or (key == "compression_ratio" and "budget" in preset):
+                old = getattr(reference, key)
+                note = f"{key}={value} ({'unchanged' if value == old else f'was {old}'}"
+                if key in replaced and preset.get(f"{key}_kwargs"):
+                    dropped = ", ".join(f"{k}={v}" for k, v in preset[f"{key}_kwargs"].items())
+                    note += f"; the preset's {key}_kwargs {dropped} are dropped"
+                notes.append(note + ")")
+        return notes
+
+    @classmethod
+    def _replaced_roles(cls, name: str, overrides: Mapping[str, Any]) -> list[str]:
+        """The roles ``overrides`` give another strategy than preset ``name``'s."""
+        candidates = [role for role in _ROLES if role in overrides]
+        if not candidates:
+            return []
+        reference = cls.preset(name)
+        return [role for role in candidates if overrides[role] != getattr(reference, role)]
 
     def to_dict(self) -> dict[str, Any]:
         """Plain, JSON-ready dict of every field."""
@@ -405,7 +457,7 @@ class Recipe:
         return prefill(self, model, input_ids, attention_mask, chunk_size=chunk_size)
 
 
-def _with_recipe_fields(cls: type, kwargs: Mapping[str, Any], recipe: Recipe) -> dict[str, Any]:
+def _with_recipe_fields(role: Role, cls: type, kwargs: Mapping[str, Any], recipe: Recipe) -> dict[str, Any]:
     """``kwargs`` plus the recipe's own values of the fields ``cls`` declares in ``recipe_fields`` (unless given).
 
     A strategy whose published arithmetic reads a number of the recipe (kvpress's Compactor blends
@@ -415,10 +467,30 @@ def _with_recipe_fields(cls: type, kwargs: Mapping[str, Any], recipe: Recipe) ->
     records it once, as its own field).
     """
     merged = dict(kwargs)
-    for name in getattr(cls, "recipe_fields", ()):
+    for name in by_role(role).of(cls, "recipe_fields"):
         if name not in merged:
             merged[name] = getattr(recipe, name)
     return merged
+
+
+def _renamed(kwargs: Any, accepted: list[str], where: str) -> Any:
+    """``kwargs`` with a renamed hyperparameter's old name (``n_sink``) replaced by the new one, with a warning.
+
+    Only where the strategy takes the new name and not the old one; the recipe then records the
+    new name (:data:`kvpress_lab.sinks.RENAMED_FIELDS`).
+    """
+    if not isinstance(kwargs, Mapping):
+        return kwargs
+    old = [key for key, new in RENAMED_FIELDS.items() if key in kwargs and new in accepted and key not in accepted]
+    if not old:
+        return kwargs
+    renamed = {RENAMED_FIELDS.get(key, key) if key in old else key: value for key, value in kwargs.items()}
+    for key in old:
+        if RENAMED_FIELDS[key] in kwargs:
+            raise TypeError(f"{where} gives both {key!r} and its new name {RENAMED_FIELDS[key]!r}; keep {RENAMED_FIELDS[key]!r}.")
+        warnings.warn(f"{where}: {key!r} is deprecated, it is called {RENAMED_FIELDS[key]!r} now (one name for attention "
+                      "sinks in every scorer); the recipe records the new name.", DeprecationWarning, stacklevel=5)
+    return renamed
 
 
 def _frozen_json_mapping(value: Any, where: str) -> Mapping[str, Any]:

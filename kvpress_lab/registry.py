@@ -25,7 +25,7 @@ from typing import Any, Literal
 
 import pluggy
 
-from kvpress_lab import hookspecs
+from kvpress_lab import capabilities, hookspecs
 from kvpress_lab.errors import ConfigurationError, DuplicateStrategyError, PluginError, UnknownStrategyError
 from kvpress_lab.presets import Preset
 
@@ -310,8 +310,14 @@ def _validate(role: Role, obj: Any, plugin: str) -> str:
     for method in _METHODS[role]:
         if not callable(getattr(obj, method, None)):
             raise PluginError(f"{where}, but it has no `{method}` method required by the {role} protocol.")
-    if role == "allocator" and getattr(obj, "scope", None) not in _SCOPES:
-        raise PluginError(f"{where}; its class attribute `scope` must be one of {_SCOPES}, got {getattr(obj, 'scope', None)!r}.")
+    scope = getattr(obj, "scope", None) if role == "allocator" else None
+    if role == "allocator" and scope not in _SCOPES:
+        raise PluginError(f"{where}; its class attribute `scope` must be one of {_SCOPES}, got {scope!r}.")
+    table = capabilities.by_role(role)
+    table.check_class(obj, plugin)
+    if scope == "global" and table.of(obj, "layer_statistic") is None and table.of(obj, "scores_statistic") is None:
+        raise PluginError(f"{where} of scope 'global', which defines neither layer_statistic(view) nor "
+                          "scores_statistic(scores, forced, valid): the engine would have no statistic to hand it.")
     return name
 
 

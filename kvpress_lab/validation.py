@@ -7,10 +7,14 @@ out of range, naming the owner, the field, the expected range and the value rece
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Collection
 from typing import Any
 
-__all__ = ["check_int", "check_float", "check_choice", "check_bool"]
+__all__ = ["NAME_PATTERN", "check_int", "check_float", "check_choice", "check_bool"]
+
+#: What every registered name (strategy or preset) must match: lower case, digits, ``_`` and ``-``.
+NAME_PATTERN = re.compile(r"^[a-z][a-z0-9_\-]*$")
 
 
 def _where(owner: str, field: str) -> str:

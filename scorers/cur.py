@@ -10,6 +10,7 @@ import torch
 
 from kvpress_lab.layer_view import LayerView
 from kvpress_lab.scorers._rows import from_aligned, row_shift, to_aligned
+from kvpress_lab.sinks import AttentionSinks
 from kvpress_lab.validation import check_bool, check_choice, check_int
 
 __all__ = ["CURScorer"]
@@ -18,7 +19,7 @@ _LEVERAGE_TYPES = ("key", "value", "kv_avg", "kv_product")
 
 
 @dataclass(frozen=True)
-class CURScorer:
+class CURScorer(AttentionSinks):
     """CurDKV: approximate leverage ``||k_t||^2`` and ``||v_t||^2`` (optionally after a random projection).
 
     Based on https://arxiv.org/abs/2509.15038 (Value-Guided KV Compression for LLMs via
@@ -71,16 +72,6 @@ class CURScorer:
         check_bool(owner, "use_local_approximation", self.use_local_approximation)
         check_int(owner, "local_window_size", self.local_window_size, minimum=1)
         check_int(owner, "seed", self.seed, minimum=0)
-
-    def minimum_budget(self, window: int) -> int:
-        """Smallest budget holding the sinks and the window: ``num_sinks + window``."""
-        return self.num_sinks + window
-
-    def forced_keep(self, view: LayerView) -> torch.Tensor:
-        """``(B, Hkv, T)`` bool: the first ``num_sinks`` real tokens of each row."""
-        valid = view.valid.to(view.device)
-        sinks = valid & (valid.long().cumsum(dim=-1) <= self.num_sinks)
-        return sinks[:, None, :].expand(-1, view.num_kv_heads, -1).contiguous()
 
     def score(self, view: LayerView) -> torch.Tensor:
         """``(B, Hkv, T)`` float32 normalised leverage products (sinks 1)."""

@@ -9,13 +9,14 @@ import torch
 
 from kvpress_lab.layer_view import LayerView
 from kvpress_lab.rotary import rotary_rotation_matrices
+from kvpress_lab.sinks import AttentionSinks
 from kvpress_lab.validation import check_bool, check_float, check_int
 
 __all__ = ["ExpectedAttentionScorer"]
 
 
 @dataclass(frozen=True)
-class ExpectedAttentionScorer:
+class ExpectedAttentionScorer(AttentionSinks):
     """Expected Attention: ``softmax_t(mu~ . k_t / sqrt(D) + k_t^T Sigma~ k_t / 2D)``, times ``||v_t||``.
 
     Based on https://arxiv.org/abs/2510.00636 (Expected Attention: KV Cache Compression by
@@ -26,7 +27,7 @@ class ExpectedAttentionScorer:
 
     1. ``mu``, ``Sigma``: mean and (biased) covariance of the *pre-RoPE* queries
        (:meth:`~kvpress_lab.LayerView.queries` with ``rotated=False``) of every prompt token after
-       the first ``n_sink``;
+       the first ``num_sinks``;
     2. ``R_bar``: the rotary rotation matrix averaged over the next ``n_future_positions``
        positions (:meth:`~kvpress_lab.LayerView.rotary` at ``T ... T + n - 1``, the model's own
        tables), ``mu~ = R_bar mu``, ``Sigma~ = R_bar Sigma R_bar^T``;
@@ -34,7 +35,7 @@ class ExpectedAttentionScorer:
        averaged over the query heads of each GQA group, and with ``use_vnorm`` rescaled as
        ``(score + epsilon) * ||v_t||``.
 
-    The first ``n_sink`` real tokens are forced (:meth:`forced_keep`) and score the row's
+    The first ``num_sinks`` real tokens are forced (:meth:`~kvpress_lab.sinks.AttentionSinks.forced_keep`) and score the row's
     maximum + 1, as kvpress pads them (kvpress: batches of one). ``sqrt(D)`` is the model's own softmax scale
     (``1 / view.scaling``; ``sqrt(D)`` in every family the project supports).
 
@@ -42,7 +43,7 @@ class ExpectedAttentionScorer:
     ----------
     n_future_positions : int
         Future positions the rotation is averaged over, ``>= 1``. Default 512 (kvpress).
-    n_sink : int
+    num_sinks : int
         Leading real tokens forced and left out of the statistics and the softmax, ``>= 0``.
         Default 4 (kvpress).
     use_covariance : bool
@@ -63,7 +64,7 @@ class ExpectedAttentionScorer:
 
     name: ClassVar[str] = "expected_attention"
     n_future_positions: int = 512
-    n_sink: int = 4
+    num_sinks: int = 4
     use_covariance: bool = True
     use_vnorm: bool = True
     epsilon: float = 0.0
@@ -71,27 +72,17 @@ class ExpectedAttentionScorer:
     def __post_init__(self) -> None:
         owner = type(self).__name__
         check_int(owner, "n_future_positions", self.n_future_positions, minimum=1)
-        check_int(owner, "n_sink", self.n_sink, minimum=0)
+        check_int(owner, "num_sinks", self.num_sinks, minimum=0)
         check_bool(owner, "use_covariance", self.use_covariance)
         check_bool(owner, "use_vnorm", self.use_vnorm)
         check_float(owner, "epsilon", self.epsilon, minimum=0.0)
-
-    def minimum_budget(self, window: int) -> int:
-        """Smallest budget holding the sinks and the window: ``n_sink + window``."""
-        return self.n_sink + window
-
-    def forced_keep(self, view: LayerView) -> torch.Tensor:
-        """``(B, Hkv, T)`` bool: the first ``n_sink`` real tokens of each row."""
-        valid = view.valid.to(view.device)
-        sinks = valid & (valid.long().cumsum(dim=-1) <= self.n_sink)
-        return sinks[:, None, :].expand(-1, view.num_kv_heads, -1).contiguous()
 
     def score(self, view: LayerView) -> torch.Tensor:
         """``(B, Hkv, T)`` float32 expected attention (sinks above every other real token, padding 0)."""
         scores = torch.zeros(view.batch_size, view.num_kv_heads, view.seq_len, device=view.device)
         counted = view.valid.to(view.device) & ~self.forced_keep(view)[:, 0]  # (B, T): scored tokens
         for row in range(view.batch_size):
-            start = view.seq_len - int(view.valid[row].sum()) + self.n_sink  # first scored token of the row
+            start = view.seq_len - int(view.valid[row].sum()) + self.num_sinks  # first scored token of the row
             if start < view.seq_len:
                 scores[row, :, start:] = self._row_scores(view, row, start)
         top = torch.where(counted[:, None, :], scores, float("-inf")).amax(dim=(1, 2)).nan_to_num(0.0, neginf=0.0)  # (B,)

@@ -9,6 +9,7 @@ from typing import Any, ClassVar
 import torch
 
 from kvpress_lab.layer_view import LayerView
+from kvpress_lab.sinks import AttentionSinks
 from kvpress_lab.validation import check_bool, check_int
 
 __all__ = ["KVzipScorer", "RepeatPrompt", "REPEAT_TEXT", "CONTINUE_TEXT"]
@@ -71,7 +72,7 @@ def _check_ids(owner: str, field: str, value: object) -> tuple[int, ...] | None:
 
 
 @dataclass(frozen=True)
-class KVzipScorer:
+class KVzipScorer(AttentionSinks):
     """KVzip: the maximum attention an entry receives while the model reconstructs its context.
 
     Based on https://arxiv.org/abs/2505.23416 (KVzip: Query-Agnostic KV Cache Compression with
@@ -87,13 +88,13 @@ class KVzipScorer:
         p_i = softmax(q_i . [k_sinks, k_chunk, k_new<=i] * scaling)      # over sinks, chunk, new keys
         score_t = max over the G query heads of t's KV group and over i of p_i[t]
 
-    where ``k_sinks`` are the first ``min(n_sink, start)`` cached entries and ``k_new`` the repeat
-    tokens' own keys (causal). The first ``n_sink`` real tokens score 1 and are always kept
-    (:meth:`forced_keep`). The repeat tokens never reach the final cache.
+    where ``k_sinks`` are the first ``min(num_sinks, start)`` cached entries and ``k_new`` the repeat
+    tokens' own keys (causal). The first ``num_sinks`` real tokens score 1 and are always kept
+    (:meth:`~kvpress_lab.sinks.AttentionSinks.forced_keep`). The repeat tokens never reach the final cache.
 
     Parameters
     ----------
-    n_sink : int
+    num_sinks : int
         Leading real tokens always kept, ``>= 0``. Default 4 (kvpress).
     chunk_size : int
         Prompt tokens reconstructed per forward, ``>= 1``. Default 2048 (kvpress).
@@ -139,14 +140,14 @@ class KVzipScorer:
     >>> q = torch.tensor([[[[1.0, 0.0]]]])                                      # (B=1, Hq=1, Q=1, D=2)
     >>> context = torch.tensor([[[[1.0, 0.0], [0.0, 1.0], [2.0, 0.0]]]])       # (1, Hkv=1, T=3, 2)
     >>> new = torch.zeros(1, 1, 1, 2)
-    >>> KVzipScorer(n_sink=1).reconstruction_scores(q, context, new, 1, 3, scaling=1.0)  # e^0, e^2 over e^1 + e^0 + e^2 + e^0
+    >>> KVzipScorer(num_sinks=1).reconstruction_scores(q, context, new, 1, 3, scaling=1.0)  # e^0, e^2 over e^1 + e^0 + e^2 + e^0
     tensor([[[0.0826, 0.6103]]])
     """
 
     name: ClassVar[str] = "kvzip"
     #: The engine runs :meth:`reconstruction_scores` in a pass after the prefill instead of :meth:`score`.
     needs: ClassVar[str] = "reconstruction"
-    n_sink: int = 4
+    num_sinks: int = 4
     chunk_size: int = 2048
     prev_postfix_size: int = 8
     repeat_ids: Sequence[int] | None = None
@@ -158,7 +159,7 @@ class KVzipScorer:
 
     def __post_init__(self) -> None:
         owner = type(self).__name__
-        check_int(owner, "n_sink", self.n_sink, minimum=0)
+        check_int(owner, "num_sinks", self.num_sinks, minimum=0)
         check_int(owner, "query_block", self.query_block, minimum=1)
         check_bool(owner, "fuse", self.fuse)
         if self.skip_prefix != "chat_template":
@@ -172,10 +173,6 @@ class KVzipScorer:
                              f"the model's tokenizer); got only {', '.join(given)}.")
         for field, value in ids.items():
             object.__setattr__(self, field, value)
-
-    def minimum_budget(self, window: int) -> int:
-        """Smallest budget holding the sinks and the observation window: ``n_sink + window``."""
-        return self.n_sink + window
 
     def prompt(self) -> RepeatPrompt | None:
         """The prompt given in the parameters, or ``None`` (then the engine uses the model's tokenizer)."""
@@ -193,12 +190,6 @@ class KVzipScorer:
             "The kvzip scorer needs a reconstruction pass after the prefill (scorer.needs == 'reconstruction'), which "
             "only the engine runs: use it through Recipe.apply / Recipe.prefill, not score(view) directly."
         )
-
-    def forced_keep(self, view: LayerView) -> torch.Tensor:
-        """``(B, Hkv, T)`` bool: ``True`` on the first ``n_sink`` real tokens of each row."""
-        valid = view.valid.to(view.device)  # (B, T)
-        sinks = valid & (valid.long().cumsum(dim=-1) <= self.n_sink)  # (B, T)
-        return sinks[:, None, :].expand(-1, view.num_kv_heads, -1).contiguous()
 
     def skipped(self, prompt: RepeatPrompt) -> int:
         """Leading real tokens never reconstructed (``skip_prefix``, resolved against ``prompt``)."""
@@ -249,7 +240,7 @@ class KVzipScorer:
         batch, num_heads, length, dim = queries.shape
         kv_heads = context_keys.shape[1]
         groups = num_heads // kv_heads
-        sink = min(self.n_sink, start)
+        sink = min(self.num_sinks, start)
         keys = torch.cat([context_keys[:, :, :sink], context_keys[:, :, start:stop], new_keys], dim=2).float()
         old = keys.shape[2] - length  # sinks and chunk: every repeat query sees them all
         keys_t = keys.transpose(-1, -2)  # (B, Hkv, D, S)

@@ -8,13 +8,14 @@ from typing import ClassVar
 import torch
 
 from kvpress_lab.layer_view import LayerView
+from kvpress_lab.sinks import AttentionSinks
 from kvpress_lab.validation import check_int
 
 __all__ = ["SinkScorer"]
 
 
 @dataclass(frozen=True)
-class SinkScorer:
+class SinkScorer(AttentionSinks):
     """StreamingLLM: the first ``num_sinks`` real tokens (attention sinks) plus the most recent ones.
 
     Based on https://arxiv.org/abs/2309.17453 (Efficient Streaming Language Models with Attention Sinks).
@@ -27,7 +28,7 @@ class SinkScorer:
     Notes
     -----
     Scores are recency, the position index as float32 (exact up to ``2**24`` tokens), so top-k
-    keeps the latest tokens; :meth:`forced_keep` marks the sinks. With a budget ``k`` per layer the
+    keeps the latest tokens; :meth:`~kvpress_lab.sinks.AttentionSinks.forced_keep` marks the sinks. With a budget ``k`` per layer the
     executor keeps exactly the sinks and the last ``k - num_sinks`` tokens (the budget must cover
     the sinks and the observation window). Sinks are counted from each row's first real token,
     so left padding is never kept.
@@ -49,18 +50,7 @@ class SinkScorer:
     def __post_init__(self) -> None:
         check_int(type(self).__name__, "num_sinks", self.num_sinks, minimum=0)
 
-    def minimum_budget(self, window: int) -> int:
-        """Smallest budget that holds the sinks and the observation window: ``num_sinks + window``."""
-        return self.num_sinks + window
-
     def score(self, view: LayerView) -> torch.Tensor:
         """``(B, Hkv, T)`` float32 recency: entry ``t`` scores ``t``."""
         positions = torch.arange(view.seq_len, dtype=torch.float32, device=view.device)  # (T,)
         return positions.repeat(view.batch_size, view.num_kv_heads, 1)  # (B, Hkv, T)
-
-    def forced_keep(self, view: LayerView) -> torch.Tensor:
-        """``(B, Hkv, T)`` bool: ``True`` on the first ``num_sinks`` real tokens of each row."""
-        valid = view.valid.to(view.device)  # (B, T)
-        rank = valid.long().cumsum(dim=-1)  # (B, T): 1 on the first real token of a row
-        sinks = valid & (rank <= self.num_sinks)  # (B, T)
-        return sinks[:, None, :].expand(-1, view.num_kv_heads, -1).contiguous()  # (B, Hkv, T)

@@ -75,7 +75,7 @@ OBSERVED_ATTENTION_KVPRESS = _flavour(
 EXPECTED_ATTENTION_KVPRESS = _flavour(
     "expected-attention-kvpress", "kvpress's ExpectedAttentionPress: pre-RoPE query statistics, rotation averaged over 512 positions",
     {"allocator": "uniform", "scorer": "expected_attention", "window": 0,
-     "scorer_kwargs": {"n_future_positions": 512, "n_sink": 4, "use_covariance": True, "use_vnorm": True, "epsilon": 0.0},
+     "scorer_kwargs": {"n_future_positions": 512, "num_sinks": 4, "use_covariance": True, "use_vnorm": True, "epsilon": 0.0},
      **_TOPK},
     "https://arxiv.org/abs/2510.00636")
 KEYDIFF_KVPRESS = _flavour(
@@ -85,9 +85,10 @@ BLOCK_KEYDIFF_KVPRESS = _flavour(
     "block-keydiff-kvpress", "kvpress's BlockPress(KeyDiffPress, block_size=128): KeyDiff rescored block by block in one forward",
     {"allocator": "uniform", "scorer": "keydiff", "window": 0, "block_size": 128}, "https://arxiv.org/abs/2504.15364")
 LAGKV_KVPRESS = _flavour(
-    "lagkv-kvpress", "kvpress's LagKVPress: lag 128, 4 sinks scored (not forced), torch.topk ties",
+    "lagkv-kvpress", "kvpress's LagKVPress: lag 128, 4 sinks scored (not forced), torch's argsort and topk ties",
     {"allocator": "uniform", "scorer": "lagkv", "window": 0,
-     "scorer_kwargs": {"n_sink": 4, "lag_size": 128, "cross_scoring": False, "force_sinks": False}, **_TOPK},
+     "scorer_kwargs": {"num_sinks": 4, "lag_size": 128, "cross_scoring": False, "force_sinks": False,
+                       "rank_ties": "argsort"}, **_TOPK},
     "https://arxiv.org/abs/2504.04704")
 NON_CAUSAL_KVPRESS = _flavour(
     "non-causal-kvpress", "kvpress's NonCausalAttnPress: chunks of 256, unscaled logits, zero-padded last chunk",

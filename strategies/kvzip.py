@@ -1,6 +1,6 @@
 """KVzip presets: context-reconstruction scores, budgets by one global ranking or by a threshold.
 
-``kvzip`` follows kvpress's ``KVzipPress`` defaults (``n_sink=4``, chunks of 2048 tokens,
+``kvzip`` follows kvpress's ``KVzipPress`` defaults (``n_sink=4``, our ``num_sinks``; chunks of 2048 tokens,
 ``layerwise=False``): the ``kvzip`` scorer, the ``global_topk`` allocator (one ranking of every
 entry of every layer) and a per-head split of each layer's budget by one ranking across its heads
 (``head_allocation="adaptive"`` with no safeguard, ``head_floor=0``: kvpress's per-layer bottom-k
@@ -27,7 +27,7 @@ KVZIP = Preset(
     description="KVzip: context-reconstruction scores, one global ranking over layers and heads (4 sinks, chunks "
                 "of 2048, W=1); about 2x prefill time",
     recipe={"allocator": "global_topk", "scorer": "kvzip", "window": 1, "head_allocation": "adaptive",
-            "head_floor": 0.0, "scorer_kwargs": {"n_sink": 4, "chunk_size": 2048, "prev_postfix_size": 8}},
+            "head_floor": 0.0, "scorer_kwargs": {"num_sinks": 4, "chunk_size": 2048, "prev_postfix_size": 8}},
     paper="https://arxiv.org/abs/2505.23416",
 )
 
@@ -37,6 +37,6 @@ KVZIP_THRESHOLD = Preset(
                 "(budget/ratio unused; 4 sinks, W=1)",
     recipe={"allocator": "threshold", "scorer": "kvzip", "window": 1, "head_allocation": "adaptive",
             "head_floor": 0.0, "allocator_kwargs": {"threshold": 0.01, "normalise": "none"},
-            "scorer_kwargs": {"n_sink": 4, "chunk_size": 2048, "prev_postfix_size": 8}},
+            "scorer_kwargs": {"num_sinks": 4, "chunk_size": 2048, "prev_postfix_size": 8}},
     paper="https://arxiv.org/abs/2505.23416",
 )

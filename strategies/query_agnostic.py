@@ -24,7 +24,7 @@ LAGKV = Preset(
     name="lagkv",
     description="LagKV: uniform budget per layer, lag-relative key/value statistics (lag 128, 4 sinks, W=1)",
     recipe={"allocator": "uniform", "scorer": "lagkv", "window": 1,
-            "scorer_kwargs": {"n_sink": 4, "lag_size": 128, "cross_scoring": False}},
+            "scorer_kwargs": {"num_sinks": 4, "lag_size": 128, "cross_scoring": False}},
     paper="https://arxiv.org/abs/2504.04704",
 )
 
@@ -48,6 +48,6 @@ EXPECTED_ATTENTION = Preset(
     name="expected-attention",
     description="Expected Attention: uniform budget per layer, Gaussian model of future queries over 512 positions (4 sinks, W=1)",
     recipe={"allocator": "uniform", "scorer": "expected_attention", "window": 1,
-            "scorer_kwargs": {"n_future_positions": 512, "n_sink": 4, "use_covariance": True, "use_vnorm": True}},
+            "scorer_kwargs": {"n_future_positions": 512, "num_sinks": 4, "use_covariance": True, "use_vnorm": True}},
     paper="https://arxiv.org/abs/2510.00636",
 )

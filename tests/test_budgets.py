@@ -12,7 +12,8 @@ from hypothesis import strategies as st
 from kvpress_lab import BudgetRequest, Recipe
 from kvpress_lab.allocators.pyramid import PyramidAllocator
 from kvpress_lab.allocators.uniform import UniformAllocator
-from kvpress_lab.budgets import BudgetSpec, check_minimum_kept, minimum_kept, plan_budgets
+from kvpress_lab.budgets import BudgetSpec, check_minimum_kept, minimum_kept
+from kvpress_lab.engine.planning import plan_budgets
 from kvpress_lab.scorers.sink import SinkScorer
 from kvpress_lab.scorers.snapkv_window import SnapKVWindowScorer
 

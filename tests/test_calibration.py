@@ -10,7 +10,7 @@ import torch
 from helpers.tiny_models import random_prompt, tiny_model
 
 from kvpress_lab.analysis import attention_funnel, synthetic_prompts, synthetic_text
-from kvpress_lab.cli_calibrate import add_calibrate_arguments, run_calibrate
+from kvpress_lab.cli.calibrate import add_calibrate_arguments, run_calibrate
 from kvpress_lab.calibration import (
     PROFILE_VERSION,
     Profile,

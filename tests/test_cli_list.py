@@ -98,8 +98,8 @@ def test_plugin_errors_are_one_line_on_stderr_with_status_1(capsys, monkeypatch)
     def broken_registry():
         raise kvpress_lab.PluginError("Plugin 'x' registered something odd.")
 
-    monkeypatch.setattr("kvpress_lab.cli.get_registry", broken_registry)
-    monkeypatch.setattr("kvpress_lab.cli._fast_listing", lambda: None)  # the live registry path, whatever ran before
+    monkeypatch.setattr("kvpress_lab.cli.listing.get_registry", broken_registry)
+    monkeypatch.setattr("kvpress_lab.cli.listing.fast_listing", lambda: None)  # the live registry path, whatever ran before
     assert main(["list"]) == 1
     captured = capsys.readouterr()
     assert captured.out == ""
@@ -108,7 +108,7 @@ def test_plugin_errors_are_one_line_on_stderr_with_status_1(capsys, monkeypatch)
 
 def test_autoload_switch_is_reported_and_hides_third_party_entries(capsys, monkeypatch):
     monkeypatch.setenv("KVPRESS_LAB_DISABLE_PLUGIN_AUTOLOAD", "1")
-    monkeypatch.setattr("kvpress_lab.cli.get_registry", Registry)
+    monkeypatch.setattr("kvpress_lab.cli.listing.get_registry", Registry)
     output = run_list(capsys)
     assert "example_recency" not in output and "snapkv_window" in output
     assert output.rstrip().endswith("third-party autoload off (KVPRESS_LAB_DISABLE_PLUGIN_AUTOLOAD).")

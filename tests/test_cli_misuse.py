@@ -30,6 +30,7 @@ from helpers.refuse_loading import ModelLoaded, refuse_loading, tiny_loaded  # n
 import kvpress_lab.models
 from kvpress_lab.benchmarks import commands
 from kvpress_lab.benchmarks.generation import GenerationResult
+from kvpress_lab import Recipe
 from kvpress_lab.cli import main
 
 REAL_LOAD = commands.load
@@ -94,6 +95,23 @@ def test_preset_overrides_are_applied_and_printed(capsys, recipes_run, argv, cha
     err = capsys.readouterr().err
     for text in printed:
         assert text in err
+
+
+@pytest.mark.parametrize("argv, overrides", [
+    (["--preset", "snapkv", "--scorer", "h2o"], {"scorer": "h2o"}),
+    (["--preset", "pyramidkv", "--window", "16", "--executor", "ragged", "--ratio", "0.5"],
+     {"window": 16, "executor": "ragged", "compression_ratio": 0.5}),
+    (["--preset", "streamingllm", "--scorer", "sink", "--budget", "64"], {"scorer": "sink", "budget": 64}),
+])
+def test_preset_overrides_are_the_recipes_own_rule(capsys, recipes_run, argv, overrides):
+    """``kvpress-lab run --preset P --flag v`` runs exactly ``Recipe.preset(P, field=v)``, and prints its changes."""
+    assert main(["run", "hi", *argv, "--max-new-tokens", "1"]) == 0
+    (recipe,) = recipes_run
+    name = argv[1]
+    assert recipe == Recipe.preset(name, **overrides)
+    changes = Recipe.preset_changes(name, **overrides)
+    err = capsys.readouterr().err
+    assert all(change in err for change in changes) and ("overriding" in err) == bool(changes)
 
 
 @pytest.mark.parametrize("argv, changed", [

@@ -103,3 +103,24 @@ def test_every_help_shows_defaults_and_examples(capsys):
     assert "greedy-decoded tokens at most (default: 64)" in text
     assert "(default: query-aware)" in text
 
+
+
+def test_a_new_subcommand_is_one_registration(capsys):
+    """A module with a ``Command`` and one ``register_command`` line: the parser, ``--help`` and ``main`` know it."""
+    import argparse
+
+    from kvpress_lab.cli import COMMANDS, Command, main, register_command
+
+    def add_arguments(parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("--times", type=int, default=1)
+
+    command = Command("say hello", add_arguments, lambda args: print("hello " * args.times) or 0, ("kvpress-lab hello",))
+    register_command("hello", command)
+    try:
+        assert main(["hello", "--times", "2"]) == 0
+        assert capsys.readouterr().out.strip() == "hello hello"
+        with pytest.raises(ValueError, match="already has a subcommand 'hello'"):
+            register_command("hello", command)
+    finally:
+        del COMMANDS["hello"]
+    assert "hello" not in COMMANDS

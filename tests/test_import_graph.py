@@ -10,8 +10,10 @@ without touching this file. An edge ``a -> b`` means module ``a`` imports module
 * imports at module level **and** inside functions, methods and classes count: a lazy
   import back into a module still closes a circle (it only moves the failure from import
   time to call time, and it hides the layering problem);
-* imports under ``if TYPE_CHECKING:`` / ``if typing.TYPE_CHECKING:`` are skipped (they never
-  run); their ``else:`` branch is still walked;
+* imports under ``if TYPE_CHECKING:`` / ``if typing.TYPE_CHECKING:`` never run, but they say
+  which concept stands on which as much as any other import: they are edges too, marked
+  ``annotation`` (:func:`import_graph` leaves them out on request, for the run-time picture);
+  their ``else:`` branch is walked as usual;
 * imports under ``if __name__ == "__main__":`` are parsed but not edges: that block runs only
   when the file is executed as the script ``__main__``, a different module object than the
   importable one (``python -m kvpress_lab.benchmarks.demo`` delegating to the CLI is no circle);
@@ -84,7 +86,8 @@ class ImportSite:
     target: str
     lineno: int
     lazy: bool  # inside a function or method (runs at call time, not at import time)
-    main_guard: bool = False  # under ``if __name__ == "__main__":`` (still counted as an edge)
+    main_guard: bool = False  # under ``if __name__ == "__main__":`` (not an edge: see the module docstring)
+    annotation: bool = False  # under ``if TYPE_CHECKING:`` (never runs; an edge of the drawing all the same)
 
 
 def _is_type_checking(test: ast.expr) -> bool:
@@ -127,29 +130,30 @@ def _is_main_guard(test: ast.expr) -> bool:
     )
 
 
-def _walk_imports(tree: ast.AST) -> Iterator[tuple[ast.Import | ast.ImportFrom, bool, bool]]:
-    """Every import node outside ``if TYPE_CHECKING:`` bodies, with (lazy, main-guarded)."""
-    stack: list[tuple[ast.AST, bool, bool]] = [(tree, False, False)]
+def _walk_imports(tree: ast.AST) -> Iterator[tuple[ast.Import | ast.ImportFrom, bool, bool, bool]]:
+    """Every import node, with (lazy, main-guarded, annotation-only: under ``if TYPE_CHECKING:``)."""
+    stack: list[tuple[ast.AST, bool, bool, bool]] = [(tree, False, False, False)]
     while stack:
-        node, lazy, guarded = stack.pop()
+        node, lazy, guarded, annotation = stack.pop()
         if isinstance(node, (ast.Import, ast.ImportFrom)):
-            yield node, lazy, guarded
+            yield node, lazy, guarded, annotation
             continue
         if isinstance(node, ast.If) and _is_type_checking(node.test):
-            stack.extend((child, lazy, guarded) for child in node.orelse)  # the body never runs
+            stack.extend((child, lazy, guarded, True) for child in node.body)  # never runs: annotation-only
+            stack.extend((child, lazy, guarded, annotation) for child in node.orelse)
             continue
         if isinstance(node, ast.If) and _is_main_guard(node.test):
-            stack.extend((child, lazy, True) for child in node.body)
-            stack.extend((child, lazy, guarded) for child in node.orelse)
+            stack.extend((child, lazy, True, annotation) for child in node.body)
+            stack.extend((child, lazy, guarded, annotation) for child in node.orelse)
             continue
         inner = lazy or isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda))
-        stack.extend((child, inner, guarded) for child in ast.iter_child_nodes(node))
+        stack.extend((child, inner, guarded, annotation) for child in ast.iter_child_nodes(node))
 
 
 def import_sites(source: str, module: str, is_package: bool, known: set[str]) -> list[ImportSite]:
     """The imports of ``module`` (given as source text) that land on a module in ``known``."""
     sites: set[ImportSite] = set()
-    for node, lazy, guarded in _walk_imports(ast.parse(source)):
+    for node, lazy, guarded, annotation in _walk_imports(ast.parse(source)):
         targets: list[str] = []
         if isinstance(node, ast.Import):
             targets = [alias.name for alias in node.names]
@@ -165,7 +169,7 @@ def import_sites(source: str, module: str, is_package: bool, known: set[str]) ->
         for target in targets:
             owner = _owning_module(target, known)
             if owner is not None:
-                sites.add(ImportSite(owner, node.lineno, lazy, guarded))
+                sites.add(ImportSite(owner, node.lineno, lazy, guarded, annotation))
     return sorted(sites, key=lambda site: (site.lineno, site.target))
 
 
@@ -179,10 +183,14 @@ def _package_sites() -> dict[str, tuple[ImportSite, ...]]:
     }
 
 
-def import_graph() -> dict[str, set[str]]:
-    """``{module: modules of the package it imports}`` for every module of the package."""
+def import_graph(*, annotations: bool = True) -> dict[str, set[str]]:
+    """``{module: modules of the package it imports}`` for every module of the package.
+
+    ``annotations=False`` leaves out the imports made under ``if TYPE_CHECKING:`` (what runs).
+    """
     return {
-        module: {site.target for site in sites if not site.main_guard} for module, sites in _package_sites().items()
+        module: {site.target for site in sites if not site.main_guard and (annotations or not site.annotation)}
+        for module, sites in _package_sites().items()
     }
 
 
@@ -284,6 +292,7 @@ def _edge_note(source: str, target: str) -> str:
         f"{files[source].relative_to(ROOT)}:{site.lineno}"
         + (" lazy" if site.lazy else "")
         + (" under __main__ guard" if site.main_guard else "")
+        + (" under TYPE_CHECKING" if site.annotation else "")
         for site in _package_sites()[source]
         if site.target == target
     ]
@@ -295,12 +304,10 @@ def _edge_note(source: str, target: str) -> str:
 # ---------------------------------------------------------------------------------------------
 
 
-def test_no_import_cycles() -> None:
-    """No module of the package can reach itself through imports (lazy ones included)."""
-    graph = import_graph()
-    found = cycles(graph)
+def describe_cycles(graph: Mapping[str, Iterable[str]]) -> list[str]:
+    """One paragraph per cycle of ``graph``: its modules, a shortest circle and every edge inside it."""
     lines = []
-    for number, component in enumerate(found, 1):
+    for number, component in enumerate(cycles(graph), 1):
         path = cycle_path(graph, component)
         lines.append(f"cycle {number} ({len(component)} modules): {', '.join(sorted(component))}")
         lines.append(f"  path: {' -> '.join(path)}")
@@ -309,7 +316,23 @@ def test_no_import_cycles() -> None:
         inside = sorted((a, b) for a in component for b in graph.get(a, ()) if b in component)
         lines.append(f"  all {len(inside)} edges inside it:")
         lines.extend(f"    {a} -> {b}  [{_edge_note(a, b)}]" for a, b in inside)
-    assert not found, f"{len(found)} import cycle(s) in the package:\n" + "\n".join(lines)
+    return lines
+
+
+def test_no_import_cycles() -> None:
+    """No module of the package can reach itself through imports: lazy ones and those made for
+    annotations only (under ``if TYPE_CHECKING:``) included, so the drawing of who stands on whom has
+    no circle either."""
+    graph = import_graph()
+    found = cycles(graph)
+    assert not found, f"{len(found)} import cycle(s) in the package:\n" + "\n".join(describe_cycles(graph))
+
+
+def test_no_run_time_import_cycles() -> None:
+    """The run-time graph (annotation-only imports left out) has no cycle: the narrower, older rule."""
+    graph = import_graph(annotations=False)
+    found = cycles(graph)
+    assert not found, f"{len(found)} import cycle(s) in the package:\n" + "\n".join(describe_cycles(graph))
 
 
 def test_cycle_finder_detects_a_planted_cycle() -> None:
@@ -328,8 +351,8 @@ def test_cycle_finder_detects_a_planted_cycle() -> None:
 
 
 def test_import_parser_rules() -> None:
-    """Lazy imports count, TYPE_CHECKING imports do not, relative imports resolve, and
-    ``from pkg import name`` lands on ``pkg.name`` only when that is a module."""
+    """Lazy imports count, TYPE_CHECKING imports count as annotation-only edges, relative imports
+    resolve, and ``from pkg import name`` lands on ``pkg.name`` only when that is a module."""
     known = {"p", "p.a", "p.b", "p.sub", "p.sub.c", "p.sub.d"}
     source = (
         "import typing\n"
@@ -354,7 +377,7 @@ def test_import_parser_rules() -> None:
         "        import p\n"
     )
     sites = import_sites(source, "p.sub.c", is_package=False, known=known)
-    assert [(s.target, s.lineno, s.lazy) for s in sites if not s.main_guard] == [
+    assert [(s.target, s.lineno, s.lazy) for s in sites if not s.main_guard and not s.annotation] == [
         ("p.a", 3, False),
         ("p.sub", 4, False),
         ("p.sub.d", 4, False),
@@ -365,6 +388,7 @@ def test_import_parser_rules() -> None:
         ("p.b", 18, False),
         ("p", 20, True),
     ]
+    assert [(s.target, s.lineno) for s in sites if s.annotation] == [("p.sub.d", 8), ("p.b", 12)]
     assert [(s.target, s.lineno) for s in sites if s.main_guard] == [("p.a", 16)]
     # In an __init__.py the package itself is the anchor of a relative import.
     init_sites = import_sites("from . import c\nfrom .d import z\n", "p.sub", is_package=True, known=known)
@@ -374,13 +398,12 @@ def test_import_parser_rules() -> None:
 def test_walker_sees_the_whole_package_and_lazy_edges() -> None:
     """The walker finds every mapped folder's modules and a known function-level edge.
 
-    The lazy edge checked is ``kvpress_lab.cli -> kvpress_lab.benchmarks.bench``: the
-    ``bench`` subcommand's handler ``_cmd_bench`` in ``kvpress_lab/cli.py`` imports
-    ``cmd_bench`` from ``kvpress_lab.benchmarks.bench`` inside the function. That import
-    is lazy by design and is not going to move in a refactor: the CLI is the top floor,
-    ``benchmarks`` is an optional, heavy layer (matplotlib, datasets) that ``kvpress-lab
-    list`` / ``--help`` must not load, and ``benchmarks/bench.py`` is the home of the
-    ``bench`` command (its docstring and the CLI's help both point there).
+    The lazy edge checked is ``kvpress_lab.cli.bench -> kvpress_lab.benchmarks.bench``: the
+    ``bench`` subcommand's handler ``run`` in ``kvpress_lab/cli/bench.py`` imports ``cmd_bench``
+    from ``kvpress_lab.benchmarks.bench`` inside the function. That import is lazy by design: the
+    command line is the top floor, ``benchmarks`` is an optional, heavy layer (matplotlib,
+    datasets) that ``kvpress-lab list`` / ``--help`` must not load, and ``benchmarks/bench.py`` is
+    the home of the ``bench`` command's work.
     """
     files = module_files()
     graph = import_graph()
@@ -390,6 +413,30 @@ def test_walker_sees_the_whole_package_and_lazy_edges() -> None:
     assert "kvpress_lab.allocators.uniform" in graph  # a remapped folder lands in the namespace
     assert not any("__pycache__" in str(path) for path in files.values())
 
-    assert "kvpress_lab.benchmarks.bench" in graph["kvpress_lab.cli"]
-    cli_sites = [s for s in _package_sites()["kvpress_lab.cli"] if s.target == "kvpress_lab.benchmarks.bench"]
-    assert cli_sites and all(site.lazy for site in cli_sites), "cli -> benchmarks.bench should be lazy only"
+    assert "kvpress_lab.benchmarks.bench" in graph["kvpress_lab.cli.bench"]
+    cli_sites = [s for s in _package_sites()["kvpress_lab.cli.bench"] if s.target == "kvpress_lab.benchmarks.bench"]
+    assert cli_sites and all(site.lazy for site in cli_sites), "cli.bench -> benchmarks.bench should be lazy only"
+
+
+#: Built-in plugin packages: the engine drives plugins through their protocols and never imports them.
+PLUGIN_PACKAGES = ("kvpress_lab.executors", "kvpress_lab.allocators", "kvpress_lab.scorers", "kvpress_lab.strategies")
+
+
+def _under(module: str, packages: Iterable[str]) -> bool:
+    return any(module == p or module.startswith(p + ".") for p in packages)
+
+
+def test_the_engine_imports_no_plugin_package() -> None:
+    """No module of ``kvpress_lab.engine`` imports a built-in plugin package, not even for annotations."""
+    graph = import_graph()
+    found = sorted(f"{a} -> {b}  [{_edge_note(a, b)}]" for a, targets in graph.items() if _under(a, ["kvpress_lab.engine"])
+                   for b in targets if _under(b, PLUGIN_PACKAGES))
+    assert not found, "the engine imports plugin packages:\n" + "\n".join(found)
+
+
+def test_nothing_below_the_command_line_imports_it() -> None:
+    """The command line (``kvpress_lab.cli``) stands on the benchmarks and the core; nothing imports it back."""
+    graph = import_graph()
+    found = sorted(f"{a} -> {b}  [{_edge_note(a, b)}]" for a, targets in graph.items() if not _under(a, ["kvpress_lab.cli"])
+                   for b in targets if _under(b, ["kvpress_lab.cli"]))
+    assert not found, "modules below the command line import it:\n" + "\n".join(found)

@@ -70,7 +70,7 @@ def test_identical_reruns_with_nested_timings_are_identical_copies(tmp_path, cap
 
 def test_summarize_on_a_folder_says_it_is_a_folder(capsys, tmp_path):
     run_sweep(CELLS, _runner, tmp_path / "s0.jsonl", META, progress=False)
-    err = one_line_error(capsys, ["summarize", str(tmp_path)], 1)
+    err = one_line_error(capsys, ["summarize", str(tmp_path)], 2)  # an input the user pointed at: exit 2
     assert f"{tmp_path} is a folder" in err and "s0.jsonl" in err
 
 
@@ -89,7 +89,7 @@ def test_a_damaged_grid_names_the_file(capsys, tmp_path, grid, fragment):
     meta = json.loads(lines[0])
     meta["grid"] = grid
     path.write_text("\n".join([json.dumps(meta), *lines[1:]]) + "\n")
-    err = one_line_error(capsys, ["summarize", str(path)], 1)
+    err = one_line_error(capsys, ["summarize", str(path)], 2)
     assert f"{path}: a meta line records a damaged grid" in err and fragment in err
 
 

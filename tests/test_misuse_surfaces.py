@@ -288,7 +288,8 @@ def test_a_budget_sweep_runs_a_threshold_preset_once():
 
     cells = plan_cells(["snapkv", "kvzip-threshold"], [32, 64], ["s"])
     assert [(c.recipe, c.budget) for c in cells] == [("snapkv", 32), ("snapkv", 64), ("kvzip-threshold", None)]
-    assert [(label, budget) for label, budget, _ in recipe_entries(["kvzip-threshold"], [32, 64])] == [("kvzip-threshold", None)]
+    assert [(label, size.budget, size.ratio) for label, size in recipe_entries(["kvzip-threshold"], [32, 64], [0.5])] == [
+        ("kvzip-threshold", None, None)]
 
 
 # -- cache_report on caches it does not make (silent 6) -----------------------------------------------------------

@@ -41,7 +41,6 @@ FORBIDDEN_PREFIXES = (
     "kvpress_lab.engine",
     "kvpress_lab.analysis",
     "kvpress_lab.cli",
-    "kvpress_lab.cli_calibrate",
     "kvpress_lab.benchmarks",
     "kvpress_lab.calibration",
 )

@@ -21,6 +21,7 @@ from kvpress_lab.cache_layers.protocol import (
     LayerAttention,
     causal_layer_attention,
     check_layer,
+    is_compressed_layer,
 )
 from kvpress_lab.cache_layers.quantized import QuantizedLayer
 from kvpress_lab.cache_layers.ragged import RaggedLayer
@@ -31,6 +32,7 @@ __all__ = [
     "LayerAttention",
     "causal_layer_attention",
     "check_layer",
+    "is_compressed_layer",
     "CompressedLayer",
     "QuantizedLayer",
     "RaggedLayer",

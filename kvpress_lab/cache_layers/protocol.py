@@ -15,22 +15,45 @@ from __future__ import annotations
 from collections.abc import Callable, Hashable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 import torch
 from transformers.masking_utils import create_causal_mask
 
 from kvpress_lab.errors import PluginError
 
-if TYPE_CHECKING:
-    from kvpress_lab.cache_layers.varlen_attention import VarlenKernel
-
 __all__ = [
-    "StepMemo", "DecodingStep", "LayerAttention", "CompressedCacheLayer", "causal_layer_attention", "no_padding_attention",
-    "NO_MASK", "check_layer",
+    "VarlenKernel", "StepMemo", "DecodingStep", "LayerAttention", "CompressedCacheLayer", "causal_layer_attention", "no_padding_attention",
+    "NO_MASK", "check_layer", "is_compressed_layer",
 ]
 
 _PROTOCOL_METHODS = ("update", "get_seq_length", "get_mask_sizes", "kept_counts", "head_entries", "nbytes", "prepare_decoding")
+
+
+class VarlenKernel(Protocol):
+    """The subset of ``flash_attn.flash_attn_varlen_func`` the ragged path calls.
+
+    ``q`` is ``(total_q, Hq, D)``, ``k`` and ``v`` are ``(total_k, Hk, D)`` with ``Hq % Hk == 0``;
+    ``cu_seqlens_q`` / ``cu_seqlens_k`` are ``(S + 1,)`` int32 offsets of the ``S`` sequences.
+    With ``causal=True`` the mask is aligned to the bottom-right corner (flash-attn >= 2.1):
+    query ``i`` of a sequence with ``Lq`` queries and ``Lk`` keys sees keys ``j <= i + Lk - Lq``.
+    Returns ``(total_q, Hq, D)``.
+    """
+
+    def __call__(
+        self,
+        q: torch.Tensor,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        cu_seqlens_q: torch.Tensor,
+        cu_seqlens_k: torch.Tensor,
+        max_seqlen_q: int,
+        max_seqlen_k: int,
+        *,
+        softmax_scale: float | None = None,
+        causal: bool = False,
+        **kwargs: object,
+    ) -> torch.Tensor: ...
 
 
 class StepMemo:
@@ -257,6 +280,16 @@ def _mask_sizes(step: DecodingStep) -> tuple[int, int, int]:
     cache, idx = step.cache, step.layer_idx
     offset = cache.get_query_offset(idx) if hasattr(cache, "get_query_offset") else cache.get_seq_length(idx)
     return (int(offset), *cache.get_mask_sizes(step.query_length, idx))
+
+
+def is_compressed_layer(layer: object) -> bool:
+    """Whether ``layer`` is an executor's compressed layer (it owns its decoding: ``prepare_decoding``).
+
+    >>> from transformers.cache_utils import DynamicLayer
+    >>> is_compressed_layer(DynamicLayer())
+    False
+    """
+    return callable(getattr(type(layer), "prepare_decoding", None))
 
 
 def check_layer(layer: object, executor: str) -> None:

@@ -19,16 +19,16 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol
+from typing import Protocol
 
 import torch
 from torch import nn
 from transformers import AttentionInterface
 
-if TYPE_CHECKING:
-    from kvpress_lab.cache_layers.ragged import RaggedLayer
+from kvpress_lab.cache_layers.protocol import VarlenKernel
 
 __all__ = [
+    "FlatSegments",
     "RAGGED_VARLEN_IMPLEMENTATION",
     "RaggedAttentionCall",
     "VarlenKernel",
@@ -46,37 +46,28 @@ CALL_KWARG = "kvpress_lab_ragged"
 """Keyword through which the decoding hooks hand the :class:`RaggedAttentionCall` to the attention function."""
 
 
-class VarlenKernel(Protocol):
-    """The subset of ``flash_attn.flash_attn_varlen_func`` the ragged path calls.
+class FlatSegments(Protocol):
+    """What the varlen path reads of a ragged layer (:class:`~kvpress_lab.cache_layers.ragged.RaggedLayer`).
 
-    ``q`` is ``(total_q, Hq, D)``, ``k`` and ``v`` are ``(total_k, Hk, D)`` with ``Hq % Hk == 0``;
-    ``cu_seqlens_q`` / ``cu_seqlens_k`` are ``(S + 1,)`` int32 offsets of the ``S`` sequences.
-    With ``causal=True`` the mask is aligned to the bottom-right corner (flash-attn >= 2.1):
-    query ``i`` of a sequence with ``Lq`` queries and ``Lk`` keys sees keys ``j <= i + Lk - Lq``.
-    Returns ``(total_q, Hq, D)``.
+    ``flat_keys`` / ``flat_values`` are ``(N, D)``: the kept entries of every ``(row, KV head)``
+    segment back to back; ``lengths`` is ``(B, Hkv)`` int64 on the CPU, the segment lengths.
     """
 
-    def __call__(
-        self,
-        q: torch.Tensor,
-        k: torch.Tensor,
-        v: torch.Tensor,
-        cu_seqlens_q: torch.Tensor,
-        cu_seqlens_k: torch.Tensor,
-        max_seqlen_q: int,
-        max_seqlen_k: int,
-        *,
-        softmax_scale: float | None = None,
-        causal: bool = False,
-        **kwargs: object,
-    ) -> torch.Tensor: ...
+    @property
+    def flat_keys(self) -> torch.Tensor: ...
+
+    @property
+    def flat_values(self) -> torch.Tensor: ...
+
+    @property
+    def lengths(self) -> torch.Tensor: ...
 
 
 @dataclass(frozen=True)
 class RaggedAttentionCall:
     """What one ragged layer's attention needs besides the module's own arguments."""
 
-    layer: RaggedLayer
+    layer: FlatSegments
     kernel: VarlenKernel
 
 
@@ -237,7 +228,7 @@ def ragged_varlen_attention(
 
 
 def varlen_attention_over_layer(
-    query: torch.Tensor, layer: RaggedLayer, kernel: VarlenKernel, *, scaling: float | None, softcap: float = 0.0
+    query: torch.Tensor, layer: FlatSegments, kernel: VarlenKernel, *, scaling: float | None, softcap: float = 0.0
 ) -> torch.Tensor:
     """``(B, Hq, q, D)`` queries of the newest ``q`` tokens over ``layer`` → ``(B, q, Hq, D)``.
 

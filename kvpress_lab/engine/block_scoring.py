@@ -63,7 +63,7 @@ def select_in_blocks(scorer: object, view: LayerView, keep: torch.Tensor, block_
         expected = tuple(current.shape)
         if not isinstance(scores, torch.Tensor) or tuple(scores.shape) != expected:
             got = tuple(scores.shape) if isinstance(scores, torch.Tensor) else type(scores).__name__
-            raise ValueError(f"Scorer {getattr(scorer, 'name', scorer)!r} returned scores of shape {got} for a block, "
+            raise ValueError(f"Scorer {scorer.name!r} returned scores of shape {got} for a block, "
                              f"expected (B, Hkv, n)={expected}.")
         recent = current >= length - window  # the observation window always stays
         if bool(recent.any()):

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-import torch
 from transformers.cache_utils import DynamicLayer
 
+from kvpress_lab.cache_layers import is_compressed_layer
 from kvpress_lab.engine.generate_guard import GenerateCall
 from kvpress_lab.errors import UnsupportedCacheError
 
-__all__ = ["check_cache", "check_generate_options", "held_entries"]
+__all__ = ["check_cache", "check_generate_options"]
 
 _DEFAULT_CACHES = (None, "dynamic")
 
@@ -26,7 +26,7 @@ def check_cache(cache: object, compressible: Iterable[int]) -> None:
         if idx >= len(cache.layers):
             continue
         layer = cache.layers[idx]
-        if type(layer) is not DynamicLayer and not hasattr(layer, "prepare_decoding"):
+        if type(layer) is not DynamicLayer and not is_compressed_layer(layer):
             raise UnsupportedCacheError(
                 f"Layer {idx} of the {type(cache).__name__} is a {type(layer).__name__}; kvpress_lab compresses "
                 "transformers' DynamicLayer (the default DynamicCache of generate). Use the default cache."
@@ -55,19 +55,3 @@ def check_generate_options(call: GenerateCall, compressible: Iterable[int]) -> i
             "prefill of input_ids into an empty cache; got inputs_embeds or a cache that already holds tokens."
         )
     return chunk_size
-
-
-def held_entries(layer: object, all_valid: torch.Tensor, what: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """``(B, Hkv, P, D)`` keys and values a layer holds and their ``(B, P)`` validity, to re-compress it.
-
-    A ``DynamicLayer`` (nothing evicted yet) holds every token: ``all_valid`` ``(B, P)`` says which
-    are real. A compressed layer must expose ``dense_entries()``; ``what`` names the mode in the error.
-    """
-    if type(layer) is DynamicLayer:
-        return layer.keys, layer.values, all_valid.to(layer.keys.device)
-    if hasattr(layer, "dense_entries"):
-        return layer.dense_entries()
-    raise UnsupportedCacheError(
-        f"{what} re-compresses layers that expose dense_entries(); this layer is a {type(layer).__name__} "
-        "(per-head and third-party layers are not re-compressed yet)."
-    )

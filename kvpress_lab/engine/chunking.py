@@ -34,6 +34,8 @@ from dataclasses import dataclass
 
 import torch
 
+from kvpress_lab.capabilities import SCORER
+from kvpress_lab.engine.recipe_contract import EngineRecipe
 from kvpress_lab.errors import UnsupportedCacheError
 
 __all__ = ["ChunkedPrefill", "check_chunkable", "check_chunk_size"]
@@ -80,7 +82,7 @@ def check_chunk_size(chunk_size: object, name: str = "chunk_size") -> None:
         raise ValueError(f"{name} must be an integer >= 1 or None, got {chunk_size!r}.")
 
 
-def check_chunkable(recipe: object, chunk_size: int | None = None) -> None:
+def check_chunkable(recipe: EngineRecipe, chunk_size: int | None = None) -> None:
     """Refuse a recipe that cannot compress during a chunked prefill, naming what and why.
 
     Raises
@@ -93,14 +95,14 @@ def check_chunkable(recipe: object, chunk_size: int | None = None) -> None:
     check_chunk_size(chunk_size, "prefill chunk size")
     strategies = recipe.strategies
     reasons = []
-    if not getattr(strategies.scorer, "chunked_prefill", False):
+    if not SCORER.of(strategies.scorer, "chunked_prefill"):
         reasons.append(
             f"scorer {recipe.scorer!r} does not declare chunked_prefill = True (it may need the queries of every prompt "
             "token, which a chunk no longer has)"
         )
     if strategies.allocator.scope != "static":
         reasons.append(f"allocator {recipe.allocator!r} has scope {strategies.allocator.scope!r} (it needs every layer of the whole prompt)")
-    if getattr(recipe, "rerotate_keys", False):
+    if recipe.rerotate_keys:
         reasons.append("rerotate_keys=True (keys are re-rotated once, after a one-pass prefill)")
     if reasons:
         raise UnsupportedCacheError(

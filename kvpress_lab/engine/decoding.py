@@ -26,11 +26,11 @@ import threading
 import torch
 from torch import nn
 
-from kvpress_lab.cache_layers import DecodingStep, LayerAttention, causal_layer_attention
-from kvpress_lab.cache_layers.protocol import StepMemo
-from kvpress_lab.cache_layers.varlen_attention import VarlenKernel
+from kvpress_lab.cache_layers import DecodingStep, LayerAttention, causal_layer_attention, is_compressed_layer
+from kvpress_lab.cache_layers.protocol import StepMemo, VarlenKernel
 from kvpress_lab.engine.families import ModelAdapter
 from kvpress_lab.engine.generate_guard import GenerateCall
+from kvpress_lab.engine.recipe_contract import EngineRecipe
 from kvpress_lab.errors import CacheReuseError, UnsupportedCacheError
 
 __all__ = [
@@ -174,8 +174,8 @@ class DecodingHooks:
             padding_mask=padding, num_query_heads=self.adapter.num_query_heads, varlen_kernel=self.ragged_kernel,
             memo=StepMemo() if memo is None else memo,
         )
-        prepare = getattr(cache.layers[idx], "prepare_decoding", None)
-        attention: LayerAttention = causal_layer_attention(step) if prepare is None else prepare(step)
+        layer = cache.layers[idx]
+        attention: LayerAttention = layer.prepare_decoding(step) if is_compressed_layer(layer) else causal_layer_attention(step)
         if attention.attn_implementation is not None:
             self._route(module, attention.attn_implementation)
         kwargs["attention_mask"] = attention.attention_mask
@@ -195,10 +195,10 @@ class DecodingHooks:
             config._attn_implementation = implementation
 
 
-def mark_decoding_compression(cache: object, recipe: object) -> None:
+def mark_decoding_compression(cache: object, recipe: EngineRecipe | None) -> None:
     """Record on ``cache`` that ``recipe`` compresses it while decoding (``decode_budget``), so decoding it
     outside that recipe's session is refused (:func:`check_decoding_compression`)."""
-    if getattr(recipe, "decode_budget", None) is not None:
+    if recipe is not None and recipe.decode_budget is not None:
         setattr(cache, _DECODE_RECIPE_ATTR, recipe)
 
 
@@ -235,10 +235,9 @@ def check_cache_matches(cache: object, input_ids: torch.Tensor | None, num_kv_he
         Naming what does not match and what to do (``copy.deepcopy`` the cache before each use).
     """
     for idx, layer in enumerate(cache.layers):
-        counts = getattr(layer, "kept_counts", None)
-        if counts is None:
+        if not is_compressed_layer(layer):
             continue
-        shape = tuple(counts().shape)
+        shape = tuple(layer.kept_counts().shape)
         if input_ids is not None and shape[0] != input_ids.shape[0]:
             raise CacheReuseError(
                 f"This compressed cache holds {shape[0]} rows but input_ids has batch size {input_ids.shape[0]}; "

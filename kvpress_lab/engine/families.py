@@ -218,15 +218,7 @@ def prerope_queries(module: nn.Module, hidden: torch.Tensor) -> torch.Tensor:
     The module's own projection (``q_proj``, or the query part of Phi-3's fused ``qkv_proj``), then
     its q-norm where the family has one (Qwen3, Gemma3).
     """
-    head_dim = module.head_dim
-    if hasattr(module, "qkv_proj"):  # Phi3: fused projection, queries first
-        projected = module.qkv_proj(hidden)[..., : module.config.num_attention_heads * head_dim]
-    else:
-        projected = module.q_proj(hidden)
-    q = projected.view(*hidden.shape[:-1], -1, head_dim).transpose(1, 2)  # (B, Hq, S, D)
-    if getattr(module, "q_norm", None) is not None:  # Qwen3, Gemma3: RMSNorm over D
-        q = module.q_norm(q)
-    return q
+    return _prerope(module, hidden, "q", 0, module.config.num_attention_heads)
 
 
 def prerope_keys(module: nn.Module, hidden: torch.Tensor) -> torch.Tensor:
@@ -236,17 +228,21 @@ def prerope_keys(module: nn.Module, hidden: torch.Tensor) -> torch.Tensor:
     its k-norm where the family has one (Qwen3, Gemma3); rotating them with the layer's tables
     gives the cached keys.
     """
+    return _prerope(module, hidden, "k", module.config.num_attention_heads, module.config.num_key_value_heads)
+
+
+def _prerope(module: nn.Module, hidden: torch.Tensor, part: str, first_head: int, heads: int) -> torch.Tensor:
+    """``(B, heads, S, D)``: ``module``'s ``{part}_proj`` of ``hidden`` (or heads ``first_head:first_head + heads`` of
+    Phi-3's fused ``qkv_proj``, laid out ``[queries | keys | values]``), then its ``{part}_norm`` where the family has
+    one (Qwen3, Gemma3: RMSNorm over D)."""
     head_dim = module.head_dim
-    if hasattr(module, "qkv_proj"):  # Phi3: fused projection, [queries | keys | values]
-        start = module.config.num_attention_heads * head_dim
-        width = module.config.num_key_value_heads * head_dim
-        projected = module.qkv_proj(hidden)[..., start : start + width]
+    if hasattr(module, "qkv_proj"):  # Phi3: fused projection
+        projected = module.qkv_proj(hidden)[..., first_head * head_dim : (first_head + heads) * head_dim]
     else:
-        projected = module.k_proj(hidden)
-    k = projected.view(*hidden.shape[:-1], -1, head_dim).transpose(1, 2)  # (B, Hkv, S, D)
-    if getattr(module, "k_norm", None) is not None:  # Qwen3, Gemma3: RMSNorm over D
-        k = module.k_norm(k)
-    return k
+        projected = getattr(module, f"{part}_proj")(hidden)
+    x = projected.view(*hidden.shape[:-1], -1, head_dim).transpose(1, 2)  # (B, heads, S, D)
+    norm = getattr(module, f"{part}_norm", None)
+    return x if norm is None else norm(x)
 
 
 @dataclass(frozen=True, eq=False)

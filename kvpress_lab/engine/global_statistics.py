@@ -9,7 +9,7 @@ A global allocator defines one of
   preferred when both exist.
 
 The engine stacks the layers' answers into ``(B, L, ...)`` and hands row ``b``'s slice to
-``allocate`` as ``BudgetRequest.layer_statistics`` (:func:`kvpress_lab.budgets.plan_budgets`).
+``allocate`` as ``BudgetRequest.layer_statistics`` (:func:`kvpress_lab.engine.planning.plan_budgets`).
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from typing import Any
 
 import torch
 
+from kvpress_lab.capabilities import ALLOCATOR
 from kvpress_lab.layer_view import LayerView
 
 __all__ = ["ranks_scores", "layer_statistic"]
@@ -25,7 +26,7 @@ __all__ = ["ranks_scores", "layer_statistic"]
 
 def ranks_scores(allocator: Any) -> bool:
     """Whether a global ``allocator`` takes the scorer's scores (``scores_statistic``) rather than the view."""
-    return allocator.scope == "global" and callable(getattr(allocator, "scores_statistic", None))
+    return allocator.scope == "global" and ALLOCATOR.of(allocator, "scores_statistic") is not None
 
 
 def layer_statistic(allocator: Any, view: LayerView | None, scores: torch.Tensor | None, forced: torch.Tensor,

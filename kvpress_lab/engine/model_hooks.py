@@ -43,7 +43,7 @@ from collections.abc import Iterator
 
 from torch import nn
 
-from kvpress_lab.cache_layers.varlen_attention import VarlenKernel
+from kvpress_lab.cache_layers.protocol import VarlenKernel
 from kvpress_lab.engine.decoding import DecodingHooks, cache_from_kwargs, check_decoding_compression
 from kvpress_lab.engine.families import ModelAdapter
 from kvpress_lab.engine.generate_guard import GenerateCall, GuardedGenerate
@@ -59,7 +59,7 @@ _NO_KWARGS = object()  # a hook called without its keyword arguments (a forward 
 class HookListener:
     """What a thread's listener receives; every method defaults to doing nothing.
 
-    A :class:`~kvpress_lab.engine.session.CompressionSession` is one; so is the input capture of
+    A :class:`~kvpress_lab.engine.session.CompressionSession` has one; so has the input capture of
     ``compress_many``. Methods run in the listener's thread only.
     """
 

@@ -25,6 +25,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from kvpress_lab.capabilities import SCORER
 from kvpress_lab.engine.decoding import cache_from_kwargs
 from kvpress_lab.engine.families import ModelAdapter
 from kvpress_lab.engine.model_hooks import HookListener, thread_listener
@@ -36,7 +37,7 @@ __all__ = ["needs_reconstruction", "reconstruction_prompt", "reconstruction_scor
 
 def needs_reconstruction(scorer: object) -> bool:
     """Whether ``scorer`` is scored by a pass after the prefill (``needs == "reconstruction"``)."""
-    return getattr(scorer, "needs", None) == "reconstruction"
+    return SCORER.of(scorer, "needs") == "reconstruction"
 
 
 def reconstruction_prompt(scorer: Any, model: nn.Module) -> Any:
@@ -147,7 +148,7 @@ def reconstruction_scores(
             fused = functools.partial(_attend_and_score, chunk, scorer, out)
             with thread_listener(model, listener), _fusing(modules, fused, scorer), capture_queries(modules, captured.__setitem__):
                 _repeat_forward(adapter, _row_cache(cache, row), repeat, valid[row], following)
-        sinks = min(int(getattr(scorer, "n_sink", 0)), n)
+        sinks = min(int(SCORER.of(scorer, "num_sinks")), n)
         for scores in out.values():
             scores[row, :, offset : offset + sinks] = 1.0  # the reference's sink score (they are forced anyway)
     return out
@@ -173,7 +174,7 @@ class _RowChunk:
 
 def _fusing(modules: dict, fused: Any, scorer: Any) -> Any:
     """:func:`~kvpress_lab.engine.query_capture.override_attention` with ``fused`` when the scorer can fuse, else nothing."""
-    if getattr(scorer, "attend_and_score", None) is None or not getattr(scorer, "fuse", True):
+    if SCORER.of(scorer, "attend_and_score") is None or not SCORER.of(scorer, "fuse"):
         return contextlib.nullcontext()
     return override_attention(modules, fused)
 
@@ -186,7 +187,7 @@ def _attend_and_score(chunk: _RowChunk, scorer: Any, out: dict, idx: int, module
     The mask is the one :func:`_repeat_forward` asks for (the row's padding, then causal among the
     repeat tokens), so the scorer builds it from the row's padding instead of reading the model's.
     """
-    sink = min(int(scorer.n_sink), chunk.start)
+    sink = min(int(SCORER.of(scorer, "num_sinks")), chunk.start)
     base = chunk.offset
     sinks, cols = slice(base, base + sink), slice(base + chunk.start, base + chunk.stop)
     padding = torch.arange(chunk.length, device=key.device) < chunk.offset  # (n,) the row's left padding

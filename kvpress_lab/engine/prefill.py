@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import inspect
-from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
@@ -13,17 +12,15 @@ from kvpress_lab.engine.chunking import check_chunk_size, check_chunkable
 from kvpress_lab.engine.decoding import mark_decoding_compression
 from kvpress_lab.engine.model_hooks import enable_compressed_decoding, hooks_in_use
 from kvpress_lab.engine.padding import check_left_padding, padded_positions
+from kvpress_lab.engine.recipe_contract import EngineRecipe
 from kvpress_lab.engine.session import CompressionSession
-
-if TYPE_CHECKING:
-    from kvpress_lab.recipe import Recipe
 
 __all__ = ["prefill", "compressed_prefill", "full_prefill", "padded_positions", "forward_cache", "last_logits_only"]
 
 
 @torch.no_grad()
 def prefill(
-    recipe: Recipe,
+    recipe: EngineRecipe,
     model: nn.Module,
     input_ids: torch.Tensor,
     attention_mask: torch.Tensor | None = None,
@@ -77,7 +74,7 @@ def prefill(
 
 
 @torch.no_grad()
-def compressed_prefill(recipe: Recipe, model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+def compressed_prefill(recipe: EngineRecipe, model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
                        *, chunk_size: int | None = None) -> Cache:
     """:func:`prefill` for a caller that decodes the cache inside :func:`~kvpress_lab.engine.model_hooks.hooks_in_use`.
 

@@ -30,7 +30,7 @@ import torch
 from torch import nn
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
-__all__ = ["capture_queries", "override_attention"]
+__all__ = ["capture_queries", "override_attention", "KeptQueries"]
 
 Listener = Callable[[int, torch.Tensor], None]
 #: ``fn(idx, module, query, key, value, attention_mask, **kwargs) -> (output, weights)``, transformers' attention signature
@@ -62,24 +62,8 @@ def capture_queries(modules: Mapping[int, nn.Module], listener: Listener) -> Ite
     RuntimeError
         If another block of this thread already listens to one of the modules.
     """
-    implementations = _implementations(modules)
-    thread = threading.get_ident()
-    with _LOCK:
-        taken = [idx for idx, module in modules.items() if (id(module), thread) in _LISTENERS]
-        if taken:
-            raise RuntimeError(f"the queries of attention layers {taken} are already being captured by another block.")
-        for idx, module in modules.items():
-            _LISTENERS[(id(module), thread)] = (idx, listener)
-        for name in implementations:
-            _install(name)
-    try:
+    with _registered(_LISTENERS, modules, listener, "the queries of attention layers {} are already being captured"):
         yield
-    finally:
-        with _LOCK:
-            for module in modules.values():
-                _LISTENERS.pop((id(module), thread), None)
-            for name in implementations:
-                _uninstall(name)
 
 
 @contextlib.contextmanager
@@ -99,14 +83,21 @@ def override_attention(modules: Mapping[int, nn.Module], fn: Override) -> Iterat
     RuntimeError
         If another block already overrides one of the modules.
     """
+    with _registered(_OVERRIDES, modules, fn, "the attention of layers {} is already overridden"):
+        yield
+
+
+@contextlib.contextmanager
+def _registered(table: dict, modules: Mapping[int, nn.Module], value: object, taken_message: str) -> Iterator[None]:
+    """Inside the block, ``table[(id(module), this thread)] = (idx, value)`` for every module, and the wrapper installed."""
     implementations = _implementations(modules)
     thread = threading.get_ident()
     with _LOCK:
-        taken = [idx for idx, module in modules.items() if (id(module), thread) in _OVERRIDES]
+        taken = [idx for idx, module in modules.items() if (id(module), thread) in table]
         if taken:
-            raise RuntimeError(f"the attention of layers {taken} is already overridden by another block.")
+            raise RuntimeError(taken_message.format(taken) + " by another block.")
         for idx, module in modules.items():
-            _OVERRIDES[(id(module), thread)] = (idx, fn)
+            table[(id(module), thread)] = (idx, value)
         for name in implementations:
             _install(name)
     try:
@@ -114,9 +105,32 @@ def override_attention(modules: Mapping[int, nn.Module], fn: Override) -> Iterat
     finally:
         with _LOCK:
             for module in modules.values():
-                _OVERRIDES.pop((id(module), thread), None)
+                table.pop((id(module), thread), None)
             for name in implementations:
                 _uninstall(name)
+
+
+class KeptQueries:
+    """The queries each attention layer of ``modules`` computed in this thread, kept until its forward hook takes them.
+
+    ``start()`` begins capturing (:func:`capture_queries`), ``pop(idx)`` hands layer ``idx``'s
+    ``(B, Hq, S, D)`` over (``None`` when none was captured), ``stop()`` ends and forgets.
+    """
+
+    def __init__(self, modules: Mapping[int, nn.Module]):
+        self.modules = dict(modules)
+        self._queries: dict[int, torch.Tensor] = {}
+        self._block = contextlib.ExitStack()
+
+    def start(self) -> None:
+        self._block.enter_context(capture_queries(self.modules, self._queries.__setitem__))
+
+    def pop(self, idx: int) -> torch.Tensor | None:
+        return self._queries.pop(idx, None)
+
+    def stop(self) -> None:
+        self._block.close()
+        self._queries.clear()
 
 
 def _implementations(modules: Mapping[int, nn.Module]) -> list[str]:

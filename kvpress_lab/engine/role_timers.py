@@ -13,7 +13,7 @@ The roles (:data:`ROLES`):
     Building the layer's :class:`~kvpress_lab.layer_view.LayerView` (queries of the window,
     rotary tables) and the scorer's ``score`` / ``forced_keep``, plus the engine's checks on them.
 ``allocate``
-    The budget plan (:func:`~kvpress_lab.budgets.plan_budgets`), a global allocator's layer
+    The budget plan (:func:`~kvpress_lab.engine.planning.plan_budgets`), a global allocator's layer
     statistics, the forced-fit check and adaptive per-head budgets.
 ``select``
     The executor's ``select`` (top-k of the scores under the budgets).

@@ -30,15 +30,17 @@ from torch import nn
 
 from kvpress_lab.engine.decoding import mark_decoding_compression
 from kvpress_lab.engine.families import ModelAdapter
+from kvpress_lab.engine.layer_call import ForwardInputs, LayerCall
 from kvpress_lab.engine.model_hooks import HookListener, add_listener, enable_compressed_decoding, hooks_in_use, remove_listener
 from kvpress_lab.engine.padding import padded_positions
+from kvpress_lab.engine.post_prefill import needs_reconstruction
 from kvpress_lab.engine.prefill import check_prompt, forward_cache
+from kvpress_lab.engine.recipe_contract import EngineRecipe
 from kvpress_lab.engine.session import CompressionSession
+from kvpress_lab.errors import UnsupportedCacheError
 
 if TYPE_CHECKING:
     from transformers.cache_utils import Cache
-
-    from kvpress_lab.recipe import Recipe
 
 __all__ = ["compress_many"]
 
@@ -47,7 +49,7 @@ __all__ = ["compress_many"]
 def compress_many(
     model: nn.Module,
     input_ids: torch.Tensor,
-    recipes: Sequence[Recipe | None],
+    recipes: Sequence[EngineRecipe | None],
     attention_mask: torch.Tensor | None = None,
     *,
     max_recipes: int | None = None,
@@ -80,13 +82,20 @@ def compress_many(
     RuntimeError
         Inside a ``with recipe.apply(model)`` block of the same thread: its session would compress
         the pass, and every cache would be that recipe's.
+    UnsupportedCacheError
+        For a recipe whose scorer runs a reconstruction pass after the prefill (``kvzip``), which
+        a shared prefill does not replay.
     """
-    from kvpress_lab.recipe import Recipe
-
     recipes = list(recipes)
-    if not recipes or not all(r is None or isinstance(r, Recipe) for r in recipes):
+    if not recipes or not all(r is None or isinstance(r, EngineRecipe) for r in recipes):
         raise TypeError(f"recipes must be one or more kvpress_lab.Recipe (or None for the full cache), "
                         f"got {[type(r).__name__ for r in recipes]}.")
+    for recipe in recipes:
+        if recipe is not None and needs_reconstruction(recipe.strategies.scorer):
+            raise UnsupportedCacheError(
+                f"Scorer {recipe.scorer!r} runs a reconstruction pass after the prefill, which a shared prefill "
+                "(compress_many) does not replay; compress with this recipe alone (Recipe.prefill)."
+            )
     if max_recipes is not None and (isinstance(max_recipes, bool) or not isinstance(max_recipes, int) or max_recipes < 1):
         raise ValueError(f"max_recipes must be an integer >= 1 or None, got {max_recipes!r}.")
     check_prompt(model, input_ids, attention_mask)
@@ -106,11 +115,10 @@ class _LayerInputs(HookListener):
 
     def __init__(self, adapter: ModelAdapter):
         self.adapter = adapter
-        self.inputs: dict[int, dict] = {}
+        self.inputs: dict[int, tuple] = {}  # layer -> (hidden states (B, T, H), (cos, sin))
 
     def attention_pre(self, idx: int, module: nn.Module, args: tuple, kwargs: dict) -> None:
-        self.inputs[idx] = {"hidden_states": self.adapter.hidden_states(args, kwargs),
-                            "position_embeddings": kwargs["position_embeddings"]}
+        self.inputs[idx] = (self.adapter.hidden_states(args, kwargs), kwargs["position_embeddings"])
 
 
 def _one_pass(model, input_ids, attention_mask, recipes) -> list[Cache]:
@@ -118,13 +126,12 @@ def _one_pass(model, input_ids, attention_mask, recipes) -> list[Cache]:
     sessions = [None if recipe is None else CompressionSession(recipe, model) for recipe in recipes]  # validates first
     capture = _LayerInputs(adapter)
     add_listener(model, capture, "compress_many")
+    position_ids = None if attention_mask is None else padded_positions(attention_mask)
     try:
-        position_ids = None if attention_mask is None else padded_positions(attention_mask)
         full = forward_cache(model, input_ids, attention_mask=attention_mask, position_ids=position_ids)
     finally:
         remove_listener(model, capture)
-    inputs = capture.inputs
-    caches = [None if session is None else _replay(session, adapter, full, inputs, input_ids, attention_mask)
+    caches = [None if session is None else _replay(session, full, capture.inputs, input_ids, attention_mask, position_ids)
               for session in sessions]
     wanted = [i for i, session in enumerate(sessions) if session is None]  # the full cache: no replay reads it now
     for n, i in enumerate(wanted):
@@ -132,11 +139,12 @@ def _one_pass(model, input_ids, attention_mask, recipes) -> list[Cache]:
     return caches
 
 
-def _replay(session: CompressionSession, adapter: ModelAdapter, full: Cache, inputs: dict, input_ids, attention_mask) -> Cache:
-    """Run ``session``'s prefill hooks on the captured pass, into a cache of its own."""
+def _replay(session: CompressionSession, full: Cache, inputs: dict, input_ids, attention_mask, position_ids) -> Cache:
+    """Compress the captured pass with ``session`` (:meth:`CompressionSession.replay_prefill`), into a cache of its own."""
     cache = copy.copy(full)
     cache.layers = list(full.layers)  # replaced layers are this recipe's; the full ones are only read
-    session.run_prefill_hooks(cache, inputs, input_ids, attention_mask)
+    forward = ForwardInputs.of_prompt(cache, input_ids, attention_mask, position_ids)
+    session.replay_prefill(forward, [LayerCall(idx, *inputs[idx], forward) for idx in session.adapter.compressible])
     for idx, layer in enumerate(cache.layers):
         if layer is full.layers[idx]:  # kept whole (sliding, or nothing to evict): decoding must not share it
             cache.layers[idx] = copy.deepcopy(layer)

@@ -11,30 +11,10 @@ from kvpress_lab.budgets import check_forced_fit
 from kvpress_lab.cache_layers import CompressedLayer, QuantizedLayer
 from kvpress_lab.cache_layers.quantized_storage import QUANT_BITS
 from kvpress_lab.protocols import Selection
+from kvpress_lab.ranking import rank_entries
 from kvpress_lab.validation import check_choice, check_int
 
 __all__ = ["GatherExecutor", "select_top_k", "select_top_k_torch", "rank_entries", "TIES"]
-
-
-def rank_entries(scores: torch.Tensor, forced: torch.Tensor, candidates: torch.Tensor) -> torch.Tensor:
-    """Token order of every ``(row, head)``, best first: ``(B, Hkv, T)`` int64.
-
-    Forced entries come first whatever their scores, then the other real tokens by descending
-    score (NaN ranks lowest, below ``-inf``), then padding; ties go to the earlier token. Built
-    from two stable sorts, so no score value (``+inf`` included) can outrank a forced entry.
-
-    >>> nan, inf = float("nan"), float("inf")
-    >>> forced = torch.tensor([[[False, False, False, True]]])
-    >>> rank_entries(torch.tensor([[[nan, inf, 1.0, 0.0]]]), forced, torch.ones(1, 4, dtype=torch.bool)).tolist()
-    [[[3, 1, 2, 0]]]
-    """
-    by_score = torch.sort(scores.float().nan_to_num(nan=float("-inf"), posinf=float("inf"), neginf=float("-inf")), dim=-1,
-                          descending=True, stable=True).indices  # (B, Hkv, T)
-    nan_last = torch.isnan(scores).gather(-1, by_score)  # NaN scores sort with -inf: move them after it
-    by_score = by_score.gather(-1, torch.sort(nan_last.to(torch.int8), dim=-1, stable=True).indices)
-    tier = forced.to(torch.int8) * 2 + candidates[:, None, :].expand_as(forced).to(torch.int8)  # 2 forced, 1 real, 0 padding
-    by_tier = torch.sort(tier.gather(-1, by_score), dim=-1, descending=True, stable=True).indices
-    return by_score.gather(-1, by_tier)
 
 
 def select_top_k(scores: torch.Tensor, keep: torch.Tensor, forced: torch.Tensor, candidates: torch.Tensor) -> Selection:

@@ -10,6 +10,7 @@ import yaml
 from kvpress_lab.benchmarks.eval_config import FLAG_KEYS, parse_config, read_config
 from kvpress_lab.benchmarks.evaluate import plan_eval_cells, plan_recipes
 from kvpress_lab.benchmarks.input_errors import BenchmarkInputError
+from kvpress_lab.recipe_labels import CacheSize
 
 BASE = {"output": "out", "recipes": ["full", "snapkv"], "sizes": {"budgets": [64]},
         "tasks": [{"kind": "ruler", "tasks": ["niah_single"], "lengths": [256], "samples": 2}]}
@@ -35,7 +36,7 @@ def test_recipes_carry_every_field_into_the_built_recipe():
     parsed = config(recipes=[{"preset": "snapkv", "label": "k5", "window": 16, "scorer_kwargs": {"kernel_size": 5},
                               "executor": "ragged", "budgets": [96]}],
                     recipe_defaults={"decode_budget": 200, "compress_every": 8})
-    recipe = plan_recipes(parsed)[("k5", 96)]
+    recipe = plan_recipes(parsed)[("k5", CacheSize(budget=96))]
     assert (recipe.window, recipe.scorer_kwargs["kernel_size"], recipe.executor, recipe.budget) == (16, 5, "ragged", 96)
     assert (recipe.decode_budget, recipe.compress_every, recipe.preset_name) == (200, 8, "snapkv")
 
@@ -82,7 +83,7 @@ def test_a_task_runs_only_its_recipes_and_sizes():
                             "recipes": ["full", "snapkv"], "sizes": {"ratios": [0.5]}}])
     task = parsed.tasks[0]
     samples = {"query-aware|ruler:niah_single|L=256|s=0": ("query-aware", "ruler", (("niah_single", 256, 0), task))}
-    assert [(c.recipe, c.budget) for c in plan_eval_cells(parsed, samples)] == [("full", None), ("snapkv", "r0.5")]
+    assert [(c.recipe, c.size.value) for c in plan_eval_cells(parsed, samples)] == [("full", None), ("snapkv", "r0.5")]
 
 
 def _options(parser: argparse.ArgumentParser) -> set[str]:

@@ -10,6 +10,7 @@ from kvpress_lab import Recipe
 from kvpress_lab.benchmarks.demo import run_demo
 from kvpress_lab.benchmarks.generation import generate_answer
 from kvpress_lab.benchmarks.speed import measure_speed
+from kvpress_lab.recipe_labels import CacheSize
 
 CONTEXT = "the quick brown fox jumps over the lazy dog " * 3
 QUESTION = " what jumps?"
@@ -42,7 +43,7 @@ def test_bad_mode_is_rejected(tiny_llama, char_tokenizer):
 
 
 def test_speed_rows_compare_with_the_full_cache_on_the_same_prompt(tiny_llama, char_tokenizer):
-    entries = [("snapkv", 32, Recipe.preset("snapkv", budget=32))]
+    entries = [("snapkv", CacheSize(budget=32), Recipe.preset("snapkv", budget=32))]
     rows = measure_speed(tiny_llama, char_tokenizer, entries, lengths=(200,), decode_steps=3, progress=False)
     full, snap = rows
     assert (full["recipe"], snap["recipe"]) == ("full", "snapkv")

@@ -10,7 +10,7 @@ from kvpress_lab.benchmarks.results import read_meta, read_rows
 from kvpress_lab.benchmarks.summarize import merge_sweep_files
 from kvpress_lab.benchmarks.sweep import Cell, plan_cells, run_sweep
 from kvpress_lab.cli import main
-from kvpress_lab.cli_summarize import MISSING_STATUS
+from kvpress_lab.cli.summarize import MISSING_STATUS
 
 META = {"benchmark": "ruler", "model": "tiny", "seed": 0, "config": {"mode": "query-aware"}}
 CELLS = plan_cells(["full", "snapkv"], [32, 64], ["a", "b", "c"])  # 3 + 6 = 9 cells

@@ -9,7 +9,7 @@ import torch
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
 import kvpress_lab.engine.families as families
-import kvpress_lab.engine.session as session_module
+import kvpress_lab.engine.query_capture as query_capture_module
 from kvpress_lab import Recipe
 from kvpress_lab.engine.query_capture import capture_queries
 from helpers.tiny_models import left_pad, random_prompt, tiny_model
@@ -17,7 +17,7 @@ from helpers.tiny_models import left_pad, random_prompt, tiny_model
 
 def _recomputed_queries(monkeypatch) -> None:
     """Turn the capture off: every scorer query is projected again from the layer's input."""
-    monkeypatch.setattr(session_module, "capture_queries", lambda modules, listener: contextlib.nullcontext())
+    monkeypatch.setattr(query_capture_module, "capture_queries", lambda modules, listener: contextlib.nullcontext())
 
 
 def _prompt(model):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from helpers.tiny_models import random_prompt, tiny_model
@@ -27,11 +28,13 @@ def test_a_long_input_is_not_pinned_by_the_window():
 def test_a_session_keeps_inputs_only_for_decoding_time_compression():
     model = tiny_model("llama")
     ids = random_prompt(1, 60)
-    for recipe, rows in ((Recipe.preset("snapkv", budget=16, window=4), 0),
-                         (Recipe.preset("snapkv", budget=16, window=4, decode_budget=24), 4)):
-        with recipe.apply(model) as session, torch.no_grad():
-            model(ids, use_cache=True)
-            held = [session._recent[idx] for idx in session.adapter.compressible]
-            assert [len(r) for r in held] == [rows] * len(held)
-            hidden_size = model.config.hidden_size
-            assert all(r.hidden is None or r.hidden.untyped_storage().nbytes() == rows * hidden_size * 4 for r in held)
+    with Recipe.preset("snapkv", budget=16, window=4).apply(model) as session, torch.no_grad():
+        model(ids, use_cache=True)
+        with pytest.raises(KeyError, match="no engine mode 'decoding'"):  # nothing keeps inputs without decode_budget
+            session.mode("decoding")
+    with Recipe.preset("snapkv", budget=16, window=4, decode_budget=24).apply(model) as session, torch.no_grad():
+        model(ids, use_cache=True)
+        held = [session.mode("decoding").recent[idx] for idx in session.adapter.compressible]
+        assert [len(r) for r in held] == [4] * len(held)
+        hidden_size = model.config.hidden_size
+        assert all(r.hidden.untyped_storage().nbytes() == 4 * hidden_size * 4 for r in held)

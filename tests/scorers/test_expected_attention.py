@@ -59,7 +59,7 @@ def brute_ea(view, n_future, n_sink, cov, vnorm, eps) -> np.ndarray:
 @pytest.mark.parametrize("pad", [None, [0, 3, 10]])
 def test_equals_kvpress_arithmetic_restated(pad, n_future, cov, vnorm, eps, device):
     view = make_view(batch=3, kv_heads=2, groups=2, length=19, pad=pad, device=device)
-    scorer = ExpectedAttentionScorer(n_future_positions=n_future, n_sink=2, use_covariance=cov, use_vnorm=vnorm, epsilon=eps)
+    scorer = ExpectedAttentionScorer(n_future_positions=n_future, num_sinks=2, use_covariance=cov, use_vnorm=vnorm, epsilon=eps)
     scores = scorer.score(view)
     assert scores.dtype == torch.float32 and scores.device == view.device
     valid = view.valid.cpu()[:, None, :].expand(-1, 2, -1).numpy()
@@ -70,7 +70,7 @@ def test_equals_kvpress_arithmetic_restated(pad, n_future, cov, vnorm, eps, devi
 def test_the_future_rotation_matters():
     """The scores change with the averaging span: the rotation is applied, not skipped."""
     view = make_view(batch=1, length=19)
-    near, far = (ExpectedAttentionScorer(n_future_positions=n, n_sink=2).score(view) for n in (1, 64))
+    near, far = (ExpectedAttentionScorer(n_future_positions=n, num_sinks=2).score(view) for n in (1, 64))
     assert not torch.allclose(near, far)
 
 

@@ -16,14 +16,14 @@ from kvpress_lab.engine.prefill import padded_positions
 from kvpress_lab.errors import UnsupportedCacheError
 from kvpress_lab.scorers.kvzip import KVzipScorer, RepeatPrompt
 
-SCORER = KVzipScorer(n_sink=2, chunk_size=8, prev_postfix_size=3, **TINY_PROMPT)
+SCORER = KVzipScorer(num_sinks=2, chunk_size=8, prev_postfix_size=3, **TINY_PROMPT)
 
 
 def _brute_force(model, ids: torch.Tensor, scorer: KVzipScorer) -> dict[int, torch.Tensor]:
     """KVzip's score restated on one unpadded row from eager attention probabilities over the full cache.
 
     For every chunk: build ``instruction + suffix + chunk`` by hand, run it on a copy of the prefill
-    cache with ``output_attentions``, keep the probabilities over {first min(n_sink, start) entries,
+    cache with ``output_attentions``, keep the probabilities over {first min(num_sinks, start) entries,
     the chunk, the new tokens}, renormalise them to sum 1 (KVzip's softmax over exactly those keys),
     take the max over queries and over the query heads of each KV group.
     """
@@ -45,7 +45,7 @@ def _brute_force(model, ids: torch.Tensor, scorer: KVzipScorer) -> dict[int, tor
         with torch.no_grad():
             result = model(repeat, cache=copy.deepcopy(cache), use_cache=True, output_attentions=True,
                            position_ids=torch.arange(n, n + q)[None])
-        sink = min(scorer.n_sink, start)
+        sink = min(scorer.num_sinks, start)
         subset = list(range(sink)) + list(range(start, stop)) + list(range(n, n + q))
         for layer, probs in enumerate(result.attentions):  # (1, Hq, Q, n + Q)
             kept = probs[0][..., subset]
@@ -54,7 +54,7 @@ def _brute_force(model, ids: torch.Tensor, scorer: KVzipScorer) -> dict[int, tor
             per_kv = chunk.reshape(config.num_key_value_heads, groups, -1).amax(dim=1)  # (Hkv, chunk)
             out.setdefault(layer, torch.zeros(config.num_key_value_heads, n))[:, start:stop] = per_kv
     for scores in out.values():
-        scores[:, : scorer.n_sink] = 1.0
+        scores[:, : scorer.num_sinks] = 1.0
     return out
 
 
@@ -124,7 +124,7 @@ def test_engine_keeps_the_top_scores_plus_sinks_and_window():
             model(ids, use_cache=True)
     for layer, scores in want.items():
         for head in range(scores.shape[0]):
-            forced = set(range(SCORER.n_sink)) | set(range(23 - window, 23))
+            forced = set(range(SCORER.num_sinks)) | set(range(23 - window, 23))
             free = sorted((i for i in range(23) if i not in forced), key=lambda i: (-float(scores[head, i]), i))
             expected = sorted(forced | set(free[: budget - len(forced)]))
             assert session.selections[layer].indices[0, head].tolist() == expected

@@ -50,7 +50,7 @@ def brute_lagkv(view, sink, lag, cross) -> np.ndarray:
 @pytest.mark.parametrize(("length", "pad"), [(25, [0, 3, 12]), (30, None), (9, [0, 2, 4])])
 def test_equals_brute_force(length, pad, cross, device):
     view = make_view(batch=3, kv_heads=2, groups=1, length=length, pad=pad, device=device)
-    scorer = LagKVScorer(n_sink=2, lag_size=4, cross_scoring=cross)
+    scorer = LagKVScorer(num_sinks=2, lag_size=4, cross_scoring=cross)
     scores = scorer.score(view)
     assert scores.dtype == torch.float32 and scores.device == view.device
     valid = view.valid.cpu()[:, None, :].expand(-1, 2, -1).numpy()
@@ -60,13 +60,13 @@ def test_equals_brute_force(length, pad, cross, device):
 
 def test_sinks_are_forced_and_counted_in_the_minimum_budget():
     view = make_view(batch=2, length=12, pad=[0, 5])
-    forced = LagKVScorer(n_sink=3).forced_keep(view)
+    forced = LagKVScorer(num_sinks=3).forced_keep(view)
     assert forced[0, 0].tolist() == [True] * 3 + [False] * 9
     assert forced[1, 0].tolist() == [False] * 5 + [True] * 3 + [False] * 4
-    assert LagKVScorer(n_sink=3).minimum_budget(8) == 11
+    assert LagKVScorer(num_sinks=3).minimum_budget(8) == 11
 
 
-@pytest.mark.parametrize(("field", "value", "error"), [("lag_size", 0, ValueError), ("n_sink", -1, ValueError),
+@pytest.mark.parametrize(("field", "value", "error"), [("lag_size", 0, ValueError), ("num_sinks", -1, ValueError),
                                                        ("cross_scoring", 1, TypeError)])
 def test_validation(field, value, error):
     with pytest.raises(error, match=f"LagKVScorer.{field}"):

@@ -20,8 +20,8 @@ from kvpress_lab.scorers.non_causal import NonCausalAttentionScorer
 
 SCORERS = {
     "keydiff": KeyDiffScorer(),
-    "lagkv": LagKVScorer(n_sink=2, lag_size=4),
-    "lagkv-cross": LagKVScorer(n_sink=2, lag_size=4, cross_scoring=True),
+    "lagkv": LagKVScorer(num_sinks=2, lag_size=4),
+    "lagkv-cross": LagKVScorer(num_sinks=2, lag_size=4, cross_scoring=True),
     "lagkv-short": LagKVScorer(),
     "leverage": LeverageScorer(),
     "leverage-sketch": LeverageScorer(sketch_dimension=3, centered=False),
@@ -29,7 +29,7 @@ SCORERS = {
     "compactor": CompactorScorer(chunk_size=5, sink_size_start=3, sink_size_end=2),
     "cur": CURScorer(local_window_size=4),
     "cur-random": CURScorer(use_random_leverage=True, leverage_type="kv_avg"),
-    "expected_attention": ExpectedAttentionScorer(n_future_positions=7, n_sink=2),
+    "expected_attention": ExpectedAttentionScorer(n_future_positions=7, num_sinks=2),
     "expected_attention-mean": ExpectedAttentionScorer(use_covariance=False, epsilon=0.1),
 }
 

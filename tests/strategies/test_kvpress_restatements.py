@@ -112,7 +112,7 @@ def test_h2o_per_query_normalization_is_observedattentionpress_score():
 
 def test_lagkv_unforced_is_lagkvpress_score():
     view = make_view(batch=1, kv_heads=2, groups=1, length=31)
-    ours = LagKVScorer(n_sink=2, lag_size=4, force_sinks=False)
+    ours = LagKVScorer(num_sinks=2, lag_size=4, force_sinks=False, rank_ties="argsort")
     assert ours.forced_keep(view) is None and ours.minimum_budget(3) == 3
     torch.testing.assert_close(ours.score(view), kvpress_lagkv(view.keys, view.values), rtol=0, atol=1e-6)
 

@@ -13,7 +13,7 @@ def test_kvzip_presets():
         entry = get_registry().get("preset", name)
         assert isinstance(entry.obj, Preset) and entry.obj.paper == "https://arxiv.org/abs/2505.23416"
         recipe = Recipe.preset(name)
-        assert recipe.strategies.scorer == KVzipScorer(n_sink=4, chunk_size=2048, prev_postfix_size=8)
+        assert recipe.strategies.scorer == KVzipScorer(num_sinks=4, chunk_size=2048, prev_postfix_size=8)
         assert recipe.window == 1 and recipe.head_allocation == "adaptive" and recipe.head_floor == 0.0
         assert recipe.executor == "ragged" and recipe.minimum_budget == 5
         assert Recipe.from_json(recipe.to_json()) == recipe

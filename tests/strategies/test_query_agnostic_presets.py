@@ -13,10 +13,10 @@ from kvpress_lab.scorers.lagkv import LagKVScorer
 
 EXPECTED = {
     "keydiff": (KeyDiffScorer(), 1),
-    "lagkv": (LagKVScorer(n_sink=4, lag_size=128), 1),
+    "lagkv": (LagKVScorer(num_sinks=4, lag_size=128), 1),
     "compactor": (CompactorScorer(blending=0.35, sink_size_start=8, sink_size_end=4, chunk_size=256), 4),
     "cur": (CURScorer(num_sinks=4, leverage_type="kv_product", local_window_size=16), 1),
-    "expected-attention": (ExpectedAttentionScorer(n_future_positions=512, n_sink=4), 1),
+    "expected-attention": (ExpectedAttentionScorer(n_future_positions=512, num_sinks=4), 1),
 }
 
 

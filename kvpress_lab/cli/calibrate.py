@@ -11,9 +11,11 @@ import dataclasses
 import os
 import pathlib
 
+from kvpress_lab.cli.command import Command
+from kvpress_lab.cli.values import device
 from kvpress_lab.profile import STATISTICS, ProfileError
 
-__all__ = ["add_calibrate_arguments", "run_calibrate"]
+__all__ = ["COMMAND", "add_calibrate_arguments", "run_calibrate"]
 
 
 def add_calibrate_arguments(parser: argparse.ArgumentParser) -> None:
@@ -26,18 +28,8 @@ def add_calibrate_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--window", type=int, default=32, help="observation window W (default 32)")
     parser.add_argument("--statistic", choices=STATISTICS, default="entropy", help="per-layer statistic (default entropy)")
     parser.add_argument("--seed", type=int, help="seed of the synthetic prompts (default 0; not with --prompts-file)")
-    parser.add_argument("--device", type=_device, default="cpu", help="torch device: cpu (default), cuda, cuda:1, mps, ...")
+    parser.add_argument("--device", type=device, default="cpu", help="torch device: cpu (default), cuda, cuda:1, mps, ...")
     parser.add_argument("--out", required=True, help="where to write the profile JSON")
-
-
-def _device(text: str) -> str:
-    """argparse type of ``--device`` (shared with the other subcommands)."""
-    from kvpress_lab.benchmarks.commands import parse_device
-
-    try:
-        return parse_device(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def run_calibrate(args: argparse.Namespace) -> int:
@@ -96,3 +88,8 @@ def run_calibrate(args: argparse.Namespace) -> int:
     print(f"Wrote a {profile.num_layers}-layer {profile.statistic} profile of {profile.model} "
           f"({len(prompts)} prompts) to {path}")
     return 0
+
+
+COMMAND = Command("fit a per-layer budget profile for the `learned` allocator", add_calibrate_arguments, run_calibrate,
+                  ("kvpress-lab calibrate --out profile.json",
+                   "kvpress-lab calibrate --prompts-file prompts.txt --length 2048 --out profile.json"))

@@ -11,17 +11,9 @@ from __future__ import annotations
 import argparse
 import sys
 
-from kvpress_lab.cli_values import int_at_least
+from kvpress_lab.cli.values import int_at_least, key_value
 
 __all__ = ["add_launcher_arguments", "resolve_shard", "run_launcher"]
-
-
-def _key_value(text: str) -> tuple[str, str]:
-    key, sep, value = text.partition("=")
-    if not sep or not key.strip():
-        raise argparse.ArgumentTypeError(f"--slurm-option must look like KEY=VALUE (an sbatch option without --, "
-                                         f"e.g. account=lab), got {text!r}")
-    return key.strip(), value.strip()
 
 
 def add_launcher_arguments(parser: argparse.ArgumentParser) -> None:
@@ -46,7 +38,7 @@ def add_launcher_arguments(parser: argparse.ArgumentParser) -> None:
                        help="array tasks running at once at most (default: no limit)")
     group.add_argument("--slurm-folder", default=defaults.folder,
                        help=f"job pickles and logs, %%j = job id (default {defaults.folder.replace('%', '%%')})")
-    group.add_argument("--slurm-option", type=_key_value, action="append", default=[], metavar="KEY=VALUE",
+    group.add_argument("--slurm-option", type=key_value, action="append", default=[], metavar="KEY=VALUE",
                        help="any other sbatch option, repeatable, e.g. --slurm-option account=lab (default: none)")
 
 
@@ -88,7 +80,7 @@ def run_launcher(args: argparse.Namespace) -> int:
     if args.shard is not None:
         raise UsageError(f"--shard {args.shard[0]}/{args.shard[1]} conflicts with --launcher: the launcher gives every "
                          "job its own --shard i/N; drop --shard, and set the count with --shards N.")
-    recipe_entries(args.recipes, args.budgets, args.window)  # names and budgets, before anything is submitted
+    recipe_entries(args.recipes, args.budgets, window=args.window)  # names and budgets, before anything is submitted
     check_model(args.model)
     check_output_file("--out", args.out or f"results/{args.task}.jsonl")
     options = SlurmOptions(partition=args.slurm_partition, time_min=args.slurm_time, gpus=args.slurm_gpus,

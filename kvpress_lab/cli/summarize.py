@@ -12,9 +12,10 @@ import argparse
 import pathlib
 import sys
 
-from kvpress_lab.cli_values import int_at_least
+from kvpress_lab.cli.command import Command
+from kvpress_lab.cli.values import int_at_least
 
-__all__ = ["MISSING_STATUS", "add_summarize_arguments", "run_summarize"]
+__all__ = ["MISSING_STATUS", "COMMAND", "add_summarize_arguments", "run_summarize"]
 
 #: Exit status of ``summarize`` when cells of the grid are in no file (and ``--allow-missing`` is not given).
 MISSING_STATUS = 3
@@ -70,3 +71,9 @@ def run_summarize(args: argparse.Namespace) -> int:
               f"{MISSING_STATUS} (--allow-missing to accept)", file=sys.stderr)
         return MISSING_STATUS
     return 0
+
+
+COMMAND = Command("merge a sweep's shard files: one table, duplicate and missing cells (exit 3 if missing)",
+                  add_summarize_arguments, run_summarize,
+                  ("kvpress-lab summarize results/needle.shard0-of-2.jsonl results/needle.shard1-of-2.jsonl",
+                   "kvpress-lab summarize results/ruler-0.jsonl results/ruler-1.jsonl --plot ruler.png"))

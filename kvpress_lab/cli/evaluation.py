@@ -8,9 +8,10 @@ parser imports neither torch nor transformers (``kvpress-lab --help`` stays fast
 from __future__ import annotations
 
 import argparse
-import sys
 
-__all__ = ["EXAMPLES", "add_eval_arguments", "run_eval_command"]
+from kvpress_lab.cli.command import Command
+
+__all__ = ["COMMAND", "EXAMPLES", "add_eval_arguments", "run_eval_command"]
 
 #: ``kvpress-lab eval --help`` examples.
 EXAMPLES = ("kvpress-lab eval results/docs/ruler/eval.yaml",
@@ -66,7 +67,7 @@ def run_eval_command(args: argparse.Namespace) -> int:
                              "gives every job its own shard; drop --shard or the launcher section.")
         return launch_eval(args.config, config)
     if args.shard is None:
-        from kvpress_lab.cli_launch import resolve_shard
+        from kvpress_lab.cli.launch import resolve_shard
 
         args.shards = None
         resolve_shard(args)
@@ -76,5 +77,5 @@ def run_eval_command(args: argparse.Namespace) -> int:
     return 0
 
 
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit("run it as: kvpress-lab eval CONFIG.yaml")
+COMMAND = Command("a whole evaluation from a YAML file: tasks (lm-eval, needle, ruler, ...) x recipes x sizes x modes",
+                  add_eval_arguments, run_eval_command, EXAMPLES)

@@ -1,0 +1,5 @@
+"""``python -m kvpress_lab.cli``: the ``kvpress-lab`` command."""
+
+from kvpress_lab.cli import main
+
+raise SystemExit(main())
