@@ -142,7 +142,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                 print(f"T={length} {row['setting']}: prefill {row['prefill_s']:.2f} s, peak RSS {row['peak_rss_mib']:.0f} "
                       f"MiB, decode {row['step_ms_last']:.1f} ms/step, load {row['loadavg_before']} -> "
                       f"{row['loadavg_after']} ({time.perf_counter() - start:.0f} s)", flush=True)
-    rows = _rows(out)
+    rows = _rows(out) if out.exists() else []
+    if not rows:
+        raise SystemExit(f"{out} has no result rows to draw (run without --plot first, or check --out).")
     print(f"Wrote {scaling_csv(rows, out.with_suffix('.csv'))}")
     title = (f"Cost against prompt length: SmolLM2-135M-Instruct, CPU, one thread; {args.preset} at budget "
              f"{args.budget}, chunks of {args.chunk}")
