@@ -343,10 +343,10 @@ def _check_resume(path: pathlib.Path, entries: Mapping[tuple[str, Any], Any], sa
         key = (row.get("recipe"), size)
         if key in entries:
             expected = None if entries[key] is None else entries[key].to_dict()
-            if row.get("recipe_config") != expected:
+            if _current_names(row.get("recipe_config")) != expected:
                 raise BenchmarkInputError(
                     f"{path} holds rows of recipe {key[0]!r} at size {key[1].key} built with other settings than this "
-                    f"configuration's ({_first_difference(row.get('recipe_config'), expected)}); give the changed "
+                    f"configuration's ({_first_difference(_current_names(row.get('recipe_config')), expected)}); give the changed "
                     "recipe another label, or use another output folder.")
         sample = samples.get(row.get("sample"))
         if sample is not None and sample[1] == "lm_eval" and row.get("prompt_sha"):
@@ -357,6 +357,20 @@ def _check_resume(path: pathlib.Path, entries: Mapping[tuple[str, Any], Any], sa
             raise BenchmarkInputError(
                 f"{path} holds answers to another prompt for sample {key} than the one lm-eval builds now (lm-eval's "
                 "version, the task's lengths or the tokenizer changed); use another output folder.")
+
+
+def _current_names(recorded: Any) -> Any:
+    """A recorded recipe with its renamed scorer options under their current names (``n_sink`` -> ``num_sinks``):
+    a file written before a rename resumes, as the recipe itself still reads the old name
+    (:data:`kvpress_lab.sinks.RENAMED_FIELDS`)."""
+    from kvpress_lab.sinks import RENAMED_FIELDS
+
+    kwargs = recorded.get("scorer_kwargs") if isinstance(recorded, Mapping) else None
+    if not isinstance(kwargs, Mapping) or not any(old in kwargs and new not in kwargs for old, new in RENAMED_FIELDS.items()):
+        return recorded
+    renamed = {RENAMED_FIELDS[key] if key in RENAMED_FIELDS and RENAMED_FIELDS[key] not in kwargs else key: value
+               for key, value in kwargs.items()}
+    return {**recorded, "scorer_kwargs": renamed}
 
 
 def _first_difference(old: Any, new: Any) -> str:

@@ -110,3 +110,26 @@ def test_lm_eval_ruler_smoke_through_the_config(tmp_path):
     assert rows[("snapkv", "query-aware")]["kv_bytes"] == rows[("snapkv", "query-agnostic")]["kv_bytes"] < agnostic["kv_bytes"]
     # query-agnostic: the window scores the end of the haystack, not the question; snapkv loses the needle at budget 64
     assert rows[("snapkv", "query-agnostic")]["score"] == 0.0
+
+
+@pytest.mark.parametrize(("recorded_sinks", "resumes"), [(4, True), (8, False)])
+def test_a_file_recorded_before_the_sinks_rename_resumes_when_the_recipe_is_the_same(tmp_path, recorded_sinks, resumes):
+
+    from kvpress_lab import Recipe
+    from kvpress_lab.benchmarks.evaluate import _check_resume
+    from kvpress_lab.benchmarks.input_errors import BenchmarkInputError
+    from kvpress_lab.recipe_labels import CacheSize
+
+    recipe = Recipe.preset("lagkv", compression_ratio=0.5)
+    old = recipe.to_dict()
+    old["scorer_kwargs"] = {("n_sink" if k == "num_sinks" else k): v for k, v in old["scorer_kwargs"].items()}
+    old["scorer_kwargs"]["n_sink"] = recorded_sinks
+    path = tmp_path / "results.jsonl"
+    path.write_text(json.dumps({"type": "result", "recipe": "lagkv", "budget": None, "compression_ratio": 0.5,
+                                "sample": "s", "recipe_config": old}) + "\n")
+    entries = {("lagkv", CacheSize(ratio=0.5)): recipe}
+    if resumes:
+        _check_resume(path, entries, {})
+    else:
+        with pytest.raises(BenchmarkInputError, match="'num_sinks': 8.* in the file"):
+            _check_resume(path, entries, {})
