@@ -35,6 +35,7 @@ import argparse
 import datetime
 import json
 import os
+import platform
 import shlex
 import statistics
 import subprocess
@@ -167,6 +168,7 @@ def measure(args: argparse.Namespace, argv: Sequence[str] = ()) -> dict:
     rows.sort(key=lambda r: (order[r["case"]], -1 if r["ratio"] is None else r["ratio"], r["tokens"] or 0))
     return {"rows": rows, "meta": {
         "command": " ".join(["python -m kvpress_lab.benchmarks.fidelity", *(shlex.quote(a) for a in argv)]),
+        "argv": ["python", "-m", "kvpress_lab.benchmarks.fidelity", *argv], "platform": platform.platform(),
         "date": datetime.datetime.now().isoformat(timespec="seconds"),
         "model_path": str(model_path), "threads": args.threads, "seed": args.seed, "ratios": list(args.ratios),
         "lengths": list(args.lengths), "prompt_tokens": {p.name: int(p.context_ids.shape[1]) for p in prompts},
