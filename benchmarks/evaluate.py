@@ -34,6 +34,7 @@ from typing import Any
 from kvpress_lab.benchmarks.eval_config import FULL, EvalConfig, TaskConfig
 from kvpress_lab.benchmarks.input_errors import BenchmarkInputError
 from kvpress_lab.benchmarks.sweep import Cell
+from kvpress_lab.recipe_labels import CacheSize
 
 __all__ = ["plan_recipes", "plan_samples", "plan_eval_cells", "run_eval", "write_outputs"]
 
@@ -45,7 +46,6 @@ _OWN_RULER_TOKENS = {"niah_single": 12, "niah_multikey": 12, "niah_multivalue": 
 def plan_recipes(config: EvalConfig) -> dict[tuple[str, Any], Any]:
     """``(label, CacheSize) -> Recipe`` (``None`` for the full cache) of every recipe and size; built now, so names fail early."""
     from kvpress_lab import Recipe
-    from kvpress_lab.recipe_labels import CacheSize
     from kvpress_lab.errors import KVPressLabError
 
     entries: dict[tuple[str, CacheSize], Any] = {}
@@ -166,8 +166,6 @@ def _merge_sample(key: str, existing: tuple[str, str, Any], spec: Any, task: Tas
 
 def plan_eval_cells(config: EvalConfig, samples: Mapping[str, tuple[str, str, Any]]) -> list[Cell]:
     """Every recipe x size x sample its task runs (``tasks[].recipes`` / ``sizes``), recipe-major (shards are cut from this order)."""
-    from kvpress_lab.recipe_labels import CacheSize
-
     return [Cell(recipe.label, CacheSize.parse(slot), key) for recipe in config.recipes for slot in recipe.sizes
             for key, (_, _, (_, task)) in samples.items() if task.runs(recipe.label, slot)]
 
@@ -329,7 +327,6 @@ def _check_resume(path: pathlib.Path, entries: Mapping[tuple[str, Any], Any], sa
     """Refuse to resume a file whose rows ran another recipe under a label, or other lm-eval documents under a key."""
     from kvpress_lab.benchmarks.lm_eval_tasks import prompt_digest
     from kvpress_lab.benchmarks.results import read_rows
-    from kvpress_lab.recipe_labels import CacheSize
 
     if not path.exists():
         return

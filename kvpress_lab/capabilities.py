@@ -251,6 +251,10 @@ SCORER = Capabilities("scorer", ("name", "score"), [
                kind=bool),
 ])
 
+#: Shared by allocators and executors: Recipe fields the strategy reads (the scorer's own entry names its one field).
+_RECIPE_FIELDS = Capability("recipe_fields", (),
+                            "Recipe fields copied into the strategy's dataclass fields of the same names", kind=tuple)
+
 #: What the engine, the recipe and the budgets may read from an allocator beyond ``name``, ``scope`` and ``allocate``.
 ALLOCATOR = Capabilities("allocator", ("name", "scope", "allocate"), [
     Capability("per_head", False, "allocate() returns L lists of Hkv budgets: every KV head its own count (needs an "
@@ -265,8 +269,7 @@ ALLOCATOR = Capabilities("allocator", ("name", "scope", "allocate"), [
                "as BudgetRequest.layer_statistics", method=True),
     Capability("scores_statistic", None, "scope 'global': scores_statistic(scores, forced, valid) -> (B, ...) float32, "
                "a statistic of the scorer's scores (preferred over layer_statistic)", method=True),
-    Capability("recipe_fields", (), "Recipe fields copied into the strategy's dataclass fields of the same names",
-               kind=tuple),
+    _RECIPE_FIELDS,
 ])
 
 #: What the engine and the recipe may read from an executor beyond ``name``, ``select`` and ``build_layer``.
@@ -277,8 +280,7 @@ EXECUTOR = Capabilities("executor", ("name", "select", "build_layer"), [
                "every compressible layer", kind=bool),
     Capability("merges_values", False, "kept values are not copies of the prefill's (evicted values merged in): the "
                "conformance suite does not compare them", kind=bool),
-    Capability("recipe_fields", (), "Recipe fields copied into the strategy's dataclass fields of the same names",
-               kind=tuple),
+    _RECIPE_FIELDS,
 ])
 
 #: What the engine may read from a compressed cache layer beyond :class:`~kvpress_lab.cache_layers.CompressedCacheLayer`.
